@@ -1,0 +1,19 @@
+"""The ``isthmus`` console command: one Typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from isthmus.cli import dp as dp_cmds
+
+app = typer.Typer(
+    name="isthmus",
+    help="Isthmus: a service mesh and API gateway for connecting services across clouds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dp_cmds.app, name="dp")
+
+
+def main() -> None:
+    app()
