@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from isthmus.cli import dp as dp_cmds
+from isthmus.cli import resources as resource_cmds
 
 app = typer.Typer(
     name="isthmus",
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dp_cmds.app, name="dp")
+resource_cmds.register(app)
 
 
 def main() -> None:

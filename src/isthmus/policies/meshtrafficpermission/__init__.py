@@ -1,0 +1,1 @@
+"""MeshTrafficPermission: which clients may reach an inbound (Kuma's ``from[].default.action``)."""

@@ -1,0 +1,179 @@
+"""The ``Dataplane`` resource (Kuma Universal format; spec fields at the top level)."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from isthmus.resources.common import PROTOCOL_TAG, PROTOCOLS, SERVICE_TAG, Model, Port, Tags
+
+
+def _check_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IP address") from None
+    return value
+
+
+class InboundState(str, Enum):
+    READY = "Ready"
+    NOT_READY = "NotReady"
+    IGNORED = "Ignored"
+
+
+class Inbound(Model):
+    port: Port
+    service_port: Port | None = Field(default=None, alias="servicePort")
+    service_address: str | None = Field(default=None, alias="serviceAddress")
+    address: str | None = None
+    name: str | None = None
+    tags: Tags
+    state: InboundState | None = None
+    health: dict[str, Any] | None = None
+    service_probe: dict[str, Any] | None = Field(default=None, alias="serviceProbe")
+
+    @field_validator("service_address", "address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _required_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        if SERVICE_TAG not in tags:
+            raise ValueError(f"tag {SERVICE_TAG!r} is required")
+        proto = tags.get(PROTOCOL_TAG)
+        if proto is not None and proto not in PROTOCOLS:
+            raise ValueError(f"tag {PROTOCOL_TAG!r} must be one of {', '.join(PROTOCOLS)}, got {proto!r}")
+        return tags
+
+    @property
+    def service(self) -> str:
+        return self.tags[SERVICE_TAG]
+
+    @property
+    def protocol(self) -> str:
+        return self.tags.get(PROTOCOL_TAG, "tcp")
+
+    @property
+    def ready(self) -> bool:
+        if self.state is not None:
+            return self.state is InboundState.READY
+        if self.health is not None and self.health.get("ready") is False:
+            return False
+        return True
+
+
+class BackendRef(Model):
+    kind: str = "MeshService"
+    name: str | None = None
+    port: Port | None = None
+    labels: dict[str, str] | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value != "MeshService":
+            raise ValueError(f"kind {value!r} is not supported yet; only MeshService")
+        return value
+
+    @model_validator(mode="after")
+    def _name(self) -> BackendRef:
+        if not self.name:
+            raise ValueError("name: must be set")
+        return self
+
+
+class Outbound(Model):
+    port: Port
+    address: str | None = None
+    tags: Tags | None = None
+    backend_ref: BackendRef | None = Field(default=None, alias="backendRef")
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @model_validator(mode="after")
+    def _target(self) -> Outbound:
+        if self.tags is None and self.backend_ref is None:
+            raise ValueError("either tags (with kuma.io/service) or backendRef must be set")
+        if self.tags is not None and self.backend_ref is not None:
+            raise ValueError("tags and backendRef are mutually exclusive")
+        if self.tags is not None and SERVICE_TAG not in self.tags:
+            raise ValueError(f"tags: tag {SERVICE_TAG!r} is required")
+        return self
+
+    @property
+    def service(self) -> str:
+        if self.backend_ref is not None:
+            assert self.backend_ref.name is not None
+            return self.backend_ref.name
+        assert self.tags is not None
+        return self.tags[SERVICE_TAG]
+
+
+class Admin(Model):
+    port: Port | None = None
+
+
+class Gateway(Model):
+    tags: Tags
+    type: str = "DELEGATED"
+
+
+class Networking(Model):
+    address: str
+    advertised_address: str | None = Field(default=None, alias="advertisedAddress")
+    inbound: list[Inbound] = Field(default_factory=list)
+    outbound: list[Outbound] = Field(default_factory=list)
+    gateway: Gateway | None = None
+    admin: Admin | None = None
+    transparent_proxying: dict[str, Any] | None = Field(default=None, alias="transparentProxying")
+
+    @field_validator("address", "advertised_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> Networking:
+        seen: dict[tuple[str, int], int] = {}
+        for i, inbound in enumerate(self.inbound):
+            key = (inbound.address or self.address, inbound.port)
+            if key in seen:
+                raise ValueError(
+                    f"inbound[{i}].port: port {inbound.port} is already used by inbound[{seen[key]}]"
+                )
+            seen[key] = i
+        seen_out: dict[tuple[str, int], int] = {}
+        for i, outbound in enumerate(self.outbound):
+            key = (outbound.address or "127.0.0.1", outbound.port)
+            if key in seen_out:
+                raise ValueError(
+                    f"outbound[{i}].port: port {outbound.port} is already used by outbound[{seen_out[key]}]"
+                )
+            seen_out[key] = i
+        if not self.inbound and self.gateway is None:
+            raise ValueError("inbound: a Dataplane needs at least one inbound (or a gateway section)")
+        return self
+
+
+class DataplaneSpec(Model):
+    networking: Networking
+    metrics: dict[str, Any] | None = None
+    probes: dict[str, Any] | None = None
+
+    @property
+    def services(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for inbound in self.networking.inbound:
+            seen.setdefault(inbound.service)
+        if self.networking.gateway is not None:
+            seen.setdefault(self.networking.gateway.tags.get("kuma.io/service", ""))
+        return [s for s in seen if s]

@@ -1,0 +1,101 @@
+"""The ``Mesh`` resource (Kuma Universal format; spec fields at the top level)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from isthmus.resources.common import Model, ResourceName
+
+DEFAULT_CERT_LIFETIME = timedelta(hours=24)
+
+
+class MtlsMode(str, Enum):
+    STRICT = "STRICT"
+    PERMISSIVE = "PERMISSIVE"
+
+
+class CaBackendType(str, Enum):
+    BUILTIN = "builtin"
+    PROVIDED = "provided"
+
+
+class Rotation(Model):
+    expiration: str | None = None
+
+    @field_validator("expiration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            from isthmus.pki.issuer import parse_lifetime
+
+            lifetime = parse_lifetime(value)
+            if lifetime < timedelta(seconds=10):
+                raise ValueError("must be at least 10s")
+        return value
+
+
+class DpCert(Model):
+    rotation: Rotation | None = None
+    request_timeout: str | None = Field(default=None, alias="requestTimeout")
+
+
+class CaBackend(Model):
+    name: ResourceName
+    type: CaBackendType
+    dp_cert: DpCert | None = Field(default=None, alias="dpCert")
+    conf: dict[str, Any] | None = None
+    mode: MtlsMode = MtlsMode.STRICT
+    root_chain: dict[str, Any] | None = Field(default=None, alias="rootChain")
+
+    @field_validator("type")
+    @classmethod
+    def _supported(cls, value: CaBackendType) -> CaBackendType:
+        if value is CaBackendType.PROVIDED:
+            raise ValueError("CA backend type 'provided' is not supported yet; use 'builtin'")
+        return value
+
+    @property
+    def cert_lifetime(self) -> timedelta:
+        if self.dp_cert and self.dp_cert.rotation and self.dp_cert.rotation.expiration:
+            from isthmus.pki.issuer import parse_lifetime
+
+            return parse_lifetime(self.dp_cert.rotation.expiration)
+        return DEFAULT_CERT_LIFETIME
+
+
+class Mtls(Model):
+    enabled_backend: str | None = Field(default=None, alias="enabledBackend")
+    backends: list[CaBackend] = Field(default_factory=list)
+    skip_validation: bool | None = Field(default=None, alias="skipValidation")
+
+    @model_validator(mode="after")
+    def _backend_exists(self) -> Mtls:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError("backends: names must be unique")
+        if self.enabled_backend and self.enabled_backend not in names:
+            raise ValueError(f"enabledBackend: backend {self.enabled_backend!r} is not defined in backends")
+        return self
+
+
+class MeshSpec(Model):
+    mtls: Mtls | None = None
+    logging: dict[str, Any] | None = None
+    tracing: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    networking: dict[str, Any] | None = None
+    routing: dict[str, Any] | None = None
+    constraints: dict[str, Any] | None = None
+    skip_creating_initial_policies: list[str] | None = Field(default=None, alias="skipCreatingInitialPolicies")
+    mesh_services: dict[str, Any] | None = Field(default=None, alias="meshServices")
+
+    @property
+    def enabled_backend(self) -> CaBackend | None:
+        """The CA backend in use, or None when mTLS is off."""
+        if not self.mtls or not self.mtls.enabled_backend:
+            return None
+        return next(b for b in self.mtls.backends if b.name == self.mtls.enabled_backend)

@@ -1,0 +1,231 @@
+"""Resource types, and conversion between Kuma's Universal documents, validated models and store records.
+
+A Universal document is flat: ``type``, ``name``, ``mesh`` (for mesh-scoped types), ``labels``, then either the
+spec fields at the top level (Mesh, Dataplane: Kuma's proto-based types) or a ``spec`` object (targetRef
+policies).  The store keeps only the spec as a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from isthmus.resources.common import NAME_RE, Model
+from isthmus.resources.errors import FieldError, ResourceValidationError, from_pydantic
+from isthmus.store.base import Record
+
+META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime")
+
+
+class Scope(str, Enum):
+    GLOBAL = "Global"
+    MESH = "Mesh"
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    kind: str
+    plural: str
+    scope: Scope
+    spec_model: type[Model]
+    spec_at_top_level: bool = False
+    is_policy: bool = False
+    internal: bool = False  # kept in the store, never served by the API (CA keys)
+    short_name: str = ""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A validated resource: meta plus a frozen spec model."""
+
+    type: ResourceType
+    mesh: str
+    name: str
+    spec: Model
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def spec_dict(self) -> dict[str, Any]:
+        return self.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Registry:
+    def __init__(self, types: Iterable[ResourceType]) -> None:
+        self._by_kind: dict[str, ResourceType] = {}
+        self._by_plural: dict[str, ResourceType] = {}
+        for t in types:
+            self._by_kind[t.kind] = t
+            self._by_plural[t.plural] = t
+
+    def kind(self, kind: str) -> ResourceType | None:
+        return self._by_kind.get(kind)
+
+    def plural(self, plural: str) -> ResourceType | None:
+        return self._by_plural.get(plural)
+
+    def lookup(self, word: str) -> ResourceType | None:
+        """Find a type by plural (``dataplanes``), singular (``dataplane``) or kind (``Dataplane``)."""
+        low = word.lower()
+        for t in self._by_kind.values():
+            if low in (t.plural, t.kind.lower(), t.plural.rstrip("s"), t.short_name):
+                return t
+        return None
+
+    def all(self) -> list[ResourceType]:
+        return list(self._by_kind.values())
+
+    def public(self) -> list[ResourceType]:
+        return [t for t in self._by_kind.values() if not t.internal]
+
+    def policies(self) -> list[ResourceType]:
+        return [t for t in self._by_kind.values() if t.is_policy]
+
+
+def default_registry() -> Registry:
+    from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
+    from isthmus.resources.dataplane import DataplaneSpec
+    from isthmus.resources.mesh import MeshSpec
+    from isthmus.resources.secret import SecretSpec
+
+    return Registry(
+        [
+            ResourceType("Mesh", "meshes", Scope.GLOBAL, MeshSpec, spec_at_top_level=True, short_name="mesh"),
+            ResourceType(
+                "Dataplane", "dataplanes", Scope.MESH, DataplaneSpec, spec_at_top_level=True, short_name="dp"
+            ),
+            ResourceType(
+                "MeshTrafficPermission",
+                "meshtrafficpermissions",
+                Scope.MESH,
+                MeshTrafficPermissionSpec,
+                is_policy=True,
+                short_name="mtp",
+            ),
+            ResourceType("Secret", "secrets", Scope.MESH, SecretSpec, spec_at_top_level=True, internal=True),
+        ]
+    )
+
+
+def _check_meta_name(errors: list[FieldError], field_name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        errors.append(FieldError(field_name, "must be a non-empty string"))
+        return ""
+    if not NAME_RE.match(value):
+        errors.append(
+            FieldError(field_name, "must be 1-253 letters, digits, '-', '_' or '.', starting and ending alphanumeric")
+        )
+    return value
+
+
+def parse_document(
+    doc: Any,
+    registry: Registry,
+    *,
+    expect_type: ResourceType | None = None,
+    expect_mesh: str | None = None,
+    expect_name: str | None = None,
+) -> Resource:
+    """Validate one Universal document. Every problem is reported with its field path."""
+    if not isinstance(doc, Mapping):
+        raise ResourceValidationError([FieldError("", "a resource must be a YAML/JSON object")])
+    errors: list[FieldError] = []
+    kind = doc.get("type")
+    rtype = registry.kind(kind) if isinstance(kind, str) else None
+    if rtype is None or rtype.internal:
+        if kind is None:
+            reason = "is required"
+        else:
+            known = ", ".join(t.kind for t in registry.public())
+            reason = f"unknown kind {kind!r}; known kinds: {known}"
+        raise ResourceValidationError([FieldError("type", reason)])
+    if expect_type is not None and rtype is not expect_type:
+        errors.append(FieldError("type", f"must be {expect_type.kind} at this path, got {rtype.kind}"))
+    name = _check_meta_name(errors, "name", doc.get("name"))
+    if expect_name is not None and name and name != expect_name:
+        errors.append(FieldError("name", f"{name!r} does not match the name in the path ({expect_name!r})"))
+    mesh = ""
+    if rtype.scope is Scope.MESH:
+        raw_mesh = doc.get("mesh")
+        if raw_mesh is None and expect_mesh is not None:
+            raw_mesh = expect_mesh
+        if raw_mesh is None:
+            errors.append(FieldError("mesh", "is required"))
+        else:
+            mesh = _check_meta_name(errors, "mesh", raw_mesh)
+            if expect_mesh is not None and mesh and mesh != expect_mesh:
+                errors.append(FieldError("mesh", f"{mesh!r} does not match the mesh in the path ({expect_mesh!r})"))
+    elif "mesh" in doc:
+        errors.append(FieldError("mesh", f"must not be set: {rtype.kind} is a global resource"))
+    labels = doc.get("labels") or {}
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        errors.append(FieldError("labels", "must be a map of string to string"))
+        labels = {}
+
+    if rtype.spec_at_top_level:
+        raw_spec: Any = {k: v for k, v in doc.items() if k not in META_FIELDS}
+        prefix = ""
+    else:
+        extra = sorted(k for k in doc if k not in (*META_FIELDS, "spec"))
+        errors.extend(FieldError(k, "unknown field") for k in extra)
+        raw_spec = doc.get("spec")
+        prefix = "spec"
+        if raw_spec is None:
+            errors.append(FieldError("spec", "is required"))
+            raw_spec = {}
+    spec: Model | None = None
+    try:
+        spec = rtype.spec_model.model_validate(raw_spec)
+    except ValidationError as exc:
+        errors.extend(from_pydantic(exc, prefix).errors)
+    if errors or spec is None:
+        raise ResourceValidationError(errors)
+    return Resource(rtype, mesh, name, spec, dict(labels))
+
+
+def from_record(record: Record, registry: Registry) -> Resource:
+    rtype = registry.kind(record.type)
+    if rtype is None:
+        raise KeyError(record.type)
+    spec = rtype.spec_model.model_validate(record.spec)
+    return Resource(rtype, record.mesh, record.name, spec, dict(record.labels))
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_document(record: Record, registry: Registry) -> dict[str, Any]:
+    """The Universal form that ``GET`` returns and ``apply`` accepts back unchanged."""
+    rtype = registry.kind(record.type)
+    doc: dict[str, Any] = {"type": record.type}
+    if rtype is not None and rtype.scope is Scope.MESH:
+        doc["mesh"] = record.mesh
+    doc["name"] = record.name
+    doc["creationTime"] = _timestamp(record.creation_time)
+    doc["modificationTime"] = _timestamp(record.modification_time)
+    if record.labels:
+        doc["labels"] = dict(record.labels)
+    if rtype is not None and rtype.spec_at_top_level:
+        doc.update(record.spec)
+    else:
+        doc["spec"] = record.spec
+    return doc
+
+
+def load_documents(text: str) -> list[Any]:
+    """Parse a multi-document YAML (or JSON) text; malformed input names the line."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ResourceValidationError([FieldError("", f"malformed YAML{where}: {problem}")]) from None
+    return docs
