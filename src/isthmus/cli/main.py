@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from isthmus.cli import cp as cp_cmds
 from isthmus.cli import dp as dp_cmds
 from isthmus.cli import resources as resource_cmds
 
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(cp_cmds.app, name="cp")
 app.add_typer(dp_cmds.app, name="dp")
 resource_cmds.register(app)
 

@@ -1,1 +1,34 @@
-"""xds/translate"""
+"""IR -> Envoy protobufs: pure functions, one module per feature.
+
+:func:`translate` is the only entry point the control plane needs. Each IR node is frozen and hashable, so the
+per-node builders are memoised: a cluster or endpoint set shared by many proxies is built once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR, Secret
+from isthmus.xds import types
+from isthmus.xds.translate import clusters, listeners, secrets
+
+_cluster = lru_cache(maxsize=65536)(clusters.cluster)
+_endpoints = lru_cache(maxsize=65536)(clusters.endpoints)
+_inbound = lru_cache(maxsize=65536)(listeners.inbound)
+_outbound = lru_cache(maxsize=65536)(listeners.outbound)
+_routes = lru_cache(maxsize=65536)(listeners.outbound_routes)
+
+
+def translate(ir: ProxyIR) -> dict[str, list[Any]]:
+    """Envoy resources of one proxy, by type URL. The messages may be shared: never mutate them."""
+    return {
+        types.CLUSTER: [_cluster(c) for c in ir.clusters],
+        types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
+        types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds],
+        types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
+        types.SECRET: [secrets.secret(s) for s in ir.secrets],
+    }
+
+
+__all__ = ["Cluster", "EndpointSet", "InboundListener", "OutboundListener", "Secret", "translate"]

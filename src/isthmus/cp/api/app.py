@@ -1,0 +1,52 @@
+"""The FastAPI application of the control plane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from isthmus import __version__
+from isthmus.cp.api import errors, inspect, resources
+from isthmus.cp.state import ControlPlaneState
+
+
+def create_app(state: ControlPlaneState) -> FastAPI:
+    app = FastAPI(
+        title="Isthmus control plane",
+        version=__version__,
+        description="Resources in Kuma's Universal format on Kuma's REST paths.",
+    )
+    errors.install(app)
+
+    @app.get("/", tags=["system"])
+    async def index() -> dict[str, Any]:
+        return {
+            "product": "Isthmus",
+            "version": __version__,
+            "instanceId": state.instance_id,
+            "xdsAddress": state.xds_address,
+        }
+
+    @app.get("/_resources", tags=["system"])
+    async def resource_types() -> dict[str, Any]:
+        return {
+            "resources": [
+                {
+                    "name": t.kind,
+                    "path": t.plural,
+                    "scope": t.scope.value,
+                    "policy": t.is_policy,
+                }
+                for t in state.registry.public()
+            ]
+        }
+
+    @app.get("/metrics", tags=["system"])
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(inspect.build_router(state))
+    app.include_router(resources.build_router(state))
+    return app

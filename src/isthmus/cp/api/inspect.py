@@ -1,0 +1,149 @@
+"""Read-only views computed by the control plane: insights, a proxy's Envoy config and its matched policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from google.protobuf import json_format
+
+from isthmus.cp.api.resources import MAX_PAGE
+from isthmus.cp.state import ControlPlaneState
+from isthmus.ir.build import node_id
+from isthmus.policies.matching import matched_for_inbound
+from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
+from isthmus.resources.dataplane import DataplaneSpec
+from isthmus.resources.registry import from_record, to_document
+from isthmus.store.base import NotFound, Record
+from isthmus.xds import types
+
+REDACTED = "[redacted]"
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _redact(doc: dict[str, Any]) -> dict[str, Any]:
+    tls = doc.get("tlsCertificate")
+    if isinstance(tls, dict) and "privateKey" in tls:
+        tls["privateKey"] = {"inlineString": REDACTED}
+    return doc
+
+
+def build_router(state: ControlPlaneState) -> APIRouter:
+    router = APIRouter()
+    registry = state.registry
+
+    async def dataplane_record(mesh: str, name: str) -> Record:
+        record = await state.store.get("Dataplane", mesh, name)
+        if record is None:
+            raise NotFound("Dataplane", mesh, name)
+        return record
+
+    def overview(record: Record) -> dict[str, Any]:
+        nid = node_id(record.mesh, record.name)
+        insight = state.insights.document(nid)
+        issued = state.certificates.get(nid)
+        insight["mTLS"] = (
+            {
+                "certificateExpirationTime": _iso(issued.certificate.not_after),
+                "lastCertificateRegeneration": _iso(issued.issued_at),
+                "certificateRegenerations": issued.generation,
+                "spiffeIds": list(issued.certificate.spiffe_ids),
+            }
+            if issued
+            else None
+        )
+        proxy = state.reconciler.proxies.get(nid)
+        insight["configError"] = proxy.error if proxy and proxy.error else None
+        doc = to_document(record, registry)
+        return {
+            "type": "DataplaneOverview",
+            "mesh": record.mesh,
+            "name": record.name,
+            "creationTime": doc["creationTime"],
+            "modificationTime": doc["modificationTime"],
+            "dataplane": {"networking": record.spec.get("networking", {})},
+            "dataplaneInsight": insight,
+        }
+
+    @router.get("/meshes/{mesh}/dataplanes+insights", tags=["inspect"])
+    async def list_overviews(
+        mesh: str, request: Request, offset: int = Query(0, ge=0), size: int = Query(100, ge=1, le=MAX_PAGE)
+    ) -> dict[str, Any]:
+        page = await state.store.list("Dataplane", mesh, offset=offset, limit=size)
+        nxt = None
+        if offset + size < page.total:
+            nxt = str(request.url.include_query_params(offset=offset + size, size=size))
+        return {"total": page.total, "items": [overview(r) for r in page.items], "next": nxt}
+
+    @router.get("/meshes/{mesh}/dataplanes+insights/{name}", tags=["inspect"])
+    async def get_overview(mesh: str, name: str) -> dict[str, Any]:
+        return overview(await dataplane_record(mesh, name))
+
+    @router.get("/meshes/{mesh}/dataplanes/{name}/_config", tags=["inspect"])
+    async def config(mesh: str, name: str) -> dict[str, Any]:
+        await dataplane_record(mesh, name)
+        nid = node_id(mesh, name)
+        snapshot = state.cache.get_snapshot(nid)
+        proxy = state.reconciler.proxies.get(nid)
+        xds: dict[str, list[dict[str, Any]]] = {}
+        versions: dict[str, str] = {}
+        if snapshot is not None:
+            for type_url in types.ORDER:
+                items = []
+                for _, res in sorted(snapshot.resources.get(type_url, {}).items()):
+                    items.append(_redact(json_format.MessageToDict(res.packed)))
+                xds[type_url] = items
+                versions[type_url] = snapshot.version(type_url)
+        return {
+            "nodeId": nid,
+            "xds": xds,
+            "versions": versions,
+            "error": proxy.error if proxy and proxy.error else None,
+        }
+
+    @router.get("/meshes/{mesh}/dataplanes/{name}/_policies", tags=["inspect"])
+    async def policies(mesh: str, name: str) -> dict[str, Any]:
+        record = await dataplane_record(mesh, name)
+        dp = from_record(record, registry)
+        spec = dp.spec
+        assert isinstance(spec, DataplaneSpec)
+        mtps = [
+            from_record(r, registry)
+            for r in (await state.store.list("MeshTrafficPermission", mesh)).items
+        ]
+        inbounds = []
+        for inbound in spec.networking.inbound:
+            matched = matched_for_inbound(mtps, dp, inbound)
+            items = []
+            for p in matched:
+                pspec = p.spec
+                assert isinstance(pspec, MeshTrafficPermissionSpec)
+                for item in pspec.from_:
+                    items.append(
+                        {
+                            "policy": p.name,
+                            "targetRef": p.spec.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),  # type: ignore[attr-defined]
+                            "from": item.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),
+                            "action": item.default.action.value,
+                        }
+                    )
+            inbounds.append(
+                {
+                    "name": inbound.name or f"{inbound.address or spec.networking.address}:{inbound.port}",
+                    "port": inbound.port,
+                    "service": inbound.service,
+                    "policies": [
+                        {"type": "MeshTrafficPermission", "name": p.name} for p in matched
+                    ],
+                    "MeshTrafficPermission": {"rules": items, "precedence": "last matching rule wins"},
+                }
+            )
+        outbounds = [
+            {"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound
+        ]
+        return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
+
+    return router

@@ -1,0 +1,155 @@
+"""CRUD endpoints, on Kuma's paths: ``/meshes/{name}`` and ``/meshes/{mesh}/{plural}/{name}``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from isthmus.cp.api.errors import ApiError
+from isthmus.cp.state import ControlPlaneState
+from isthmus.resources.errors import FieldError, ResourceValidationError
+from isthmus.resources.registry import ResourceType, Scope, parse_document, to_document
+from isthmus.store.base import NotFound, Op, OpKind, Record
+
+MAX_PAGE = 1000
+
+
+async def read_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        raise ResourceValidationError([FieldError("", "request body is empty")])
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ResourceValidationError([FieldError("", f"malformed JSON/YAML body: {exc}")]) from None
+
+
+def _expected(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    try:
+        return int(if_match.strip().strip('"').removeprefix("W/").strip('"'))
+    except ValueError:
+        raise ApiError(400, "Bad request", "If-Match must carry the resource version (an integer)") from None
+
+
+def _page(request: Request, items: list[dict[str, Any]], total: int, offset: int, size: int) -> dict[str, Any]:
+    nxt = None
+    if offset + size < total:
+        nxt = str(request.url.include_query_params(offset=offset + size, size=size))
+    return {"total": total, "items": items, "next": nxt}
+
+
+def build_router(state: ControlPlaneState) -> APIRouter:
+    router = APIRouter()
+    registry = state.registry
+
+    def rtype_for(plural: str) -> ResourceType:
+        rtype = registry.plural(plural)
+        if rtype is None or rtype.internal or rtype.scope is not Scope.MESH:
+            raise ApiError(404, "Not found", f"unknown resource type {plural!r}")
+        return rtype
+
+    def respond(record: Record, status: int) -> JSONResponse:
+        return JSONResponse(
+            to_document(record, registry), status_code=status, headers={"ETag": f'"{record.version}"'}
+        )
+
+    async def put(rtype: ResourceType, mesh: str, name: str, body: Any, if_match: str | None) -> JSONResponse:
+        res = parse_document(
+            body, registry, expect_type=rtype, expect_mesh=mesh if rtype.scope is Scope.MESH else None, expect_name=name
+        )
+        if rtype.scope is Scope.MESH and await state.store.get("Mesh", "", res.mesh) is None:
+            raise ResourceValidationError([FieldError("mesh", f"mesh {res.mesh!r} does not exist")])
+        existed = await state.store.get(rtype.kind, res.mesh, name) is not None
+        [record] = await state.store.write(
+            [
+                Op(
+                    OpKind.UPSERT,
+                    rtype.kind,
+                    res.mesh,
+                    name,
+                    spec=res.spec_dict(),
+                    labels=dict(res.labels),
+                    expected_version=_expected(if_match),
+                )
+            ]
+        )
+        assert record is not None
+        return respond(record, 200 if existed else 201)
+
+    async def list_docs(request: Request, kind: str, mesh: str | None, offset: int, size: int) -> dict[str, Any]:
+        page = await state.store.list(kind, mesh, offset=offset, limit=size)
+        return _page(request, [to_document(r, registry) for r in page.items], page.total, offset, size)
+
+    # -- meshes (global) --------------------------------------------------------------------------------------
+    @router.get("/meshes", tags=["meshes"])
+    async def list_meshes(
+        request: Request, offset: int = Query(0, ge=0), size: int = Query(100, ge=1, le=MAX_PAGE)
+    ) -> dict[str, Any]:
+        return await list_docs(request, "Mesh", None, offset, size)
+
+    @router.get("/meshes/{name}", tags=["meshes"])
+    async def get_mesh(name: str) -> JSONResponse:
+        record = await state.store.get("Mesh", "", name)
+        if record is None:
+            raise NotFound("Mesh", "", name)
+        return respond(record, 200)
+
+    @router.put("/meshes/{name}", tags=["meshes"], status_code=201)
+    async def put_mesh(name: str, request: Request, if_match: str | None = Header(None)) -> JSONResponse:
+        return await put(registry.kind("Mesh"), "", name, await read_body(request), if_match)  # type: ignore[arg-type]
+
+    @router.delete("/meshes/{name}", tags=["meshes"])
+    async def delete_mesh(name: str) -> dict[str, Any]:
+        if await state.store.get("Mesh", "", name) is None:
+            raise NotFound("Mesh", "", name)
+        ops = [Op(OpKind.DELETE, "Mesh", "", name)]
+        for rtype in registry.all():  # cascade: everything that lives in the mesh goes with it, atomically
+            if rtype.scope is Scope.MESH:
+                page = await state.store.list(rtype.kind, name)
+                ops.extend(Op(OpKind.DELETE, r.type, r.mesh, r.name) for r in page.items)
+        await state.store.write(ops)
+        return {}
+
+    # -- mesh-scoped resources -----------------------------------------------------------------------------------
+    @router.get("/meshes/{mesh}/{plural}", tags=["resources"])
+    async def list_in_mesh(
+        mesh: str,
+        plural: str,
+        request: Request,
+        offset: int = Query(0, ge=0),
+        size: int = Query(100, ge=1, le=MAX_PAGE),
+    ) -> dict[str, Any]:
+        rtype = rtype_for(plural)
+        return await list_docs(request, rtype.kind, mesh, offset, size)
+
+    @router.get("/meshes/{mesh}/{plural}/{name}", tags=["resources"])
+    async def get_in_mesh(mesh: str, plural: str, name: str) -> JSONResponse:
+        rtype = rtype_for(plural)
+        record = await state.store.get(rtype.kind, mesh, name)
+        if record is None:
+            raise NotFound(rtype.kind, mesh, name)
+        return respond(record, 200)
+
+    @router.put("/meshes/{mesh}/{plural}/{name}", tags=["resources"], status_code=201)
+    async def put_in_mesh(
+        mesh: str, plural: str, name: str, request: Request, if_match: str | None = Header(None)
+    ) -> JSONResponse:
+        return await put(rtype_for(plural), mesh, name, await read_body(request), if_match)
+
+    @router.delete("/meshes/{mesh}/{plural}/{name}", tags=["resources"])
+    async def delete_in_mesh(mesh: str, plural: str, name: str, if_match: str | None = Header(None)) -> Response:
+        rtype = rtype_for(plural)
+        await state.store.write([Op(OpKind.DELETE, rtype.kind, mesh, name, expected_version=_expected(if_match))])
+        return JSONResponse({})
+
+    return router

@@ -1,0 +1,27 @@
+"""What the REST API needs from a running control plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from isthmus.cp.certificates import WorkloadCertificates
+from isthmus.cp.insights import Insights
+from isthmus.cp.reconciler import Reconciler
+from isthmus.resources.registry import Registry
+from isthmus.store.base import ResourceStore
+from isthmus.xds.cache import SnapshotCache
+
+
+@dataclass
+class ControlPlaneState:
+    store: ResourceStore
+    registry: Registry
+    cache: SnapshotCache
+    reconciler: Reconciler
+    insights: Insights
+    certificates: WorkloadCertificates
+    metrics: CollectorRegistry
+    xds_address: str = ""
+    instance_id: str = field(default="")

@@ -1,0 +1,161 @@
+"""Build one proxy's IR from its mesh context. Pure: same inputs, same IR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from isthmus.context.mesh_context import MeshContext
+from isthmus.ir.model import (
+    Cluster,
+    Endpoint,
+    EndpointSet,
+    InboundListener,
+    MeshTls,
+    OutboundListener,
+    Permissions,
+    Protocol,
+    ProxyIR,
+    Secret,
+    TlsMode,
+)
+from isthmus.policies.meshtrafficpermission.plugin import inbound_permissions
+from isthmus.resources.dataplane import DataplaneSpec
+from isthmus.resources.mesh import MtlsMode
+
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The workload certificate issued to this proxy."""
+
+    certificate_chain: str
+    private_key: str
+
+
+def identity_secret_name(mesh: str) -> str:
+    return f"identity_cert:secret:{mesh}"
+
+
+def ca_secret_name(mesh: str) -> str:
+    return f"mesh_ca:secret:{mesh}"
+
+
+def node_id(mesh: str, name: str) -> str:
+    return f"{mesh}.{name}"
+
+
+def _protocol(tag_value: str) -> Protocol:
+    if tag_value == "http":
+        return Protocol.HTTP
+    if tag_value in ("http2", "grpc"):
+        return Protocol.HTTP2
+    return Protocol.TCP
+
+
+def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | None) -> ProxyIR:
+    dp = ctx.dataplanes[dataplane_name]
+    spec = dp.spec
+    assert isinstance(spec, DataplaneSpec)
+    net = spec.networking
+    backend = ctx.spec.enabled_backend
+    mtls_on = backend is not None
+    if mtls_on and identity is None:
+        raise ValueError(f"mesh {ctx.name!r} has mTLS enabled but no certificate was issued to {dataplane_name!r}")
+    tls = MeshTls(identity_secret_name(ctx.name), ca_secret_name(ctx.name)) if mtls_on else None
+    if backend is None:
+        tls_mode = TlsMode.OFF
+    else:
+        tls_mode = TlsMode.PERMISSIVE if backend.mode is MtlsMode.PERMISSIVE else TlsMode.STRICT
+    permissions_policies = ctx.policies_of("MeshTrafficPermission")
+
+    clusters: dict[str, Cluster] = {}
+    endpoint_sets: list[EndpointSet] = []
+    inbounds: list[InboundListener] = []
+    for inbound in net.inbound:
+        address = inbound.address or net.address
+        service_port = inbound.service_port or inbound.port
+        local = f"localhost:{service_port}"
+        protocol = _protocol(inbound.protocol)
+        clusters[local] = Cluster(
+            name=local,
+            protocol=protocol,
+            eds=False,
+            endpoints=(Endpoint(inbound.service_address or LOCALHOST, service_port),),
+        )
+        permissions: Permissions | None = None
+        if mtls_on:
+            perms = inbound_permissions(ctx.name, permissions_policies, dp, inbound)
+            permissions = Permissions(perms.allow, perms.shadow_allow, perms.policies)
+        inbounds.append(
+            InboundListener(
+                name=f"inbound:{address}:{inbound.port}",
+                address=address,
+                port=inbound.port,
+                service=inbound.service,
+                protocol=protocol,
+                local_cluster=local,
+                tls_mode=tls_mode,
+                tls=tls,
+                trust_domain_prefix=f"spiffe://{ctx.name}/",
+                permissions=permissions,
+            )
+        )
+
+    outbounds: list[OutboundListener] = []
+    for outbound in net.outbound:
+        service = outbound.service
+        candidates = [e for e in ctx.endpoints.get(service, ()) if e.ready]
+        port_filter = outbound.backend_ref.port if outbound.backend_ref is not None else None
+        cluster_name = service
+        if port_filter is not None and any(e.port == port_filter for e in candidates):
+            candidates = [e for e in candidates if e.port == port_filter]
+            cluster_name = f"{service}_{port_filter}"
+        if ctx.endpoints.get(service):
+            protocol = _protocol(ctx.service_protocol(service))
+        else:
+            protocol = _protocol((outbound.tags or {}).get("kuma.io/protocol", "tcp"))
+        address = outbound.address or LOCALHOST
+        name = f"outbound:{address}:{outbound.port}"
+        if cluster_name not in clusters:
+            clusters[cluster_name] = Cluster(
+                name=cluster_name,
+                protocol=Protocol.HTTP2 if protocol is not Protocol.TCP else Protocol.TCP,
+                eds=True,
+                tls=tls,
+                verify_spiffe_id=f"spiffe://{ctx.name}/{service}" if mtls_on else "",
+            )
+            endpoint_sets.append(
+                EndpointSet(
+                    cluster_name,
+                    tuple(sorted({Endpoint(e.address, e.port) for e in candidates}, key=lambda e: (e.address, e.port))),
+                )
+            )
+        outbounds.append(
+            OutboundListener(
+                name=name,
+                address=address,
+                port=outbound.port,
+                service=service,
+                protocol=protocol,
+                cluster=cluster_name,
+                route_config=name if protocol is not Protocol.TCP else "",
+            )
+        )
+
+    secrets: tuple[Secret, ...] = ()
+    if mtls_on and identity is not None:
+        secrets = (
+            Secret(identity_secret_name(ctx.name), identity.certificate_chain, identity.private_key),
+            Secret(ca_secret_name(ctx.name), trusted_ca=ctx.ca_certificate),
+        )
+    return ProxyIR(
+        node_id=node_id(ctx.name, dp.name),
+        mesh=ctx.name,
+        name=dp.name,
+        inbounds=tuple(inbounds),
+        outbounds=tuple(outbounds),
+        clusters=tuple(clusters.values()),
+        endpoints=tuple(endpoint_sets),
+        secrets=secrets,
+    )

@@ -1,0 +1,175 @@
+"""The per-proxy intermediate representation: frozen dataclasses, no protobuf.
+
+A :class:`ProxyIR` says everything the xDS stage needs to know about one proxy: its listeners, the clusters and
+endpoints they reach, its certificates and, per inbound, who may call it. Instances are hashable and compare by
+value, so identical parts of different proxies translate once (see :mod:`isthmus.xds.translate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A boolean expression over the URI SANs of the peer certificate."""
+
+    op: Literal["any", "none", "uri", "and", "or", "not"]
+    value: str = ""
+    children: tuple[Principal, ...] = ()
+
+    @staticmethod
+    def any() -> Principal:
+        return _ANY
+
+    @staticmethod
+    def none() -> Principal:
+        return _NONE
+
+    @staticmethod
+    def uri(value: str) -> Principal:
+        return Principal("uri", value)
+
+    @staticmethod
+    def all_of(children: tuple[Principal, ...]) -> Principal:
+        kept = tuple(c for c in children if c.op != "any")
+        if any(c.op == "none" for c in kept):
+            return _NONE
+        if not kept:
+            return _ANY
+        return kept[0] if len(kept) == 1 else Principal("and", children=kept)
+
+    @staticmethod
+    def any_of(children: tuple[Principal, ...]) -> Principal:
+        kept = tuple(c for c in children if c.op != "none")
+        if any(c.op == "any" for c in kept):
+            return _ANY
+        if not kept:
+            return _NONE
+        return kept[0] if len(kept) == 1 else Principal("or", children=kept)
+
+    def matches(self, uris: frozenset[str] | set[str], authenticated: bool = True) -> bool:
+        """Evaluate against a peer's URI SANs, as Envoy's RBAC would (for tests and ``explain``)."""
+        if self.op == "any":
+            return True
+        if self.op == "none":
+            return False
+        if self.op == "uri":
+            return authenticated and self.value in uris
+        if self.op == "and":
+            return all(c.matches(uris, authenticated) for c in self.children)
+        if self.op == "or":
+            return any(c.matches(uris, authenticated) for c in self.children)
+        return not self.children[0].matches(uris, authenticated)
+
+    @staticmethod
+    def negate(child: Principal) -> Principal:
+        if child.op == "any":
+            return _NONE
+        if child.op == "none":
+            return _ANY
+        if child.op == "not":
+            return child.children[0]
+        return Principal("not", children=(child,))
+
+
+_ANY = Principal("any")
+_NONE = Principal("none")
+
+
+class Protocol(str, Enum):
+    TCP = "tcp"
+    HTTP = "http"  # HTTP/1.1 or HTTP/2 from the application; HTTP/2 between sidecars
+    HTTP2 = "http2"  # HTTP/2 (and gRPC) end to end
+
+
+class TlsMode(str, Enum):
+    OFF = "off"  # mesh without mTLS: plaintext, no permissions enforced
+    STRICT = "strict"  # mTLS only
+    PERMISSIVE = "permissive"  # mTLS and plaintext on the same port
+
+
+@dataclass(frozen=True)
+class MeshTls:
+    """Names of the SDS secrets a proxy uses for mesh mTLS."""
+
+    identity_secret: str
+    ca_secret: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    locality: str = ""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    protocol: Protocol
+    eds: bool  # True: endpoints come from EDS; False: STATIC with ``endpoints``
+    endpoints: tuple[Endpoint, ...] = ()
+    tls: MeshTls | None = None  # upstream mTLS to other sidecars
+    verify_spiffe_id: str = ""  # the URI SAN the server must present
+    connect_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class EndpointSet:
+    cluster: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
+class Permissions:
+    allow: Principal
+    shadow_allow: Principal
+    policies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InboundListener:
+    name: str
+    address: str
+    port: int
+    service: str
+    protocol: Protocol
+    local_cluster: str
+    tls_mode: TlsMode
+    tls: MeshTls | None
+    trust_domain_prefix: str  # peers must present a URI SAN under this prefix (``spiffe://<mesh>/``)
+    permissions: Permissions | None  # None: not enforced (mTLS off)
+
+
+@dataclass(frozen=True)
+class OutboundListener:
+    name: str
+    address: str
+    port: int
+    service: str
+    protocol: Protocol
+    cluster: str
+    route_config: str  # RDS name for HTTP; "" for TCP
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    certificate_chain: str = ""
+    private_key: str = ""
+    trusted_ca: str = ""
+
+
+@dataclass(frozen=True)
+class ProxyIR:
+    node_id: str
+    mesh: str
+    name: str
+    inbounds: tuple[InboundListener, ...]
+    outbounds: tuple[OutboundListener, ...]
+    clusters: tuple[Cluster, ...]
+    endpoints: tuple[EndpointSet, ...]
+    secrets: tuple[Secret, ...]

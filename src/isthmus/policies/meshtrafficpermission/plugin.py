@@ -1,0 +1,93 @@
+"""From matched MeshTrafficPermissions to the permission rules of one inbound.
+
+Kuma's ``from`` semantics: every ``from`` item selects a set of clients and gives it an action; items are taken
+in policy order (lowest priority first) and, within a policy, in list order; for a given client the last item
+whose set contains it decides. A client that no item selects is denied.
+
+Clients are identified by their certificate's URI SANs: ``spiffe://<mesh>/<service>`` and ``kuma://<tag>/<value>``
+(see :mod:`isthmus.pki.issuer`). The rules are compiled into one boolean expression over those identities, which
+the xDS stage turns into an Envoy RBAC policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from isthmus.ir.model import Principal
+from isthmus.policies.matching import matched_for_inbound
+from isthmus.policies.meshtrafficpermission.api import Action, MeshTrafficPermissionSpec
+from isthmus.resources.common import SERVICE_TAG, TargetRef, TargetRefKind
+from isthmus.resources.dataplane import Inbound
+from isthmus.resources.registry import Resource
+
+
+@dataclass(frozen=True)
+class PermissionItem:
+    policy: str
+    index: int
+    from_ref: TargetRef
+    action: Action
+    principal: Principal
+
+
+@dataclass(frozen=True)
+class InboundPermissions:
+    items: tuple[PermissionItem, ...]
+    allow: Principal  # who is let through
+    shadow_allow: Principal  # who would be let through if AllowWithShadowDeny were Deny
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(i.policy for i in self.items))
+
+
+def identity_uri(mesh: str, key: str, value: str) -> str:
+    if key == SERVICE_TAG:
+        return f"spiffe://{mesh}/{value}"
+    return f"kuma://{key}/{value}"
+
+
+def client_principal(mesh: str, ref: TargetRef) -> Principal:
+    if ref.kind is TargetRefKind.MESH:
+        return Principal.any()
+    tags: dict[str, str] = dict(ref.tags or {})
+    if ref.kind in (TargetRefKind.MESH_SERVICE, TargetRefKind.MESH_SERVICE_SUBSET):
+        assert ref.name is not None
+        tags[SERVICE_TAG] = ref.name
+    return Principal.all_of(
+        tuple(Principal.uri(identity_uri(mesh, k, v)) for k, v in sorted(tags.items()) if v != "*")
+    )
+
+
+def _decide(items: Sequence[PermissionItem], allowed: set[Action]) -> Principal:
+    """Clients for which the last matching item's action is in ``allowed``."""
+    alternatives: list[Principal] = []
+    for i, item in enumerate(items):
+        if item.action not in allowed:
+            continue
+        overriding = [later.principal for later in items[i + 1 :] if later.action not in allowed]
+        if overriding:
+            alternatives.append(Principal.all_of((item.principal, Principal.negate(Principal.any_of(tuple(overriding))))))
+        else:
+            alternatives.append(item.principal)
+    return Principal.any_of(tuple(alternatives))
+
+
+def inbound_permissions(
+    mesh: str, policies: Sequence[Resource], dataplane: Resource, inbound: Inbound
+) -> InboundPermissions:
+    items: list[PermissionItem] = []
+    for policy in matched_for_inbound(policies, dataplane, inbound):
+        spec = policy.spec
+        assert isinstance(spec, MeshTrafficPermissionSpec)
+        for i, item in enumerate(spec.from_):
+            items.append(
+                PermissionItem(policy.name, i, item.target_ref, item.default.action, client_principal(mesh, item.target_ref))
+            )
+    enforce = {Action.ALLOW, Action.ALLOW_WITH_SHADOW_DENY}
+    return InboundPermissions(
+        items=tuple(items),
+        allow=_decide(items, enforce),
+        shadow_allow=_decide(items, {Action.ALLOW}),
+    )

@@ -1,0 +1,57 @@
+"""Clusters (local application and mesh services) and their endpoint sets."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from isthmus.ir.model import Cluster, Endpoint, EndpointSet, Protocol
+from isthmus.xds.translate import tls
+from isthmus.xds.translate.common import ads, duration_ms, pack, socket_address
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _lb_endpoints(endpoints: tuple[Endpoint, ...]) -> list[endpoint_components_pb2.LocalityLbEndpoints]:
+    if not endpoints:
+        return []
+    return [
+        endpoint_components_pb2.LocalityLbEndpoints(
+            lb_endpoints=[
+                endpoint_components_pb2.LbEndpoint(
+                    endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))
+                )
+                for e in endpoints
+            ]
+        )
+    ]
+
+
+def cluster(ir: Cluster) -> cluster_pb2.Cluster:
+    out = cluster_pb2.Cluster(name=ir.name, connect_timeout=duration_ms(ir.connect_timeout_ms))
+    if ir.eds:
+        out.type = cluster_pb2.Cluster.EDS
+        out.eds_cluster_config.eds_config.CopyFrom(ads())
+    else:
+        out.type = cluster_pb2.Cluster.STATIC
+        out.load_assignment.CopyFrom(
+            endpoint_pb2.ClusterLoadAssignment(cluster_name=ir.name, endpoints=_lb_endpoints(ir.endpoints))
+        )
+    if ir.protocol is Protocol.HTTP2:
+        options = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    if ir.tls is not None:
+        out.transport_socket.CopyFrom(
+            tls.upstream_socket(ir.tls, ir.verify_spiffe_id, http2=ir.protocol is Protocol.HTTP2)
+        )
+    return out
+
+
+def endpoints(ir: EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=ir.cluster, endpoints=_lb_endpoints(ir.endpoints))

@@ -1,0 +1,45 @@
+"""Mesh mTLS contexts: what an inbound demands of its peers and what an outbound presents and verifies."""
+
+from __future__ import annotations
+
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+
+from isthmus.ir.model import MeshTls
+from isthmus.xds.translate.common import sds, transport_socket
+
+TLS_SOCKET = "envoy.transport_sockets.tls"
+MESH_ALPN = ["h2", "http/1.1"]
+
+
+def _uri_san(matcher: string_pb2.StringMatcher) -> common_pb2.SubjectAltNameMatcher:
+    return common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
+
+
+def _common(tls: MeshTls, san: string_pb2.StringMatcher, alpn: list[str]) -> common_pb2.CommonTlsContext:
+    return common_pb2.CommonTlsContext(
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
+        tls_certificate_sds_secret_configs=[sds(tls.identity_secret)],
+        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(
+                match_typed_subject_alt_names=[_uri_san(san)]
+            ),
+            validation_context_sds_secret_config=sds(tls.ca_secret),
+        ),
+        alpn_protocols=alpn,
+    )
+
+
+def downstream_socket(tls: MeshTls, trust_domain_prefix: str):  # type: ignore[no-untyped-def]
+    ctx = tls_pb2.DownstreamTlsContext(
+        common_tls_context=_common(tls, string_pb2.StringMatcher(prefix=trust_domain_prefix), MESH_ALPN),
+    )
+    ctx.require_client_certificate.value = True
+    return transport_socket(TLS_SOCKET, ctx)
+
+
+def upstream_socket(tls: MeshTls, spiffe_id: str, http2: bool):  # type: ignore[no-untyped-def]
+    ctx = tls_pb2.UpstreamTlsContext(
+        common_tls_context=_common(tls, string_pb2.StringMatcher(exact=spiffe_id), ["h2"] if http2 else []),
+    )
+    return transport_socket(TLS_SOCKET, ctx)
