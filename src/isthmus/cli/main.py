@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from isthmus.cli import cp as cp_cmds
+from isthmus.cli import demo as demo_cmds
 from isthmus.cli import dp as dp_cmds
 from isthmus.cli import resources as resource_cmds
 
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(cp_cmds.app, name="cp")
 app.add_typer(dp_cmds.app, name="dp")
+app.add_typer(demo_cmds.app, name="demo")
 resource_cmds.register(app)
 
 

@@ -1,0 +1,7 @@
+"""``python -m isthmus.cli``."""
+
+from __future__ import annotations
+
+from isthmus.cli.main import main
+
+main()

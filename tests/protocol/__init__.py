@@ -1,0 +1,1 @@
+"""Protocol tests against an in-process fake Envoy."""
