@@ -21,7 +21,9 @@ ISTHMUS = [sys.executable, "-m", "isthmus.cli"]
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = "condition"
+) -> T:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -45,7 +47,9 @@ class Proc:
 
     def start(self) -> Proc:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
@@ -74,9 +78,17 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         args = [
-            *ISTHMUS, "cp", "run", "--store", self.store,
-            "--api-address", f"127.0.0.1:{self.api_port}", "--xds-address", f"127.0.0.1:{self.xds_port}",
-            "--log-level", "warning",
+            *ISTHMUS,
+            "cp",
+            "run",
+            "--store",
+            self.store,
+            "--api-address",
+            f"127.0.0.1:{self.api_port}",
+            "--xds-address",
+            f"127.0.0.1:{self.xds_port}",
+            "--log-level",
+            "warning",
         ]
         self.proc = Proc("control-plane", args, self.tmp).start()
         wait_for(lambda: self.http.get("/").status_code == 200, 30, what="control plane API")
@@ -93,7 +105,9 @@ class ControlPlane:
             if doc["type"] == "Mesh":
                 path = f"/meshes/{doc['name']}"
             else:
-                plural = {"Dataplane": "dataplanes", "MeshTrafficPermission": "meshtrafficpermissions"}[doc["type"]]
+                plural = {"Dataplane": "dataplanes", "MeshTrafficPermission": "meshtrafficpermissions"}[
+                    doc["type"]
+                ]
                 path = f"/meshes/{doc['mesh']}/{plural}/{doc['name']}"
             resp = self.http.put(path, json=doc)
             assert resp.status_code in (200, 201), resp.text
@@ -127,8 +141,19 @@ class Sidecar:
 
     def start(self) -> Sidecar:
         args = [
-            *ISTHMUS, "dp", "run", "--cp-address", self.cp.url, "--dataplane-file", str(self.file),
-            "--admin-port", str(self.admin_port), "--work-dir", str(self.work), "--log-level", "warning",
+            *ISTHMUS,
+            "dp",
+            "run",
+            "--cp-address",
+            self.cp.url,
+            "--dataplane-file",
+            str(self.file),
+            "--admin-port",
+            str(self.admin_port),
+            "--work-dir",
+            str(self.work),
+            "--log-level",
+            "warning",
         ]
         self.proc = Proc(f"dp-{self.name}", args, self.tmp).start()
         return self
@@ -147,7 +172,16 @@ class Sidecar:
 
 
 class App:
-    def __init__(self, tmp: Path, service: str, *, version: str = "v1", instance: str = "", upstream: str = "", tcp: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        service: str,
+        *,
+        version: str = "v1",
+        instance: str = "",
+        upstream: str = "",
+        tcp: bool = False,
+    ) -> None:
         self.port = free_port()
         args = [*ISTHMUS, "demo", "app", "--service", service, "--port", str(self.port), "--version", version]
         if instance:

@@ -53,8 +53,16 @@ spec:
 """
 
 
-def dataplane(name: str, service: str, inbound_port: int, app_port: int, *, protocol: str = "http",
-              outbounds: list[tuple[int, str]] = (), version: str = "v1") -> str:  # type: ignore[assignment]
+def dataplane(
+    name: str,
+    service: str,
+    inbound_port: int,
+    app_port: int,
+    *,
+    protocol: str = "http",
+    outbounds: list[tuple[int, str]] = (),
+    version: str = "v1",
+) -> str:  # type: ignore[assignment]
     out = "".join(f"\n  - port: {p}\n    tags:\n      kuma.io/service: {s}" for p, s in outbounds)
     return f"""
 type: Dataplane
@@ -90,7 +98,8 @@ class Mesh:
         ).start()
         self.web_app_port = free_port()
         self.web = Sidecar(
-            tmp, self.cp,
+            tmp,
+            self.cp,
             dataplane("web-1", "web", free_port(), self.web_app_port, outbounds=[(self.outbound, "backend")]),
         ).start()
         self.web.wait_listener(f"outbound:127.0.0.1:{self.outbound}")
@@ -120,7 +129,9 @@ def get(url: str) -> httpx.Response:
 
 def test_allowed_traffic_reaches_backend_and_deny_gets_403(mesh: Mesh) -> None:
     # mTLS on and no permission: denied
-    resp = wait_for(lambda: get(mesh.url).status_code == 403 and get(mesh.url), 20, what="403 without permission")
+    resp = wait_for(
+        lambda: get(mesh.url).status_code == 403 and get(mesh.url), 20, what="403 without permission"
+    )
     assert resp.status_code == 403
     mesh.cp.apply(ALLOW_ALL)
     ok = wait_for(lambda: (r := get(mesh.url)).status_code == 200 and r, 10, what="200 after allow-all")
@@ -193,8 +204,11 @@ def test_endpoints_follow_dataplanes(mesh: Mesh) -> None:
 
         wait_for(both, 30, what="both backend instances")
         second.stop()  # the agent deregisters its Dataplane on SIGTERM
-        wait_for(lambda: all(get(mesh.url).json()["instance"] == "backend-1" for _ in range(10)), 15,
-                 what="only backend-1")
+        wait_for(
+            lambda: all(get(mesh.url).json()["instance"] == "backend-1" for _ in range(10)),
+            15,
+            what="only backend-1",
+        )
 
 
 def test_tcp_service_through_mesh(tmp_path: Path) -> None:
@@ -207,7 +221,11 @@ def test_tcp_service_through_mesh(tmp_path: Path) -> None:
     outbound = free_port()
     db = Sidecar(tmp_path, cp, dataplane("db-1", "db", free_port(), echo.port, protocol="tcp")).start()
     client = Sidecar(
-        tmp_path, cp, dataplane("client-1", "client", free_port(), free_port(), protocol="tcp", outbounds=[(outbound, "db")])
+        tmp_path,
+        cp,
+        dataplane(
+            "client-1", "client", free_port(), free_port(), protocol="tcp", outbounds=[(outbound, "db")]
+        ),
     ).start()
     with running(cp, echo, db, client):
         client.wait_listener(f"outbound:127.0.0.1:{outbound}")

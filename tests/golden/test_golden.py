@@ -81,7 +81,9 @@ def _check(path: Path, actual: str, update: bool) -> None:
     assert actual == path.read_text(), f"{path.name} differs; run pytest --update-golden and review the diff"
 
 
-@pytest.mark.parametrize(("case", "dp"), _outputs(), ids=lambda v: v.name.split(".")[0] if isinstance(v, Path) else v)
+@pytest.mark.parametrize(
+    ("case", "dp"), _outputs(), ids=lambda v: v.name.split(".")[0] if isinstance(v, Path) else v
+)
 def test_golden(case: Path, dp: str, update_golden: bool, tmp_path: Path) -> None:
     stem = case.name.removesuffix(".input.yaml")
     ir_text, xds = _render(case, dp)
@@ -92,7 +94,11 @@ def test_golden(case: Path, dp: str, update_golden: bool, tmp_path: Path) -> Non
 
 
 def test_no_orphaned_golden_files() -> None:
-    expected = {f"{c.name.removesuffix('.input.yaml')}.{dp}.{kind}.yaml" for c, dp in _outputs() for kind in ("ir", "xds")}
+    expected = {
+        f"{c.name.removesuffix('.input.yaml')}.{dp}.{kind}.yaml"
+        for c, dp in _outputs()
+        for kind in ("ir", "xds")
+    }
     present = {p.name for p in CASES.glob("*.yaml") if not p.name.endswith(".input.yaml")}
     assert present - expected == set(), "orphaned golden outputs"
 
@@ -136,7 +142,16 @@ def _envoy_validate(xds: dict[str, list[dict[str, Any]]], tmp_path: Path) -> Non
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(_static_bootstrap(xds)))
     proc = subprocess.run(
-        [str(find_envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "error", "--disable-hot-restart"],
+        [
+            str(find_envoy_binary()),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "-l",
+            "error",
+            "--disable-hot-restart",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,9 @@ from isthmus.resources.registry import Resource, default_registry, parse_documen
 REG = default_registry()
 
 
-def dp(name: str = "web-1", service: str = "web", labels: dict[str, str] | None = None, **tags: str) -> Resource:
+def dp(
+    name: str = "web-1", service: str = "web", labels: dict[str, str] | None = None, **tags: str
+) -> Resource:
     doc: dict[str, Any] = {
         "type": "Dataplane",
         "mesh": "default",
@@ -21,7 +23,14 @@ def dp(name: str = "web-1", service: str = "web", labels: dict[str, str] | None 
         "labels": labels or {},
         "networking": {
             "address": "127.0.0.1",
-            "inbound": [{"port": 10001, "servicePort": 8080, "name": "main", "tags": {"kuma.io/service": service, **tags}}],
+            "inbound": [
+                {
+                    "port": 10001,
+                    "servicePort": 8080,
+                    "name": "main",
+                    "tags": {"kuma.io/service": service, **tags},
+                }
+            ],
         },
     }
     return parse_document(doc, REG)
@@ -65,7 +74,11 @@ def test_allow_all() -> None:
 def test_deny_for_one_service_keeps_others_allowed() -> None:
     policies = [
         mtp("allow-all", MESH, (MESH, "Allow")),
-        mtp("deny-backend", {"kind": "MeshService", "name": "web"}, ({"kind": "MeshService", "name": "backend"}, "Deny")),
+        mtp(
+            "deny-backend",
+            {"kind": "MeshService", "name": "web"},
+            ({"kind": "MeshService", "name": "backend"}, "Deny"),
+        ),
     ]
     assert not allowed(policies, client("backend"))
     assert allowed(policies, client("frontend"))
@@ -93,7 +106,9 @@ def test_later_from_item_in_same_policy_overrides() -> None:
 
 
 def test_mesh_service_subset_needs_both_service_and_tags() -> None:
-    policies = [mtp("p", MESH, ({"kind": "MeshServiceSubset", "name": "backend", "tags": {"env": "prod"}}, "Allow"))]
+    policies = [
+        mtp("p", MESH, ({"kind": "MeshServiceSubset", "name": "backend", "tags": {"env": "prod"}}, "Allow"))
+    ]
     assert allowed(policies, client("backend", env="prod"))
     assert not allowed(policies, client("backend", env="dev"))
     assert not allowed(policies, client("other", env="prod"))

@@ -51,5 +51,9 @@ def demo_app(
     import uvicorn
 
     uvicorn.run(
-        echo_app(service, version, instance, upstream), host=host, port=port, log_level="warning", access_log=False
+        echo_app(service, version, instance, upstream),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
     )

@@ -81,7 +81,9 @@ def build_mesh_context(
     content = {
         "mesh": [mesh.name, dict(mesh.labels), mesh.spec_dict()],
         "dataplanes": [[d.name, dict(d.labels), d.spec_dict()] for d in by_name.values()],
-        "policies": [[p.type.kind, p.name, dict(p.labels), p.spec_dict()] for ps in by_kind.values() for p in ps],
+        "policies": [
+            [p.type.kind, p.name, dict(p.labels), p.spec_dict()] for ps in by_kind.values() for p in ps
+        ],
         "ca": ca_certificate,
     }
     return MeshContext(

@@ -77,7 +77,12 @@ class WorkloadCertificates:
         ):
             return current
         cert = issue_workload_certificate(
-            ca, mesh=mesh, services=list(services), tags={k: list(v) for k, v in tag_key}, lifetime=lifetime, now=now
+            ca,
+            mesh=mesh,
+            services=list(services),
+            tags={k: list(v) for k, v in tag_key},
+            lifetime=lifetime,
+            now=now,
         )
         issued = IssuedIdentity(
             certificate=cert,

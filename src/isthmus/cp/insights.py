@@ -99,7 +99,9 @@ class Insights:
         if sub is not None:
             sub.acks += 1
 
-    def on_nack(self, stream_id: int, node_id: str, type_url: str, rejected_version: str, error_message: str) -> None:
+    def on_nack(
+        self, stream_id: int, node_id: str, type_url: str, rejected_version: str, error_message: str
+    ) -> None:
         self._node(node_id).last_nack = Nack(type_url, rejected_version, error_message, _now())
         sub = self._sub(node_id, stream_id)
         if sub is not None:

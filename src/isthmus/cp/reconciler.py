@@ -168,7 +168,9 @@ class Reconciler:
         except Exception as exc:  # a bad input must not break the other proxies
             log.exception("generating config for %s failed", nid)
             previous = state.snapshot if state else None
-            self.proxies[nid] = ProxyState(ctx.name, dp.name, key, state.ir if state else None, previous, str(exc))
+            self.proxies[nid] = ProxyState(
+                ctx.name, dp.name, key, state.ir if state else None, previous, str(exc)
+            )
             return
         self.proxies[nid] = ProxyState(ctx.name, dp.name, key, ir, snapshot, "", datetime.now(UTC))
         self.cache.set_snapshot(nid, snapshot)

@@ -146,18 +146,31 @@ class Demo:
         (self.dir / "deny.yaml").write_text(DENY)
         for svc in SERVICES:
             upstream = WEB_TO_BACKEND if svc.outbound else ""
-            args = ["demo", "app", "--service", svc.service, "--port", str(svc.app_port), "--version", svc.version]
+            args = [
+                "demo",
+                "app",
+                "--service",
+                svc.service,
+                "--port",
+                str(svc.app_port),
+                "--version",
+                svc.version,
+            ]
             args += ["--instance", svc.name] + (["--upstream", upstream] if upstream else [])
             await self.spawn(f"app-{svc.name}", *args)
             dp_file = self.dir / f"{svc.name}.yaml"
             dp_file.write_text(svc.dataplane())
-            print(f"Starting {svc.service} ({svc.version}) on :{svc.app_port} with its sidecar on :{svc.inbound_port}")
+            print(
+                f"Starting {svc.service} ({svc.version}) on :{svc.app_port} with its sidecar on :{svc.inbound_port}"
+            )
             await self.spawn(
                 f"dp-{svc.name}", "dp", "run", "--cp-address", self.cp_url, "--dataplane-file", str(dp_file),
                 "--admin-port", "0", "--work-dir", str(self.dir / "work" / svc.name), "--log-level", "warning",
             )  # fmt: skip
         resp = await self.wait_http(f"http://127.0.0.1:{SERVICES[0].app_port}/", {200}, timeout=60)
-        print(f"\nTraffic flows over mTLS: web -> backend answered {resp.json()['upstream']['body']['instance']}\n")
+        print(
+            f"\nTraffic flows over mTLS: web -> backend answered {resp.json()['upstream']['body']['instance']}\n"
+        )
 
     async def check(self) -> None:
         """Used by tests: deny takes effect, then lifting it restores traffic."""
@@ -176,12 +189,12 @@ class Demo:
   isthmus get dataplanes {cp}
   curl -s http://127.0.0.1:{SERVICES[0].app_port}/        # web calls backend through its sidecar (mTLS)
   curl -s {WEB_TO_BACKEND}/                   # web's sidecar balances over backend-1 (v1) and backend-2 (v2)
-  isthmus apply -f {self.dir / 'deny.yaml'} {cp}   # deny web -> backend; the curl above now answers 403
+  isthmus apply -f {self.dir / "deny.yaml"} {cp}   # deny web -> backend; the curl above now answers 403
   isthmus delete meshtrafficpermission deny-web-to-backend {cp}
   isthmus inspect dataplane backend-1 {cp}
   curl -s {self.cp_url}/meshes/default/dataplanes+insights
 
-Logs: {self.dir / 'logs'}.  Press Ctrl-C to stop everything.
+Logs: {self.dir / "logs"}.  Press Ctrl-C to stop everything.
 """
 
     async def stop(self) -> None:

@@ -61,7 +61,9 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
     backend = ctx.spec.enabled_backend
     mtls_on = backend is not None
     if mtls_on and identity is None:
-        raise ValueError(f"mesh {ctx.name!r} has mTLS enabled but no certificate was issued to {dataplane_name!r}")
+        raise ValueError(
+            f"mesh {ctx.name!r} has mTLS enabled but no certificate was issued to {dataplane_name!r}"
+        )
     tls = MeshTls(identity_secret_name(ctx.name), ca_secret_name(ctx.name)) if mtls_on else None
     if backend is None:
         tls_mode = TlsMode.OFF
@@ -128,7 +130,12 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
             endpoint_sets.append(
                 EndpointSet(
                     cluster_name,
-                    tuple(sorted({Endpoint(e.address, e.port) for e in candidates}, key=lambda e: (e.address, e.port))),
+                    tuple(
+                        sorted(
+                            {Endpoint(e.address, e.port) for e in candidates},
+                            key=lambda e: (e.address, e.port),
+                        )
+                    ),
                 )
             )
         outbounds.append(

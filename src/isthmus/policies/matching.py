@@ -64,7 +64,9 @@ def sort_policies(policies: Iterable[Resource]) -> list[Resource]:
     return sorted(by_name_desc, key=_rank)
 
 
-def matched_for_inbound(policies: Iterable[Resource], dataplane: Resource, inbound: Inbound) -> list[Resource]:
+def matched_for_inbound(
+    policies: Iterable[Resource], dataplane: Resource, inbound: Inbound
+) -> list[Resource]:
     return sort_policies(
         p
         for p in policies

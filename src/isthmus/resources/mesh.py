@@ -90,7 +90,9 @@ class MeshSpec(Model):
     networking: dict[str, Any] | None = None
     routing: dict[str, Any] | None = None
     constraints: dict[str, Any] | None = None
-    skip_creating_initial_policies: list[str] | None = Field(default=None, alias="skipCreatingInitialPolicies")
+    skip_creating_initial_policies: list[str] | None = Field(
+        default=None, alias="skipCreatingInitialPolicies"
+    )
     mesh_services: dict[str, Any] | None = Field(default=None, alias="meshServices")
 
     @property

@@ -117,7 +117,9 @@ def _check_meta_name(errors: list[FieldError], field_name: str, value: Any) -> s
         return ""
     if not NAME_RE.match(value):
         errors.append(
-            FieldError(field_name, "must be 1-253 letters, digits, '-', '_' or '.', starting and ending alphanumeric")
+            FieldError(
+                field_name, "must be 1-253 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
+            )
         )
     return value
 
@@ -158,7 +160,9 @@ def parse_document(
         else:
             mesh = _check_meta_name(errors, "mesh", raw_mesh)
             if expect_mesh is not None and mesh and mesh != expect_mesh:
-                errors.append(FieldError("mesh", f"{mesh!r} does not match the mesh in the path ({expect_mesh!r})"))
+                errors.append(
+                    FieldError("mesh", f"{mesh!r} does not match the mesh in the path ({expect_mesh!r})")
+                )
     elif "mesh" in doc:
         errors.append(FieldError("mesh", f"must not be set: {rtype.kind} is a global resource"))
     labels = doc.get("labels") or {}

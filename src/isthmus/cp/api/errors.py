@@ -13,12 +13,16 @@ from isthmus.store.base import AlreadyExists, Conflict, NotFound
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, title: str, detail: str = "", fields: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str = "", fields: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.fields = status, title, detail, fields or []
 
 
-def problem(status: int, title: str, detail: str = "", fields: list[dict[str, str]] | None = None) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str = "", fields: list[dict[str, str]] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"title": title, "status": status, "detail": detail or title}
     if fields:
         body["invalid_parameters"] = fields
@@ -38,7 +42,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [
-            {"field": field_path(e.get("loc", ())), "reason": str(e.get("msg", "invalid"))} for e in exc.errors()
+            {"field": field_path(e.get("loc", ())), "reason": str(e.get("msg", "invalid"))}
+            for e in exc.errors()
         ]
         return problem(400, "Bad request", "; ".join(f"{f['field']}: {f['reason']}" for f in fields), fields)
 

@@ -111,8 +111,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         spec = dp.spec
         assert isinstance(spec, DataplaneSpec)
         mtps = [
-            from_record(r, registry)
-            for r in (await state.store.list("MeshTrafficPermission", mesh)).items
+            from_record(r, registry) for r in (await state.store.list("MeshTrafficPermission", mesh)).items
         ]
         inbounds = []
         for inbound in spec.networking.inbound:
@@ -125,7 +124,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                     items.append(
                         {
                             "policy": p.name,
-                            "targetRef": p.spec.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),  # type: ignore[attr-defined]
+                            "targetRef": p.spec.target_ref.model_dump(
+                                by_alias=True, exclude_none=True, mode="json"
+                            ),  # type: ignore[attr-defined]
                             "from": item.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),
                             "action": item.default.action.value,
                         }
@@ -135,15 +136,11 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                     "name": inbound.name or f"{inbound.address or spec.networking.address}:{inbound.port}",
                     "port": inbound.port,
                     "service": inbound.service,
-                    "policies": [
-                        {"type": "MeshTrafficPermission", "name": p.name} for p in matched
-                    ],
+                    "policies": [{"type": "MeshTrafficPermission", "name": p.name} for p in matched],
                     "MeshTrafficPermission": {"rules": items, "precedence": "last matching rule wins"},
                 }
             )
-        outbounds = [
-            {"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound
-        ]
+        outbounds = [{"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound]
         return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
 
     return router

@@ -41,7 +41,9 @@ def _expected(if_match: str | None) -> int | None:
         raise ApiError(400, "Bad request", "If-Match must carry the resource version (an integer)") from None
 
 
-def _page(request: Request, items: list[dict[str, Any]], total: int, offset: int, size: int) -> dict[str, Any]:
+def _page(
+    request: Request, items: list[dict[str, Any]], total: int, offset: int, size: int
+) -> dict[str, Any]:
     nxt = None
     if offset + size < total:
         nxt = str(request.url.include_query_params(offset=offset + size, size=size))
@@ -65,7 +67,11 @@ def build_router(state: ControlPlaneState) -> APIRouter:
 
     async def put(rtype: ResourceType, mesh: str, name: str, body: Any, if_match: str | None) -> JSONResponse:
         res = parse_document(
-            body, registry, expect_type=rtype, expect_mesh=mesh if rtype.scope is Scope.MESH else None, expect_name=name
+            body,
+            registry,
+            expect_type=rtype,
+            expect_mesh=mesh if rtype.scope is Scope.MESH else None,
+            expect_name=name,
         )
         if rtype.scope is Scope.MESH and await state.store.get("Mesh", "", res.mesh) is None:
             raise ResourceValidationError([FieldError("mesh", f"mesh {res.mesh!r} does not exist")])
@@ -86,7 +92,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         assert record is not None
         return respond(record, 200 if existed else 201)
 
-    async def list_docs(request: Request, kind: str, mesh: str | None, offset: int, size: int) -> dict[str, Any]:
+    async def list_docs(
+        request: Request, kind: str, mesh: str | None, offset: int, size: int
+    ) -> dict[str, Any]:
         page = await state.store.list(kind, mesh, offset=offset, limit=size)
         return _page(request, [to_document(r, registry) for r in page.items], page.total, offset, size)
 
@@ -147,9 +155,13 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         return await put(rtype_for(plural), mesh, name, await read_body(request), if_match)
 
     @router.delete("/meshes/{mesh}/{plural}/{name}", tags=["resources"])
-    async def delete_in_mesh(mesh: str, plural: str, name: str, if_match: str | None = Header(None)) -> Response:
+    async def delete_in_mesh(
+        mesh: str, plural: str, name: str, if_match: str | None = Header(None)
+    ) -> Response:
         rtype = rtype_for(plural)
-        await state.store.write([Op(OpKind.DELETE, rtype.kind, mesh, name, expected_version=_expected(if_match))])
+        await state.store.write(
+            [Op(OpKind.DELETE, rtype.kind, mesh, name, expected_version=_expected(if_match))]
+        )
         return JSONResponse({})
 
     return router

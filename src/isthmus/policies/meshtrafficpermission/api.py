@@ -39,7 +39,9 @@ class From(Model):
 
 
 class MeshTrafficPermissionSpec(Model):
-    target_ref: TargetRef = Field(default_factory=lambda: TargetRef(kind=TargetRefKind.MESH), alias="targetRef")
+    target_ref: TargetRef = Field(
+        default_factory=lambda: TargetRef(kind=TargetRefKind.MESH), alias="targetRef"
+    )
     from_: list[From] = Field(alias="from", min_length=1)
 
     @model_validator(mode="after")

@@ -68,7 +68,9 @@ def _decide(items: Sequence[PermissionItem], allowed: set[Action]) -> Principal:
             continue
         overriding = [later.principal for later in items[i + 1 :] if later.action not in allowed]
         if overriding:
-            alternatives.append(Principal.all_of((item.principal, Principal.negate(Principal.any_of(tuple(overriding))))))
+            alternatives.append(
+                Principal.all_of((item.principal, Principal.negate(Principal.any_of(tuple(overriding)))))
+            )
         else:
             alternatives.append(item.principal)
     return Principal.any_of(tuple(alternatives))
@@ -83,7 +85,13 @@ def inbound_permissions(
         assert isinstance(spec, MeshTrafficPermissionSpec)
         for i, item in enumerate(spec.from_):
             items.append(
-                PermissionItem(policy.name, i, item.target_ref, item.default.action, client_principal(mesh, item.target_ref))
+                PermissionItem(
+                    policy.name,
+                    i,
+                    item.target_ref,
+                    item.default.action,
+                    client_principal(mesh, item.target_ref),
+                )
             )
     enforce = {Action.ALLOW, Action.ALLOW_WITH_SHADOW_DENY}
     return InboundPermissions(

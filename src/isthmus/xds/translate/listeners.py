@@ -53,7 +53,8 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
         if ir.permissions is not None:
             filters.append(
                 listener_components_pb2.Filter(
-                    name=NETWORK_RBAC, typed_config=pack(rbac.network_filter_config(ir.permissions, f"{stat}_rbac_"))
+                    name=NETWORK_RBAC,
+                    typed_config=pack(rbac.network_filter_config(ir.permissions, f"{stat}_rbac_")),
                 )
             )
         filters.append(_tcp_proxy(stat, ir.local_cluster))

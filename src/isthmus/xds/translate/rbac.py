@@ -24,7 +24,9 @@ def principal(p: Principal) -> rbac_config.Principal:
             )
         )
     if p.op == "and":
-        return rbac_config.Principal(and_ids=rbac_config.Principal.Set(ids=[principal(c) for c in p.children]))
+        return rbac_config.Principal(
+            and_ids=rbac_config.Principal.Set(ids=[principal(c) for c in p.children])
+        )
     if p.op == "or":
         return rbac_config.Principal(or_ids=rbac_config.Principal.Set(ids=[principal(c) for c in p.children]))
     return rbac_config.Principal(not_id=principal(p.children[0]))

@@ -1,0 +1,148 @@
+"""Simulated data planes: N real gRPC ADS clients in one process (run as a child of ``bench/controlplane``).
+
+Each client behaves like Envoy on a state-of-the-world ADS stream: wildcard CDS and LDS, then EDS for the EDS
+clusters it was given, RDS for its HTTP outbound listeners and SDS for the mesh secrets, ACKing every response.
+
+Protocol with the parent, one JSON object per line:
+  stdout {"event": "synced", "count": N}            every client ACKed CDS, EDS, LDS and SDS at least once
+  stdin  "mark"                                      start watching for the next LDS version per client
+  stdout {"event": "marked"}
+  stdout {"event": "updated", "times": [...]}       wall-clock time each client ACKed its next LDS version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+class Client:
+    def __init__(self, node_id: str, mesh: str, outbound_listeners: list[str], shared: Shared) -> None:
+        self.node_id = node_id
+        self.mesh = mesh
+        self.rds_names = outbound_listeners
+        self.shared = shared
+        self.acked: dict[str, str] = {}
+        self.synced = False
+        self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+
+    def request(self, type_url: str, names: list[str], version: str = "", nonce: str = "") -> None:
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
+        )
+        self.queue.put_nowait(req)
+
+    async def requests(self):  # type: ignore[no-untyped-def]
+        first = True
+        while True:
+            req = await self.queue.get()
+            if first:
+                req.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster="bench"))
+                first = False
+            yield req
+
+    async def run(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> None:
+        self.request(CDS, [])
+        self.request(LDS, [])
+        self.request(SDS, [f"identity_cert:secret:{self.mesh}", f"mesh_ca:secret:{self.mesh}"])
+        names: dict[str, list[str]] = {CDS: [], LDS: [], SDS: [f"identity_cert:secret:{self.mesh}", f"mesh_ca:secret:{self.mesh}"]}
+        call = stub.StreamAggregatedResources(self.requests())
+        async for resp in call:
+            t = resp.type_url
+            if t == CDS:
+                eds = []
+                for res in resp.resources:
+                    c = cluster_pb2.Cluster.FromString(res.value)
+                    if c.type == cluster_pb2.Cluster.EDS:
+                        eds.append(c.name)
+                if sorted(eds) != names.get(EDS):
+                    names[EDS] = sorted(eds)
+                    self.request(EDS, names[EDS])
+            elif t == LDS and self.rds_names and RDS not in names:
+                names[RDS] = self.rds_names
+                self.request(RDS, names[RDS])
+            self.request(t, names.get(t, []), resp.version_info, resp.nonce)
+            previous = self.acked.get(t)
+            self.acked[t] = resp.version_info
+            if t == LDS and previous is not None and previous != resp.version_info:
+                self.shared.lds_changed(self)
+            if not self.synced and all(k in self.acked for k in (CDS, EDS, LDS, SDS)):
+                self.synced = True
+                self.shared.client_synced()
+
+
+class Shared:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.synced = 0
+        self.watching = False
+        self.updated: dict[str, float] = {}
+
+    def client_synced(self) -> None:
+        self.synced += 1
+        if self.synced == self.total:
+            emit({"event": "synced", "count": self.total})
+
+    def lds_changed(self, client: Client) -> None:
+        if self.watching and client.node_id not in self.updated:
+            self.updated[client.node_id] = time.time()
+            if len(self.updated) == self.total:
+                emit({"event": "updated", "times": list(self.updated.values())})
+                self.watching = False
+
+
+def emit(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--xds", required=True)
+    ap.add_argument("--plan", required=True, help="JSON file: [[node_id, mesh, [outbound listener names]], ...]")
+    ap.add_argument("--channels", type=int, default=8)
+    args = ap.parse_args()
+    with open(args.plan) as f:
+        plan = json.load(f)
+    shared = Shared(len(plan))
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    channels = [grpc.aio.insecure_channel(args.xds, options=options) for _ in range(args.channels)]
+    stubs = [ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch) for ch in channels]
+    clients = [Client(n, m, rds, shared) for n, m, rds in plan]
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def control() -> None:
+        while line := await reader.readline():
+            if line.strip() == b"mark":
+                shared.updated.clear()
+                shared.watching = True
+                emit({"event": "marked"})
+        raise SystemExit(0)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(control())
+        for i, c in enumerate(clients):
+            tg.create_task(c.run(stubs[i % len(stubs)]))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except (SystemExit, KeyboardInterrupt):
+        pass
