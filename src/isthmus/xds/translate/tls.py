@@ -16,11 +16,11 @@ def _uri_san(matcher: string_pb2.StringMatcher) -> common_pb2.SubjectAltNameMatc
     return common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
 
 
-def _common(tls: MeshTls, san: string_pb2.StringMatcher, alpn: list[str]) -> common_pb2.CommonTlsContext:
-    return common_pb2.CommonTlsContext(
+def _common(tls: MeshTls, san: string_pb2.StringMatcher, alpn: list[str]) -> tls_pb2.CommonTlsContext:
+    return tls_pb2.CommonTlsContext(
         tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
         tls_certificate_sds_secret_configs=[sds(tls.identity_secret)],
-        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=common_pb2.CertificateValidationContext(
                 match_typed_subject_alt_names=[_uri_san(san)]
             ),
