@@ -2,6 +2,86 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
 import typer
 
 app = typer.Typer(help="Data-plane agent: bootstrap and supervise an Envoy proxy.", no_args_is_help=True)
+
+_PYTHON_LOG_LEVELS = {"trace": "DEBUG", "warn": "WARNING", "off": "CRITICAL"}
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"Error: {' '.join(message.split())}", err=True)
+    return typer.Exit(1)
+
+
+@app.command("run")
+def run(
+    cp_address: str = typer.Option(
+        "http://127.0.0.1:5681", envvar="ISTHMUS_CP_ADDRESS", help="Control-plane REST API URL"
+    ),
+    dataplane_file: Path | None = typer.Option(
+        None, "--dataplane-file", help="Dataplane resource (Kuma Universal YAML) file"
+    ),
+    dataplane: str | None = typer.Option(None, "--dataplane", help="Dataplane resource as inline YAML"),
+    admin_port: int | None = typer.Option(
+        None, help="Envoy admin port on 127.0.0.1 (default: networking.admin.port or 9901; 0 picks one)"
+    ),
+    proxy_type: str = typer.Option("sidecar", help="sidecar (gateway and ingress: not supported yet)"),
+    work_dir: Path | None = typer.Option(None, help="Directory for the bootstrap and Envoy's log"),
+    drain_time: float = typer.Option(2.0, help="Seconds to drain inbound listeners on shutdown"),
+    log_level: str = typer.Option("info", help="trace | debug | info | warning | error | critical | off"),
+) -> None:
+    """Register a Dataplane with the control plane and run its Envoy until SIGINT/SIGTERM."""
+    # Imported here so that `isthmus --help` and the other command groups stay fast.
+    from isthmus.dp.agent import (
+        AgentError,
+        AgentOptions,
+        check_proxy_type,
+        load_dataplane_file,
+        parse_dataplane,
+    )
+    from isthmus.dp.envoy_process import ENVOY_LOG_LEVELS
+
+    try:
+        check_proxy_type(proxy_type)
+        if log_level not in ENVOY_LOG_LEVELS:
+            raise AgentError(f"--log-level {log_level!r}: expected one of {', '.join(ENVOY_LOG_LEVELS)}")
+        if drain_time < 0:
+            raise AgentError(f"--drain-time {drain_time:g}: must be >= 0")
+        if admin_port is not None and not 0 <= admin_port <= 65535:
+            raise AgentError(f"--admin-port {admin_port}: not a valid port (0-65535)")
+        if (dataplane_file is None) == (dataplane is None):
+            raise AgentError("give exactly one of --dataplane-file FILE or --dataplane YAML")
+        resource: dict[str, Any] = (
+            load_dataplane_file(dataplane_file)
+            if dataplane_file is not None
+            else parse_dataplane(dataplane or "")
+        )
+        options = AgentOptions(
+            dataplane=resource,
+            cp_address=cp_address,
+            admin_port=admin_port,
+            proxy_type=proxy_type,
+            work_dir=work_dir,
+            drain_time=drain_time,
+            log_level=log_level,
+        )
+    except AgentError as exc:
+        raise _fail(str(exc)) from None
+
+    from isthmus.dp.agent import run_agent
+
+    level = _PYTHON_LOG_LEVELS.get(log_level, log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        asyncio.run(run_agent(options))
+    except AgentError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,455 @@
+"""The data-plane agent (``isthmus dp run``): register a Dataplane, run its Envoy, deregister on exit.
+
+1. ``GET {cp}/`` tells the gRPC ADS address (``xdsAddress``; a wildcard host means "the CP's own host").
+2. ``PUT {cp}/meshes/{mesh}/dataplanes/{name}`` registers the resource; a 4xx answer is a user error and ends
+   the agent before any Envoy starts. Connection errors and 5xx answers are retried for ``connect_timeout``.
+3. Envoy starts from a bootstrap with node id ``<mesh>.<name>`` and is supervised until SIGTERM/SIGINT.
+4. On a signal: drain and stop Envoy, then ``DELETE`` the Dataplane (best effort). A second signal skips
+   the rest of the drain.
+
+Every failure is an :class:`AgentError` carrying one readable line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import yaml
+
+from isthmus import __version__
+from isthmus.dp.bootstrap import build_bootstrap
+from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
+from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_CP_ADDRESS = "http://127.0.0.1:5681"
+DEFAULT_ADMIN_PORT = 9901
+SUPPORTED_PROXY_TYPES = ("sidecar",)
+KNOWN_PROXY_TYPES = ("sidecar", "gateway", "ingress", "egress")
+SERVICE_TAG = "kuma.io/service"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+class AgentError(Exception):
+    """A failure the user can act on; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    dataplane: Mapping[str, Any]
+    cp_address: str = DEFAULT_CP_ADDRESS
+    admin_port: int | None = None  # None: networking.admin.port or 9901; 0: a free port
+    admin_address: str = "127.0.0.1"
+    proxy_type: str = "sidecar"
+    work_dir: Path | None = None  # None: a temporary directory, removed after a clean exit
+    drain_time: float = 2.0
+    log_level: str = "info"
+    connect_timeout: float = 30.0  # how long to keep retrying an unreachable control plane
+    request_timeout: float = 5.0
+    envoy_binary: Path | None = None
+    passthrough_logs: bool = False
+    envoy_overrides: Mapping[str, Any] = field(default_factory=dict)  # extra EnvoyOptions fields
+
+
+# -- input -------------------------------------------------------------------------------------------------
+
+
+def check_proxy_type(proxy_type: str) -> None:
+    if proxy_type in SUPPORTED_PROXY_TYPES:
+        return
+    if proxy_type in KNOWN_PROXY_TYPES:
+        raise AgentError(f"--proxy-type {proxy_type}: not supported yet (supported: sidecar)")
+    raise AgentError(f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_dataplane(text: str, source: str = "--dataplane") -> dict[str, Any]:
+    """Parse a Dataplane in Kuma Universal YAML/JSON and check the fields the agent itself needs."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise AgentError(f"{source}: invalid YAML{where}: {_one_line(problem)}") from None
+    return check_dataplane(document, source)
+
+
+def check_dataplane(document: Any, source: str = "dataplane") -> dict[str, Any]:
+    """Check the fields the agent needs (the CP validates the rest); return a plain-JSON copy."""
+    if document is None:
+        raise AgentError(f"{source}: empty document; expected a Dataplane resource")
+    if not isinstance(document, Mapping):
+        raise AgentError(
+            f"{source}: expected a Dataplane resource (a mapping), got {type(document).__name__}"
+        )
+    kind = document.get("type")
+    if kind != "Dataplane":
+        raise AgentError(f"{source}: type: must be 'Dataplane', got {kind!r}")
+    for key in ("name", "mesh"):
+        value = document.get(key)
+        if not isinstance(value, str) or not value:
+            raise AgentError(f"{source}: {key}: must be a non-empty string")
+    if not isinstance(document.get("networking"), Mapping):
+        raise AgentError(f"{source}: networking: must be a mapping")
+    # YAML scalars such as dates become strings, as in Kuma; everything sent is plain JSON.
+    normalised: dict[str, Any] = json.loads(json.dumps(dict(document), default=str))
+    return normalised
+
+
+def load_dataplane_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AgentError(f"--dataplane-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentError(f"--dataplane-file {path}: cannot read: {exc}") from None
+    return parse_dataplane(text, source=f"--dataplane-file {path}")
+
+
+def service_of(resource: Mapping[str, Any]) -> str:
+    """``kuma.io/service`` of the first inbound, else the Dataplane name (Envoy's ``node.cluster``)."""
+    inbound = resource.get("networking", {}).get("inbound") or []
+    if inbound and isinstance(inbound[0], dict):
+        service = (inbound[0].get("tags") or {}).get(SERVICE_TAG)
+        if isinstance(service, str) and service:
+            return service
+    return str(resource["name"])
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def pick_free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- control plane -----------------------------------------------------------------------------------------
+
+
+def format_problem(response: httpx.Response) -> str:
+    """One line from the CP's ``{title, status, detail, invalid_parameters}`` error body (or the raw text)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = _one_line(response.text)[:200]
+        return f"HTTP {response.status_code}{': ' + text if text else ''}"
+    title = body.get("title") or response.reason_phrase or "error"
+    fields = body.get("invalid_parameters") or []
+    reasons = [
+        f"{f.get('field')}: {f.get('reason')}" if f.get("field") else str(f.get("reason"))
+        for f in fields
+        if isinstance(f, dict)
+    ]
+    detail = "; ".join(reasons) or body.get("detail") or ""
+    summary = f"{title} ({response.status_code})"
+    return _one_line(f"{summary}: {detail}" if detail and detail != title else summary)
+
+
+class _Retryable(Exception):
+    pass
+
+
+class ControlPlaneClient:
+    """The agent's three REST calls against the CP at ``address`` (``http(s)://host:port``)."""
+
+    def __init__(self, client: httpx.AsyncClient, address: str, *, connect_timeout: float = 30.0) -> None:
+        self._client = client
+        self.address = address.rstrip("/")
+        self._connect_timeout = connect_timeout
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        delay = 0.2
+        first = True
+        while True:
+            try:
+                return await call()
+            except (httpx.TransportError, _Retryable) as exc:
+                reason = _one_line(str(exc)) or type(exc).__name__
+                if loop.time() + delay > deadline:
+                    raise AgentError(
+                        f"{what}: control plane at {self.address} unreachable for "
+                        f"{self._connect_timeout:g}s: {reason}"
+                    ) from None
+                if first:
+                    log.warning("%s: %s; retrying for up to %gs", what, reason, self._connect_timeout)
+                    first = False
+                else:
+                    log.debug("%s: %s; retrying in %.1fs", what, reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def xds_address(self) -> tuple[str, int]:
+        """The CP's ADS address; a wildcard host is replaced by the host of the CP address."""
+
+        async def call() -> tuple[str, int]:
+            response = await self._client.get(f"{self.address}/")
+            if response.status_code >= 500:
+                raise _Retryable(format_problem(response))
+            if response.status_code != 200:
+                raise AgentError(f"GET {self.address}/: {format_problem(response)}")
+            try:
+                body = response.json()
+                host, port = split_host_port(str(body["xdsAddress"]))
+            except (ValueError, KeyError, TypeError):
+                raise AgentError(
+                    f"{self.address} did not report a valid xdsAddress (is it an Isthmus control plane?)"
+                ) from None
+            if host in _WILDCARD_HOSTS:
+                host = httpx.URL(self.address).host
+            return host, port
+
+        return await self._retrying("control plane info", call)
+
+    async def register(self, resource: Mapping[str, Any]) -> bool:
+        """PUT the Dataplane; True if it was created, False if updated."""
+        mesh, name = resource["mesh"], resource["name"]
+        url = f"{self.address}/meshes/{mesh}/dataplanes/{name}"
+
+        async def call() -> bool:
+            response = await self._client.put(url, json=dict(resource))
+            if response.status_code >= 500:
+                raise _Retryable(format_problem(response))
+            if response.status_code not in (200, 201):
+                raise AgentError(
+                    f"control plane rejected Dataplane {mesh}/{name}: {format_problem(response)}"
+                )
+            return response.status_code == 201
+
+        return await self._retrying(f"register Dataplane {mesh}/{name}", call)
+
+    async def deregister(self, mesh: str, name: str, timeout: float = 3.0) -> None:
+        """DELETE the Dataplane; best effort (a failure is logged, not raised)."""
+        try:
+            response = await self._client.delete(
+                f"{self.address}/meshes/{mesh}/dataplanes/{name}", timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            log.warning("could not deregister Dataplane %s/%s: %s", mesh, name, exc or type(exc).__name__)
+            return
+        if response.status_code not in (200, 204, 404):
+            log.warning("could not deregister Dataplane %s/%s: %s", mesh, name, format_problem(response))
+        else:
+            log.info("deregistered Dataplane %s/%s", mesh, name)
+
+
+# -- agent -------------------------------------------------------------------------------------------------
+
+
+async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> tuple[bool, T | None]:
+    """Run ``coro`` unless ``stop`` is set first (then cancel it). Returns (completed, result)."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stopper):
+            pending.cancel()
+        await asyncio.wait({task, stopper})
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+
+
+class DataplaneAgent:
+    def __init__(self, options: AgentOptions, *, http_client: httpx.AsyncClient | None = None) -> None:
+        check_proxy_type(options.proxy_type)
+        self.options = options
+        self.resource = check_dataplane(options.dataplane)
+        self.mesh: str = self.resource["mesh"]
+        self.name: str = self.resource["name"]
+        self._http_client = http_client
+        self._envoy: EnvoyProcess | None = None
+        self._skip_drain = False
+        try:
+            url = httpx.URL(options.cp_address)
+        except httpx.InvalidURL as exc:
+            raise AgentError(f"--cp-address {options.cp_address!r}: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise AgentError(f"--cp-address {options.cp_address!r}: expected http(s)://HOST:PORT")
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.mesh}.{self.name}"
+
+    @property
+    def envoy(self) -> EnvoyProcess | None:
+        return self._envoy
+
+    def skip_drain(self) -> None:
+        self._skip_drain = True
+        if self._envoy is not None:
+            self._envoy.skip_drain()
+
+    def _admin_port(self) -> int:
+        port = self.options.admin_port
+        if port is None:
+            admin = self.resource["networking"].get("admin") or {}
+            configured = admin.get("port") if isinstance(admin, dict) else None
+            port = configured if isinstance(configured, int) and configured > 0 else DEFAULT_ADMIN_PORT
+        if not 0 <= port <= 65535:
+            raise AgentError(f"--admin-port {port}: not a valid port")
+        host = self.options.admin_address
+        if port == 0:
+            return pick_free_port(host)
+        if _port_in_use(host, port):
+            raise AgentError(
+                f"admin port {port} on {host} is already in use (choose another with --admin-port, 0 picks one)"
+            )
+        return port
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Register, run Envoy until ``stop`` is set (or Envoy cannot be kept running), deregister."""
+        admin_port = self._admin_port()
+        self.resource["networking"]["admin"] = {
+            **(self.resource["networking"].get("admin") or {}),
+            "port": admin_port,
+        }
+        async with contextlib.AsyncExitStack() as stack:
+            client = self._http_client
+            if client is None:
+                timeout = httpx.Timeout(self.options.request_timeout)
+                client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+            cp = ControlPlaneClient(
+                client, self.options.cp_address, connect_timeout=self.options.connect_timeout
+            )
+            await self._run(stop, cp, admin_port)
+
+    async def _run(self, stop: asyncio.Event, cp: ControlPlaneClient, admin_port: int) -> None:
+        done, xds = await _unless_stopped(cp.xds_address(), stop)
+        if not done or xds is None:
+            return
+        done, created = await _unless_stopped(cp.register(self.resource), stop)
+        if not done:  # stopped while the PUT was in flight: it may have landed
+            await cp.deregister(self.mesh, self.name)
+            return
+        log.info(
+            "%s Dataplane %s/%s at %s",
+            "registered" if created else "updated",
+            self.mesh,
+            self.name,
+            cp.address,
+        )
+        work_dir, temporary = self._work_dir()
+        failed = True
+        try:
+            await self._supervise(stop, xds, admin_port, work_dir)
+            failed = False
+        finally:
+            await cp.deregister(self.mesh, self.name)
+            if temporary and not failed:
+                shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _work_dir(self) -> tuple[Path, bool]:
+        if self.options.work_dir is not None:
+            return self.options.work_dir, False
+        return Path(tempfile.mkdtemp(prefix=f"isthmus-dp-{self.node_id}-")), True
+
+    async def _supervise(
+        self, stop: asyncio.Event, xds: tuple[str, int], admin_port: int, work_dir: Path
+    ) -> None:
+        opts = self.options
+        bootstrap = build_bootstrap(
+            node_id=self.node_id,
+            cluster=service_of(self.resource),
+            xds_host=xds[0],
+            xds_port=xds[1],
+            admin_port=admin_port,
+            admin_address=opts.admin_address,
+            metadata={
+                "dataplane.proxyType": "dataplane",
+                "dataplane.admin.port": str(admin_port),
+                "dataplane.admin.address": opts.admin_address,
+                "version.isthmus": __version__,
+                "workdir": str(work_dir),
+            },
+        )
+        envoy_options = EnvoyOptions(
+            work_dir=work_dir,
+            binary=opts.envoy_binary,
+            drain_time=opts.drain_time,
+            log_level=opts.log_level,
+            passthrough_logs=opts.passthrough_logs,
+            **dict(opts.envoy_overrides),
+        )
+        envoy = EnvoyProcess(bootstrap, envoy_options)
+        self._envoy = envoy
+        if self._skip_drain:
+            envoy.skip_drain()
+        try:
+            done, _ = await _unless_stopped(envoy.start(), stop)
+            if not done:
+                return
+            log.info("Envoy ready: node %s, xDS %s:%d, admin %s", self.node_id, *xds, envoy.admin_url)
+            await _unless_stopped(envoy.wait(), stop)  # envoy.wait() raises if Envoy cannot be kept up
+        except (EnvoyError, EnvoyBinaryNotFound) as exc:
+            raise AgentError(str(exc)) from None
+        finally:
+            await envoy.stop()
+
+
+async def run_agent(options: AgentOptions, *, http_client: httpx.AsyncClient | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT; raise :class:`AgentError` on failure."""
+    agent = DataplaneAgent(options, http_client=http_client)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: skipping the rest of the drain", sig.name)
+            agent.skip_drain()
+            return
+        log.info("%s: stopping", sig.name)
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        await agent.run(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
