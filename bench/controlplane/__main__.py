@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,13 @@ def dataplane(i: int, services: int) -> tuple[dict, list[str]]:
         "name": f"dp-{i}",
         "networking": {
             "address": f"10.{i // 62500}.{(i // 250) % 250}.{i % 250 + 1}",
-            "inbound": [{"port": 8080, "servicePort": 18080, "tags": {"kuma.io/service": svc, "kuma.io/protocol": "http"}}],
+            "inbound": [
+                {
+                    "port": 8080,
+                    "servicePort": 18080,
+                    "tags": {"kuma.io/service": svc, "kuma.io/protocol": "http"},
+                }
+            ],
             "outbound": [{"port": p, "tags": {"kuma.io/service": s}} for p, s in outs],
         },
     }
@@ -77,7 +82,10 @@ def policy(round_no: int) -> dict:
             "targetRef": {"kind": "Mesh"},
             "from": [
                 {"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}},
-                {"targetRef": {"kind": "MeshSubset", "tags": {"round": str(round_no)}}, "default": {"action": "Deny"}},
+                {
+                    "targetRef": {"kind": "MeshSubset", "tags": {"round": str(round_no)}},
+                    "default": {"action": "Deny"},
+                },
             ],
         },
     }
@@ -147,7 +155,11 @@ def run_size(n: int, rounds: int) -> dict:
             ev = read_event(sim, "updated", 120)
             lat = sorted(t - t0 for t in ev["times"])
             results.append(
-                {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "max": lat[-1]}
+                {
+                    "p50": lat[len(lat) // 2],
+                    "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+                    "max": lat[-1],
+                }
             )
             time.sleep(0.5)
         med = sorted(results, key=lambda x: x["p99"])[len(results) // 2]
@@ -176,7 +188,9 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = [run_size(n, args.rounds) for n in sizes]
     base = rows[0]["p99"] or 1e-9
-    print(f"\nControl plane: policy apply -> every client ACKed (median of {args.rounds} rounds), {os.cpu_count()} cores")
+    print(
+        f"\nControl plane: policy apply -> every client ACKed (median of {args.rounds} rounds), {os.cpu_count()} cores"
+    )
     print(f"{'N':>6} {'register s':>11} {'first sync s':>13} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'p99 vs N=' + str(rows[0]['n']):>12} {'CP RSS MB':>10} {'KB / DP':>8} {'target':>14}")  # fmt: skip
     for r in rows:

@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -59,7 +60,11 @@ class Client:
         self.request(CDS, [])
         self.request(LDS, [])
         self.request(SDS, [f"identity_cert:secret:{self.mesh}", f"mesh_ca:secret:{self.mesh}"])
-        names: dict[str, list[str]] = {CDS: [], LDS: [], SDS: [f"identity_cert:secret:{self.mesh}", f"mesh_ca:secret:{self.mesh}"]}
+        names: dict[str, list[str]] = {
+            CDS: [],
+            LDS: [],
+            SDS: [f"identity_cert:secret:{self.mesh}", f"mesh_ca:secret:{self.mesh}"],
+        }
         call = stub.StreamAggregatedResources(self.requests())
         async for resp in call:
             t = resp.type_url
@@ -113,11 +118,12 @@ def emit(obj: object) -> None:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--xds", required=True)
-    ap.add_argument("--plan", required=True, help="JSON file: [[node_id, mesh, [outbound listener names]], ...]")
+    ap.add_argument(
+        "--plan", required=True, help="JSON file: [[node_id, mesh, [outbound listener names]], ...]"
+    )
     ap.add_argument("--channels", type=int, default=8)
     args = ap.parse_args()
-    with open(args.plan) as f:
-        plan = json.load(f)
+    plan = json.loads(await asyncio.to_thread(Path(args.plan).read_text))
     shared = Shared(len(plan))
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     channels = [grpc.aio.insecure_channel(args.xds, options=options) for _ in range(args.channels)]

@@ -79,13 +79,20 @@ def wrk(url: str, duration: int) -> dict[str, float]:
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50": pct("50"),
+        "p99": pct("99"),
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> tuple[Path, Path, int]:
     certs = {}
     for svc in ("client", "server"):
-        leaf = issue_workload_certificate(ca, mesh="bench", services=[svc], tags=None, lifetime=timedelta(hours=24))
+        leaf = issue_workload_certificate(
+            ca, mesh="bench", services=[svc], tags=None, lifetime=timedelta(hours=24)
+        )
         (tmp / f"{svc}.crt").write_bytes(leaf.cert_pem)
         (tmp / f"{svc}.key").write_bytes(leaf.key_pem)
         certs[svc] = (str(tmp / f"{svc}.crt"), str(tmp / f"{svc}.key"))
@@ -113,11 +120,20 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
                 "codec_type": "AUTO",
                 "route_config": {
                     "virtual_hosts": [
-                        {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
+                        {
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                        }
                     ]
                 },
                 "http_filters": [
-                    {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                        },
+                    }
                 ],
             },
         }
@@ -129,7 +145,19 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
             "connect_timeout": "5s",
             "load_assignment": {
                 "cluster_name": name,
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
             },
         }
         if h2:
@@ -142,7 +170,10 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
         if tls:
             c["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", **tls},
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    **tls,
+                },
             }
         return c
 
@@ -157,14 +188,23 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
                     **tls,
                 },
             }
-        return {"name": f"l{port}", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}, "filter_chains": [chain]}
+        return {
+            "name": f"l{port}",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [chain],
+        }
 
     client = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
         "static_resources": {
             "listeners": [listener(client_port, [hcm("server")], None)],
             "clusters": [
-                cluster("server", server_port, {"common_tls_context": common("client", {"exact": "spiffe://bench/server"}, ["h2"])}, True)
+                cluster(
+                    "server",
+                    server_port,
+                    {"common_tls_context": common("client", {"exact": "spiffe://bench/server"}, ["h2"])},
+                    True,
+                )
             ],
         },
     }
@@ -172,7 +212,15 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}},
         "static_resources": {
             "listeners": [
-                listener(server_port, [hcm("local")], {"common_tls_context": common("server", {"prefix": "spiffe://bench/"}, ["h2", "http/1.1"])})
+                listener(
+                    server_port,
+                    [hcm("local")],
+                    {
+                        "common_tls_context": common(
+                            "server", {"prefix": "spiffe://bench/"}, ["h2", "http/1.1"]
+                        )
+                    },
+                )
             ],
             "clusters": [cluster("local", nginx_port, None, False)],
         },
@@ -183,7 +231,9 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
 
 
 def dataplane(name: str, service: str, inbound: int, app: int, outbound: int | None, target: str = "") -> str:
-    out = f"  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: {target}\n" if outbound else ""
+    out = (
+        f"  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: {target}\n" if outbound else ""
+    )
     return (
         f"type: Dataplane\nmesh: bench\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"
         f"  - port: {inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: {service}\n"
@@ -221,7 +271,11 @@ def main() -> None:
         try:
             nginx_port = free_port()
             (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, port=nginx_port))
-            procs.append(subprocess.Popen([nginx_bin, "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]))
+            procs.append(
+                subprocess.Popen(
+                    [nginx_bin, "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]
+                )
+            )
             wait_http(f"http://127.0.0.1:{nginx_port}/")
 
             api, xds = free_port(), free_port()
@@ -232,8 +286,26 @@ def main() -> None:
             cp = f"http://127.0.0.1:{api}"
             wait_http(cp + "/")
             http = httpx.Client(base_url=cp)
-            http.put("/meshes/bench", json={"type": "Mesh", "name": "bench", "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]}}).raise_for_status()
-            http.put("/meshes/bench/meshtrafficpermissions/allow", json={"type": "MeshTrafficPermission", "mesh": "bench", "name": "allow", "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}}).raise_for_status()
+            http.put(
+                "/meshes/bench",
+                json={
+                    "type": "Mesh",
+                    "name": "bench",
+                    "mtls": {"enabledBackend": "ca", "backends": [{"name": "ca", "type": "builtin"}]},
+                },
+            ).raise_for_status()
+            http.put(
+                "/meshes/bench/meshtrafficpermissions/allow",
+                json={
+                    "type": "MeshTrafficPermission",
+                    "mesh": "bench",
+                    "name": "allow",
+                    "spec": {
+                        "targetRef": {"kind": "Mesh"},
+                        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}],
+                    },
+                },
+            ).raise_for_status()
             mesh_out = free_port()
             for name, doc in (
                 ("server", dataplane("server", "server", free_port(), nginx_port, None)),
@@ -246,7 +318,20 @@ def main() -> None:
 
             client_cfg, server_cfg, static_port = static_bootstraps(tmp, load_ca(db), nginx_port)
             for cfg in (server_cfg, client_cfg):
-                procs.append(subprocess.Popen([envoy, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"]))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            envoy,
+                            "-c",
+                            str(cfg),
+                            "--concurrency",
+                            "1",
+                            "--disable-hot-restart",
+                            "-l",
+                            "warning",
+                        ]
+                    )
+                )
             wait_http(f"http://127.0.0.1:{static_port}/")
 
             paths = {
@@ -270,10 +355,17 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     p.kill()
 
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99", "non2xx")} for k, v in results.items()}
+    med = {
+        k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99", "non2xx")}
+        for k, v in results.items()
+    }
     base = med["hand-written static"]
-    print(f"\nData plane: wrk -t1 -c50, {args.rounds} rounds x {args.duration}s, medians (nginx upstream, 2 cores)")
-    print(f"{'path':<22} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s vs hand':>14} {'p99 vs hand':>12} {'non-2xx':>8}")
+    print(
+        f"\nData plane: wrk -t1 -c50, {args.rounds} rounds x {args.duration}s, medians (nginx upstream, 2 cores)"
+    )
+    print(
+        f"{'path':<22} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s vs hand':>14} {'p99 vs hand':>12} {'non-2xx':>8}"
+    )
     for name, m in med.items():
         print(f"{name:<22} {m['rps']:>10.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} {m['rps'] / base['rps']:>14.3f} "
               f"{m['p99'] / base['p99']:>12.3f} {m['non2xx']:>8.0f}")  # fmt: skip

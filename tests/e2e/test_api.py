@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ def dp(name: str, port: int = 10001, **over: Any) -> dict[str, Any]:
         "type": "Dataplane",
         "mesh": "default",
         "name": name,
-        "networking": {"address": "127.0.0.1", "inbound": [{"port": port, "tags": {"kuma.io/service": "web"}}]},
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{"port": port, "tags": {"kuma.io/service": "web"}}],
+        },
     }
     doc.update(over)
     return doc
@@ -62,7 +66,10 @@ def test_create_get_update_delete(cp: ControlPlane) -> None:
 
 def test_pagination(cp: ControlPlane) -> None:
     for i in range(5):
-        assert cp.http.put(f"/meshes/default/dataplanes/page-{i}", json=dp(f"page-{i}", 12000 + i)).status_code == 201
+        assert (
+            cp.http.put(f"/meshes/default/dataplanes/page-{i}", json=dp(f"page-{i}", 12000 + i)).status_code
+            == 201
+        )
     first = cp.http.get("/meshes/default/dataplanes", params={"size": 2}).json()
     assert len(first["items"]) == 2 and first["total"] >= 5 and first["next"]
     names = [i["name"] for i in first["items"]]
@@ -78,8 +85,15 @@ def test_pagination(cp: ControlPlane) -> None:
 def test_stale_update_gets_409(cp: ControlPlane) -> None:
     r1 = cp.http.put("/meshes/default/dataplanes/occ", json=dp("occ", 13001))
     version = r1.headers["ETag"]
-    assert cp.http.put("/meshes/default/dataplanes/occ", json=dp("occ", 13002), headers={"If-Match": version}).status_code == 200
-    stale = cp.http.put("/meshes/default/dataplanes/occ", json=dp("occ", 13003), headers={"If-Match": version})
+    assert (
+        cp.http.put(
+            "/meshes/default/dataplanes/occ", json=dp("occ", 13002), headers={"If-Match": version}
+        ).status_code
+        == 200
+    )
+    stale = cp.http.put(
+        "/meshes/default/dataplanes/occ", json=dp("occ", 13003), headers={"If-Match": version}
+    )
     assert stale.status_code == 409
     assert cp.http.get("/meshes/default/dataplanes/occ").json()["networking"]["inbound"][0]["port"] == 13002
 
@@ -121,7 +135,13 @@ def test_bad_input_is_refused_and_nothing_stored(cp: ControlPlane, path: str, bo
 def test_ca_private_key_is_never_served(cp: ControlPlane) -> None:
     assert cp.http.put("/meshes/default/dataplanes/ca-check", json=dp("ca-check", 14001)).status_code == 201
     assert cp.http.get("/meshes/default/secrets").status_code == 404
-    config = cp.http.get("/meshes/default/dataplanes/ca-check/_config").text
+    deadline = time.monotonic() + 10
+    config = ""
+    while time.monotonic() < deadline:  # configuration is generated asynchronously after the write
+        config = cp.http.get("/meshes/default/dataplanes/ca-check/_config").text
+        if "BEGIN CERTIFICATE" in config:
+            break
+        time.sleep(0.2)
     assert "PRIVATE KEY" not in config
     assert "BEGIN CERTIFICATE" in config  # the proxy's certificate and the CA bundle are shown
 

@@ -169,7 +169,6 @@ def test_inbound_presents_spiffe_certificate(mesh: Mesh) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the server sends its certificate before asking for ours
 
     def peer_cert() -> bytes:
         with socket.create_connection(("127.0.0.1", mesh.backend_inbound), timeout=3) as raw:

@@ -104,8 +104,5 @@ class WorkloadCertificates:
 
     def next_rotation(self) -> datetime | None:
         """When the earliest certificate reaches 80% of its lifetime."""
-        times = [
-            i.certificate.not_before + (i.certificate.not_after - i.certificate.not_before) * 0.8
-            for i in self._issued.values()
-        ]
+        times = [i.certificate.rotation_due for i in self._issued.values()]
         return min(times) if times else None

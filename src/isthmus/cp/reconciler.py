@@ -63,34 +63,45 @@ class Reconciler:
 
     # -- main loop -------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        async with self.store.subscribe() as events:
+        queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
+        async with self.store.subscribe() as events, asyncio.TaskGroup() as tg:
+            # the event iterator is drained by its own task: timeouts below must never cancel it
+            tg.create_task(self._drain(events, queue))
             await self.sync_all()
             self._ready.set()
-            it = aiter(events)
             while True:
-                dirty = await self._next_batch(it)
+                dirty = await self._next_batch(queue)
                 if dirty is None:
                     return
                 for mesh in sorted(dirty):
                     await self.sync_mesh(mesh)
 
-    async def _next_batch(self, it: AsyncIterator[ChangeEvent]) -> set[str] | None:
+    @staticmethod
+    async def _drain(events: AsyncIterator[ChangeEvent], queue: asyncio.Queue[ChangeEvent | None]) -> None:
+        async for ev in events:
+            queue.put_nowait(ev)
+        queue.put_nowait(None)
+
+    async def _next_batch(self, queue: asyncio.Queue[ChangeEvent | None]) -> set[str] | None:
         """Meshes touched by the next burst of events, or every mesh when a certificate is due."""
         timeout = None
         due = self.certificates.next_rotation()
         if due is not None:
             timeout = max(0.0, (due - datetime.now(UTC)).total_seconds())
         try:
-            first = await asyncio.wait_for(anext(it), timeout)
-        except StopAsyncIteration:
-            return None
+            first = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
             return set(self.contexts)
+        if first is None:
+            return None
         dirty = {self._mesh_of(first)}
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DEBOUNCE_SECONDS):
                 while True:
-                    dirty.add(self._mesh_of(await anext(it)))
+                    ev = await queue.get()
+                    if ev is None:
+                        return None
+                    dirty.add(self._mesh_of(ev))
         return dirty
 
     @staticmethod

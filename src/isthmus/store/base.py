@@ -14,6 +14,7 @@ After a successful write the store publishes one :class:`ChangeEvent` per operat
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +132,7 @@ class ResourceStore(Protocol):
     ) -> Page:
         """Records of ``type`` ordered by (mesh, name); ``mesh=None`` means every mesh."""
 
-    async def write(self, ops: Sequence[Op]) -> list[Record | None]:
+    async def write(self, ops: Sequence[Op]) -> builtins.list[Record | None]:
         """Apply ``ops`` atomically. Returns, per op, the new record (``None`` for deletes)."""
 
     def subscribe(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[ChangeEvent]]:

@@ -124,9 +124,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                     items.append(
                         {
                             "policy": p.name,
-                            "targetRef": p.spec.target_ref.model_dump(
+                            "targetRef": pspec.target_ref.model_dump(
                                 by_alias=True, exclude_none=True, mode="json"
-                            ),  # type: ignore[attr-defined]
+                            ),
                             "from": item.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),
                             "action": item.default.action.value,
                         }

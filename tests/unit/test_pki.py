@@ -1,0 +1,372 @@
+"""The built-in mesh CA and workload certificates: structure, chain verification, lifetime, rotation rule and
+duration parsing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from isthmus.pki.ca import CA_VALIDITY, CertificateAuthority, generate_ca
+from isthmus.pki.issuer import (
+    WorkloadCertificate,
+    issue_workload_certificate,
+    needs_rotation,
+    parse_lifetime,
+)
+
+try:
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    HAVE_VERIFIER = True
+    VERIFY_FAILURE: tuple[type[Exception], ...] = (VerificationError,)
+except ImportError:  # older cryptography: fall back to checking the signature and the validity window
+    HAVE_VERIFIER = False
+    VERIFY_FAILURE = (InvalidSignature, ValueError)
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return generate_ca("default", backend="ca-1", now=NOW)
+
+
+def issue(ca: CertificateAuthority, **kwargs: object) -> WorkloadCertificate:
+    args: dict[str, object] = {
+        "mesh": "default",
+        "services": ["web"],
+        "tags": None,
+        "lifetime": DAY,
+        "now": NOW,
+    }
+    args.update(kwargs)
+    return issue_workload_certificate(ca, **args)  # type: ignore[arg-type]
+
+
+def verify(ca: CertificateAuthority, leaf: WorkloadCertificate, at: datetime) -> list[x509.GeneralName]:
+    """Verify ``leaf`` chains to ``ca`` at time ``at``; returns the leaf's SANs. Raises on failure."""
+    if not HAVE_VERIFIER:
+        leaf.certificate.verify_directly_issued_by(ca.certificate)
+        if not leaf.not_before <= at <= leaf.not_after:
+            raise ValueError("not valid at that time")
+        return list(leaf.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    verifier = PolicyBuilder().store(Store([ca.certificate])).time(at).build_client_verifier()
+    verified = verifier.verify(leaf.certificate, [])
+    assert verified.chain[-1] == ca.certificate
+    return list(verified.subjects or [])
+
+
+def uris(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert all(isinstance(n, x509.UniformResourceIdentifier) for n in san)
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def public_bytes(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+# --- CA ----------------------------------------------------------------------------------------------------
+
+
+def test_ca_certificate_structure(ca: CertificateAuthority) -> None:
+    cert = ca.certificate
+    assert cert.subject == cert.issuer
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Isthmus"
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "default"
+    assert len(cert.subject) == 2
+    cert.verify_directly_issued_by(cert)  # self-signed
+
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    assert not usage.digital_signature and not usage.key_encipherment
+    assert uris(cert) == ["spiffe://default"]
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(ca.private_key.public_key())
+
+    key = ca.private_key
+    assert isinstance(key.curve, ec.SECP256R1)
+    assert 0 < cert.serial_number < 2**128
+
+
+def test_ca_validity_defaults_to_ten_years(ca: CertificateAuthority) -> None:
+    assert ca.not_after == NOW + CA_VALIDITY
+    assert CA_VALIDITY >= timedelta(days=3650)
+    assert ca.certificate.not_valid_before_utc == NOW - timedelta(minutes=1)
+    short = generate_ca("m", backend="b", validity=timedelta(days=30), now=NOW)
+    assert short.not_after == NOW + timedelta(days=30)
+
+
+def test_each_ca_is_new(ca: CertificateAuthority) -> None:
+    other = generate_ca("default", backend="ca-1", now=NOW)
+    assert other.key_pem != ca.key_pem
+    assert other.certificate.serial_number != ca.certificate.serial_number
+
+
+def test_ca_round_trips_through_pem(ca: CertificateAuthority) -> None:
+    again = CertificateAuthority(cert_pem=ca.cert_pem, key_pem=ca.key_pem)
+    assert again == ca
+    assert public_bytes(again.private_key) == public_bytes(ca.private_key)
+
+
+def test_ca_with_a_key_of_another_ca_is_rejected(ca: CertificateAuthority) -> None:
+    other = generate_ca("default", backend="ca-1", now=NOW)
+    mixed = CertificateAuthority(cert_pem=ca.cert_pem, key_pem=other.key_pem)
+    with pytest.raises(ValueError, match="does not match"):
+        issue(mixed)
+
+
+@pytest.mark.parametrize(
+    ("mesh", "backend", "validity"),
+    [("", "b", CA_VALIDITY), ("m", "", CA_VALIDITY), ("m", "b", timedelta(0)), ("a b", "b", CA_VALIDITY)],
+)
+def test_generate_ca_rejects_bad_input(mesh: str, backend: str, validity: timedelta) -> None:
+    with pytest.raises(ValueError):
+        generate_ca(mesh, backend=backend, validity=validity, now=NOW)
+
+
+def test_generate_ca_rejects_naive_time() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        generate_ca("m", backend="b", now=datetime(2026, 1, 1))
+
+
+# --- workload certificates ---------------------------------------------------------------------------------
+
+
+def test_leaf_verifies_against_its_ca(ca: CertificateAuthority) -> None:
+    leaf = issue(ca, services=["web", "api"])
+    subjects = verify(ca, leaf, NOW + timedelta(hours=1))
+    assert [n.value for n in subjects] == ["spiffe://default/web", "spiffe://default/api"]
+
+
+def test_leaf_does_not_verify_against_another_ca_or_outside_its_lifetime(ca: CertificateAuthority) -> None:
+    leaf = issue(ca)
+    other = generate_ca("default", backend="ca-1", now=NOW)  # same subject name, different key
+    with pytest.raises(VERIFY_FAILURE):
+        verify(other, leaf, NOW)
+    with pytest.raises(VERIFY_FAILURE):
+        verify(ca, leaf, NOW + DAY + timedelta(seconds=1))
+    with pytest.raises(VERIFY_FAILURE):
+        verify(ca, leaf, NOW - timedelta(minutes=2))
+
+
+def test_leaf_sans_are_exactly_services_then_tags(ca: CertificateAuthority) -> None:
+    leaf = issue(
+        ca,
+        mesh="prod",
+        services=["web", "web-admin", "web"],
+        tags={"version": ["v2", "v1"], "kuma.io/zone": ["east"], "team": []},
+    )
+    assert uris(leaf.certificate) == [
+        "spiffe://prod/web",
+        "spiffe://prod/web-admin",
+        "kuma://kuma.io/zone/east",
+        "kuma://version/v2",
+        "kuma://version/v1",
+    ]
+    assert leaf.spiffe_ids == ("spiffe://prod/web", "spiffe://prod/web-admin")
+    san = leaf.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.critical  # required with an empty subject
+
+
+def test_leaf_certificate_structure(ca: CertificateAuthority) -> None:
+    leaf = issue(ca)
+    cert = leaf.certificate
+    assert len(cert.subject) == 0
+    assert cert.issuer == ca.certificate.subject
+    assert cert.serial_number == leaf.serial and 0 < leaf.serial < 2**128
+
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert not basic.ca
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.key_agreement
+    assert not usage.key_cert_sign and not usage.crl_sign
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
+
+    key = load_key(leaf.key_pem)
+    assert isinstance(key.curve, ec.SECP256R1)
+    assert public_bytes(key) == public_bytes(cert.public_key())  # type: ignore[arg-type]
+
+
+def test_lifetime_is_honoured_with_a_minute_of_clock_skew(ca: CertificateAuthority) -> None:
+    for lifetime in (timedelta(hours=1), DAY, timedelta(days=30)):
+        leaf = issue(ca, lifetime=lifetime)
+        assert leaf.not_before == NOW - timedelta(minutes=1)
+        assert leaf.not_after == NOW + lifetime
+        assert leaf.certificate.not_valid_before_utc == leaf.not_before
+        assert leaf.certificate.not_valid_after_utc == leaf.not_after
+
+
+def test_sub_second_now_is_truncated_consistently(ca: CertificateAuthority) -> None:
+    now = NOW + timedelta(microseconds=700_000)
+    leaf = issue(ca, now=now, lifetime=timedelta(hours=1))
+    assert leaf.not_after == leaf.certificate.not_valid_after_utc == NOW + timedelta(hours=1)
+    shifted = issue(ca, now=now.astimezone(timezone(timedelta(hours=5))))  # any aware time zone is fine
+    assert shifted.not_before == leaf.not_before
+
+
+def test_leaf_never_outlives_its_ca() -> None:
+    short_ca = generate_ca("default", backend="b", validity=timedelta(days=10), now=NOW)
+    leaf = issue(short_ca, lifetime=timedelta(days=365))
+    assert leaf.not_after == short_ca.not_after
+    with pytest.raises(ValueError, match="CA is not valid"):
+        issue(short_ca, now=NOW + timedelta(days=11))
+
+
+def test_keys_are_fresh_per_certificate_and_never_the_ca_key(ca: CertificateAuthority) -> None:
+    one, two = issue(ca), issue(ca)
+    ca_public = public_bytes(ca.private_key)
+    assert public_bytes(load_key(one.key_pem)) != ca_public
+    assert public_bytes(load_key(two.key_pem)) != ca_public
+    assert public_bytes(load_key(one.key_pem)) != public_bytes(load_key(two.key_pem))
+    assert one.key_pem != ca.key_pem
+    assert one.serial != two.serial
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"services": []}, ValueError),
+        ({"services": "web"}, TypeError),
+        ({"services": ["has space"]}, ValueError),
+        ({"services": [""]}, ValueError),
+        ({"tags": {"version": "v1"}}, TypeError),
+        ({"tags": {"version": ["v\u00e9"]}}, ValueError),
+        ({"mesh": ""}, ValueError),
+        ({"lifetime": timedelta(0)}, ValueError),
+        ({"lifetime": -DAY}, ValueError),
+        ({"now": datetime(2026, 3, 1)}, ValueError),
+    ],
+)
+def test_issue_rejects_bad_input(
+    ca: CertificateAuthority, kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        issue(ca, **kwargs)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_openssl_accepts_the_chain_for_client_and_server_use(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    leaf = issue_workload_certificate(
+        ca, mesh="default", services=["web"], tags={"env": ["prod"]}, lifetime=DAY
+    )  # valid now: openssl checks against the wall clock
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem)
+    for purpose in ("sslclient", "sslserver"):
+        result = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                str(tmp_path / "ca.pem"),
+                str(tmp_path / "leaf.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- rotation ----------------------------------------------------------------------------------------------
+
+
+def test_needs_rotation_after_eighty_percent_of_the_lifetime(ca: CertificateAuthority) -> None:
+    leaf = issue(ca, lifetime=DAY)
+    window = leaf.not_after - leaf.not_before
+    assert not needs_rotation(leaf, leaf.not_before)
+    assert not needs_rotation(leaf, leaf.not_before + window * 0.79)
+    assert needs_rotation(leaf, leaf.not_before + window * 0.81)
+    assert needs_rotation(leaf, leaf.not_after)
+    assert needs_rotation(leaf, leaf.not_after + DAY)  # expired
+    assert leaf.not_before + window * 0.79 < leaf.rotation_due < leaf.not_before + window * 0.81
+
+
+def test_needs_rotation_uses_the_current_time_by_default(ca: CertificateAuthority) -> None:
+    fresh = issue_workload_certificate(ca, mesh="default", services=["web"], tags=None, lifetime=DAY)
+    assert not needs_rotation(fresh)
+    assert needs_rotation(issue(ca, lifetime=DAY))  # issued at NOW (2026-03-01), long expired or due by now
+    with pytest.raises(ValueError, match="timezone"):
+        needs_rotation(fresh, datetime(2026, 3, 1))
+
+
+# --- parse_lifetime ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("10m", timedelta(minutes=10)),
+        ("24h", timedelta(hours=24)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("2h45m30s", timedelta(hours=2, minutes=45, seconds=30)),
+        ("2d", timedelta(days=2)),
+        ("1y", timedelta(days=365)),
+        ("1d12h", timedelta(days=1, hours=12)),
+        ("1.5h", timedelta(minutes=90)),
+        (".5m", timedelta(seconds=30)),
+        ("500ms", timedelta(milliseconds=500)),
+        ("1500us", timedelta(microseconds=1500)),
+        ("1500\u00b5s", timedelta(microseconds=1500)),
+        ("2000000ns", timedelta(milliseconds=2)),
+        (" 24h ", timedelta(hours=24)),
+        ("+1h", timedelta(hours=1)),
+    ],
+)
+def test_parse_lifetime_accepts_go_and_kuma_durations(text: str, expected: timedelta) -> None:
+    assert parse_lifetime(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("24", "missing unit"),
+        ("1h30", "missing unit"),
+        ("10x", "unknown unit 'x'"),
+        ("1H", "unknown unit 'H'"),
+        ("1 h", "unknown unit"),
+        ("1e3s", "unknown unit 'e'"),
+        ("h", "expected a number"),
+        ("1..5h", "missing unit"),
+        ("-1h", "positive"),
+        ("0", "greater than zero"),
+        ("0s", "greater than zero"),
+        ("0h0m", "greater than zero"),
+        ("1ns", "microsecond"),
+        ("99999999999y", "too long"),
+        ("one day", "expected a number"),
+    ],
+)
+def test_parse_lifetime_rejects_bad_input_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_lifetime(text)
