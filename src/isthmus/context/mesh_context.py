@@ -79,11 +79,9 @@ def build_mesh_context(
     for p in sorted(policies, key=lambda r: (r.type.kind, r.name)):
         by_kind.setdefault(p.type.kind, []).append(p)
     content = {
-        "mesh": [mesh.name, dict(mesh.labels), mesh.spec_dict()],
-        "dataplanes": [[d.name, dict(d.labels), d.spec_dict()] for d in by_name.values()],
-        "policies": [
-            [p.type.kind, p.name, dict(p.labels), p.spec_dict()] for ps in by_kind.values() for p in ps
-        ],
+        "mesh": mesh.digest,
+        "dataplanes": [d.digest for d in by_name.values()],
+        "policies": [p.digest for ps in by_kind.values() for p in ps],
         "ca": ca_certificate,
     }
     return MeshContext(

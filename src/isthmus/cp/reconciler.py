@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from isthmus.context.mesh_context import MeshContext, build_mesh_context
 from isthmus.cp.certificates import IssuedIdentity, WorkloadCertificates, ensure_mesh_ca
@@ -24,7 +25,7 @@ from isthmus.resources.registry import Registry, Resource, from_record
 from isthmus.store.base import ChangeEvent, ResourceStore
 from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.snapshot import Snapshot
-from isthmus.xds.translate import translate
+from isthmus.xds.translate import translate_packed
 
 log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.02
@@ -57,6 +58,7 @@ class Reconciler:
         self.proxies: dict[str, ProxyState] = {}
         self._ready = asyncio.Event()
         self.generations = 0
+        self._parsed: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], Resource]] = {}
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -116,13 +118,28 @@ class Reconciler:
             await self.sync_mesh(name)
 
     async def _load(self, kind: str, mesh: str) -> list[Resource]:
+        """The resources of a kind in a mesh; a record whose content did not change is not parsed again."""
         page = await self.store.list(kind, mesh)
-        return [from_record(r, self.registry) for r in page.items]
+        out = []
+        for record in page.items:
+            key = (record.type, record.mesh, record.name)
+            cached = self._parsed.get(key)
+            if cached is None or cached[0] != record.spec or cached[1] != record.labels:
+                cached = (record.spec, record.labels, from_record(record, self.registry))
+                self._parsed[key] = cached
+            out.append(cached[2])
+        if len(out) != sum(1 for k in self._parsed if k[0] == kind and k[1] == mesh):  # some were deleted
+            live = {(r.type, r.mesh, r.name) for r in page.items}
+            self._parsed = {
+                k: v for k, v in self._parsed.items() if k[0] != kind or k[1] != mesh or k in live
+            }
+        return out
 
     async def sync_mesh(self, mesh: str) -> None:
         record = await self.store.get("Mesh", "", mesh)
         if record is None:
             self.contexts.pop(mesh, None)
+            self._parsed = {k: v for k, v in self._parsed.items() if k[1] != mesh}
             for nid in [n for n, p in self.proxies.items() if p.mesh == mesh]:
                 self._drop(nid)
             return
@@ -172,7 +189,7 @@ class Reconciler:
             identity = Identity(issued.certificate.cert_pem.decode(), issued.certificate.key_pem.decode())
         try:
             ir = build_proxy_ir(ctx, dp.name, identity)
-            snapshot = Snapshot.build(translate(ir))
+            snapshot = Snapshot.of_resources(translate_packed(ir))
             problems = snapshot.consistency_errors()
             if problems:
                 raise ValueError("inconsistent snapshot: " + "; ".join(problems))

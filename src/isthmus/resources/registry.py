@@ -7,10 +7,13 @@ policies).  The store keeps only the spec as a dict.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -52,6 +55,12 @@ class Resource:
 
     def spec_dict(self) -> dict[str, Any]:
         return self.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the resource's identity, labels and spec in canonical JSON; computed once per object."""
+        content = [self.type.kind, self.mesh, self.name, dict(sorted(self.labels.items())), self.spec_dict()]
+        return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class Registry:

@@ -72,11 +72,20 @@ class Snapshot:
     @classmethod
     def build(cls, messages: Mapping[str, Iterable[Any]]) -> Snapshot:
         """Pack and version ``{type_url: messages}``; raises ValueError on a duplicate name or a wrong type."""
+        return cls.of_resources({t: [Resource.of(t, m) for m in msgs] for t, msgs in messages.items()})
+
+    @classmethod
+    def of_resources(cls, resources: Mapping[str, Iterable[Resource]]) -> Snapshot:
+        """Version already packed ``{type_url: resources}``; raises ValueError on a duplicate name or a
+        resource filed under the wrong type."""
         by_type: dict[str, Mapping[str, Resource]] = {}
-        for type_url in (*types.ORDER, *(t for t in messages if t not in types.ORDER)):
+        for type_url in (*types.ORDER, *(t for t in resources if t not in types.ORDER)):
             named: dict[str, Resource] = {}
-            for msg in messages.get(type_url, ()):
-                res = Resource.of(type_url, msg)
+            for res in resources.get(type_url, ()):
+                if res.type_url != type_url:
+                    raise ValueError(
+                        f"a {types.short_name(res.type_url)} cannot be a {types.short_name(type_url)}"
+                    )
                 if res.name in named:
                     raise ValueError(f"duplicate {types.short_name(type_url)} resource {res.name!r}")
                 named[res.name] = res
@@ -104,9 +113,7 @@ class Snapshot:
         routes = self.names(types.ROUTE)
         secrets = self.names(types.SECRET)
         for name, res in sorted(self.get(types.CLUSTER).items()):
-            cluster = cluster_pb2.Cluster.FromString(res.packed.value)
-            refs = _References()
-            refs.walk(cluster)
+            refs = _references_of(res)
             for eds in sorted(refs.clusters - endpoints):
                 errors.append(
                     f"cluster {name!r} uses EDS {eds!r} but there is no ClusterLoadAssignment {eds!r}"
@@ -114,11 +121,27 @@ class Snapshot:
             errors += _dangling("cluster", name, "secret", refs.secrets - secrets)
             errors += _dangling("cluster", name, "route configuration", refs.routes - routes)
         for name, res in sorted(self.get(types.LISTENER).items()):
-            refs = _References()
-            refs.walk(listener_pb2.Listener.FromString(res.packed.value))
+            refs = _references_of(res)
             errors += _dangling("listener", name, "route configuration", refs.routes - routes)
             errors += _dangling("listener", name, "secret", refs.secrets - secrets)
         return errors
+
+
+_REFS_CACHE: dict[tuple[str, str], _References] = {}
+_REFS_CACHE_LIMIT = 50_000
+
+
+def _references_of(res: Resource) -> _References:
+    """The references of a resource, memoised by content digest: proxies share most of their resources."""
+    key = (res.type_url, res.digest)
+    refs = _REFS_CACHE.get(key)
+    if refs is None:
+        refs = _References()
+        refs.walk(_MESSAGE_CLASSES[res.type_url].FromString(res.packed.value))
+        if len(_REFS_CACHE) >= _REFS_CACHE_LIMIT:
+            _REFS_CACHE.clear()
+        _REFS_CACHE[key] = refs
+    return refs
 
 
 def _dangling(owner_kind: str, owner: str, kind: str, missing: set[str]) -> Iterator[str]:
@@ -131,6 +154,7 @@ _RDS = _hcm.Rds.DESCRIPTOR.full_name
 _SDS = _secret.SdsSecretConfig.DESCRIPTOR.full_name
 _ANY = any_pb2.Any.DESCRIPTOR.full_name
 _ANY_PREFIX = "type.googleapis.com/"
+_MESSAGE_CLASSES: dict[str, Any] = {types.CLUSTER: cluster_pb2.Cluster, types.LISTENER: listener_pb2.Listener}
 
 
 class _References:
@@ -145,9 +169,7 @@ class _References:
     def walk(self, msg: Any) -> None:
         full_name = msg.DESCRIPTOR.full_name
         if full_name == _ANY:
-            inner = _unpack(msg)
-            if inner is not None:
-                self.walk(inner)
+            self._merge(_references_in_any(msg.type_url, msg.value))
             return
         if full_name == _CLUSTER and msg.type == cluster_pb2.Cluster.EDS:
             eds = msg.eds_cluster_config
@@ -169,6 +191,29 @@ class _References:
             else:  # a repeated field
                 for item in value:
                     self.walk(item)
+
+    def _merge(self, other: _References) -> None:
+        self.clusters |= other.clusters
+        self.routes |= other.routes
+        self.secrets |= other.secrets
+
+
+_ANY_REFS_CACHE: dict[tuple[str, bytes], _References] = {}
+
+
+def _references_in_any(type_url: str, value: bytes) -> _References:
+    """References inside a packed typed config, memoised by its bytes: filters repeat across proxies."""
+    key = (type_url, value)
+    refs = _ANY_REFS_CACHE.get(key)
+    if refs is None:
+        refs = _References()
+        inner = _unpack(any_pb2.Any(type_url=type_url, value=value))
+        if inner is not None:
+            refs.walk(inner)
+        if len(_ANY_REFS_CACHE) >= _REFS_CACHE_LIMIT:
+            _ANY_REFS_CACHE.clear()
+        _ANY_REFS_CACHE[key] = refs
+    return refs
 
 
 def _unpack(packed: any_pb2.Any) -> Any | None:

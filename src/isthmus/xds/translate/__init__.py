@@ -11,6 +11,7 @@ from typing import Any
 
 from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR, Secret
 from isthmus.xds import types
+from isthmus.xds.snapshot import Resource
 from isthmus.xds.translate import clusters, listeners, secrets
 
 _cluster = lru_cache(maxsize=65536)(clusters.cluster)
@@ -31,4 +32,54 @@ def translate(ir: ProxyIR) -> dict[str, list[Any]]:
     }
 
 
-__all__ = ["Cluster", "EndpointSet", "InboundListener", "OutboundListener", "Secret", "translate"]
+@lru_cache(maxsize=65536)
+def _packed_cluster(node: Cluster) -> Resource:
+    return Resource.of(types.CLUSTER, _cluster(node))
+
+
+@lru_cache(maxsize=65536)
+def _packed_endpoints(node: EndpointSet) -> Resource:
+    return Resource.of(types.ENDPOINT, _endpoints(node))
+
+
+@lru_cache(maxsize=65536)
+def _packed_inbound(node: InboundListener) -> Resource:
+    return Resource.of(types.LISTENER, _inbound(node))
+
+
+@lru_cache(maxsize=65536)
+def _packed_outbound(node: OutboundListener) -> Resource:
+    return Resource.of(types.LISTENER, _outbound(node))
+
+
+@lru_cache(maxsize=65536)
+def _packed_routes(node: OutboundListener) -> Resource:
+    return Resource.of(types.ROUTE, _routes(node))
+
+
+@lru_cache(maxsize=4096)
+def _packed_secret(node: Secret) -> Resource:
+    return Resource.of(types.SECRET, secrets.secret(node))
+
+
+def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
+    """The same resources as :func:`translate`, serialised and digested; shared IR nodes are packed once."""
+    return {
+        types.CLUSTER: [_packed_cluster(c) for c in ir.clusters],
+        types.ENDPOINT: [_packed_endpoints(e) for e in ir.endpoints],
+        types.LISTENER: [_packed_inbound(i) for i in ir.inbounds]
+        + [_packed_outbound(o) for o in ir.outbounds],
+        types.ROUTE: [_packed_routes(o) for o in ir.outbounds if o.route_config],
+        types.SECRET: [_packed_secret(s) for s in ir.secrets],
+    }
+
+
+__all__ = [
+    "Cluster",
+    "EndpointSet",
+    "InboundListener",
+    "OutboundListener",
+    "Secret",
+    "translate",
+    "translate_packed",
+]
