@@ -4,9 +4,12 @@ through hand-written static Envoy configs with the same certificates, and agains
     client --wrk--> [client sidecar] --mTLS, HTTP/2--> [server sidecar] --HTTP/1.1--> nginx
 
 Paths, measured in interleaved rounds in one run (wrk -t1 -c50, medians over rounds):
-  direct       wrk -> nginx
-  hand-written two Envoys with static bootstraps (mTLS with certificates from the mesh CA, HTTP/2 between them)
-  isthmus      two Envoys started by `isthmus dp run`, configured over ADS by `isthmus cp run`
+  direct                wrk -> nginx
+  hand-written minimal  two Envoys with static bootstraps: mTLS with certificates from the mesh CA, SPIFFE SAN
+                        check, HTTP/2 between them, nothing else
+  hand-written          the same plus what a mesh inbound must do: RBAC on the caller's SPIFFE identity and the
+                        caller's identity forwarded to the app (XFCC, as Kuma does); the baseline of the target
+  isthmus               two Envoys started by `isthmus dp run`, configured over ADS by `isthmus cp run`
 
     python -m bench.dataplane [--rounds 5] [--duration 10]
 
@@ -87,15 +90,20 @@ def wrk(url: str, duration: int) -> dict[str, float]:
     }
 
 
-def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> tuple[Path, Path, int]:
+def static_bootstraps(
+    tmp: Path, ca: CertificateAuthority, nginx_port: int, *, authz: bool
+) -> tuple[Path, Path, int]:
+    """A client and a server Envoy bootstrap by hand. With ``authz`` the server does what a mesh inbound must:
+    an RBAC filter that admits the caller's SPIFFE identity and the caller's identity forwarded in XFCC."""
+    tag = "authz" if authz else "minimal"
     certs = {}
     for svc in ("client", "server"):
         leaf = issue_workload_certificate(
             ca, mesh="bench", services=[svc], tags=None, lifetime=timedelta(hours=24)
         )
-        (tmp / f"{svc}.crt").write_bytes(leaf.cert_pem)
-        (tmp / f"{svc}.key").write_bytes(leaf.key_pem)
-        certs[svc] = (str(tmp / f"{svc}.crt"), str(tmp / f"{svc}.key"))
+        (tmp / f"{svc}-{tag}.crt").write_bytes(leaf.cert_pem)
+        (tmp / f"{svc}-{tag}.key").write_bytes(leaf.key_pem)
+        certs[svc] = (str(tmp / f"{svc}-{tag}.crt"), str(tmp / f"{svc}-{tag}.key"))
     (tmp / "ca.crt").write_bytes(ca.cert_pem)
     client_port, server_port = free_port(), free_port()
 
@@ -111,7 +119,33 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
             "alpn_protocols": alpn,
         }
 
-    def hcm(cluster: str) -> dict[str, Any]:
+    def hcm(cluster: str, inbound: bool = False) -> dict[str, Any]:
+        router = {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }
+        rbac = {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {
+                    "policies": {
+                        "allow-client": {
+                            "permissions": [{"any": True}],
+                            "principals": [
+                                {"authenticated": {"principal_name": {"exact": "spiffe://bench/client"}}}
+                            ],
+                        }
+                    }
+                },
+            },
+        }
+        extra: dict[str, Any] = {}
+        if inbound and authz:
+            extra = {
+                "forward_client_cert_details": "SANITIZE_SET",
+                "set_current_client_cert_details": {"uri": True},
+            }
         return {
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
@@ -127,14 +161,8 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
                         }
                     ]
                 },
-                "http_filters": [
-                    {
-                        "name": "envoy.filters.http.router",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                        },
-                    }
-                ],
+                "http_filters": [rbac, router] if inbound and authz else [router],
+                **extra,
             },
         }
 
@@ -214,7 +242,7 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
             "listeners": [
                 listener(
                     server_port,
-                    [hcm("local")],
+                    [hcm("local", inbound=True)],
                     {
                         "common_tls_context": common(
                             "server", {"prefix": "spiffe://bench/"}, ["h2", "http/1.1"]
@@ -225,9 +253,9 @@ def static_bootstraps(tmp: Path, ca: CertificateAuthority, nginx_port: int) -> t
             "clusters": [cluster("local", nginx_port, None, False)],
         },
     }
-    (tmp / "client.json").write_text(json.dumps(client))
-    (tmp / "server.json").write_text(json.dumps(server))
-    return tmp / "client.json", tmp / "server.json", client_port
+    (tmp / f"client-{tag}.json").write_text(json.dumps(client))
+    (tmp / f"server-{tag}.json").write_text(json.dumps(server))
+    return tmp / f"client-{tag}.json", tmp / f"server-{tag}.json", client_port
 
 
 def dataplane(name: str, service: str, inbound: int, app: int, outbound: int | None, target: str = "") -> str:
@@ -316,35 +344,30 @@ def main() -> None:
                                                "--admin-port", "0", "--work-dir", str(tmp / f"work-{name}"), "--log-level", "warning"]))  # fmt: skip
             wait_http(f"http://127.0.0.1:{mesh_out}/", 60)
 
-            client_cfg, server_cfg, static_port = static_bootstraps(tmp, load_ca(db), nginx_port)
-            for cfg in (server_cfg, client_cfg):
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            envoy,
-                            "-c",
-                            str(cfg),
-                            "--concurrency",
-                            "1",
-                            "--disable-hot-restart",
-                            "-l",
-                            "warning",
-                        ]
-                    )
+            ca = load_ca(db)
+            static_ports = {}
+            for authz in (True, False):
+                client_cfg, server_cfg, static_ports[authz] = static_bootstraps(
+                    tmp, ca, nginx_port, authz=authz
                 )
-            wait_http(f"http://127.0.0.1:{static_port}/")
+                for cfg in (server_cfg, client_cfg):
+                    procs.append(subprocess.Popen([envoy, "-c", str(cfg), "--concurrency", "1",
+                                                   "--disable-hot-restart", "-l", "warning"]))  # fmt: skip
+                wait_http(f"http://127.0.0.1:{static_ports[authz]}/")
 
             paths = {
                 "direct (nginx)": f"http://127.0.0.1:{nginx_port}/",
-                "hand-written static": f"http://127.0.0.1:{static_port}/",
+                "hand-written minimal": f"http://127.0.0.1:{static_ports[False]}/",
+                "hand-written": f"http://127.0.0.1:{static_ports[True]}/",
                 "isthmus mesh": f"http://127.0.0.1:{mesh_out}/",
             }
             for url in paths.values():  # warm-up
                 wrk(url, 2)
             results: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
+            names = list(paths)
             for r in range(args.rounds):
-                for name, url in paths.items():
-                    results[name].append(wrk(url, args.duration))
+                for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no path always first
+                    results[name].append(wrk(paths[name], args.duration))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         finally:
             for p in reversed(procs):
@@ -359,7 +382,7 @@ def main() -> None:
         k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99", "non2xx")}
         for k, v in results.items()
     }
-    base = med["hand-written static"]
+    base = med["hand-written"]
     print(
         f"\nData plane: wrk -t1 -c50, {args.rounds} rounds x {args.duration}s, medians (nginx upstream, 2 cores)"
     )

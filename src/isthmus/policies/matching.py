@@ -50,7 +50,7 @@ def selects_inbound(ref: TargetRef, dataplane: Resource, inbound: Inbound) -> bo
     return False
 
 
-def _rank(policy: Resource) -> tuple[int, int]:
+def policy_rank(policy: Resource) -> tuple[int, int]:
     ref: TargetRef = policy.spec.target_ref  # type: ignore[attr-defined]
     sub = 0
     if ref.kind is TargetRefKind.DATAPLANE:
@@ -61,7 +61,7 @@ def _rank(policy: Resource) -> tuple[int, int]:
 def sort_policies(policies: Iterable[Resource]) -> list[Resource]:
     """Lowest priority first; see the module docstring."""
     by_name_desc = sorted(policies, key=lambda p: p.name, reverse=True)
-    return sorted(by_name_desc, key=_rank)
+    return sorted(by_name_desc, key=policy_rank)
 
 
 def matched_for_inbound(

@@ -1,0 +1,191 @@
+"""The policy engine: which targetRef policies apply to a proxy, per inbound and per outbound, and their merge.
+
+Kuma's model (``../shared/research/kuma.md`` section 3.3):
+
+* the top-level ``targetRef`` selects proxies (Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane);
+* ``to[]`` items configure outbound traffic to the destination their ``targetRef`` names (Mesh: every
+  destination; MeshService: that service; MeshServiceSubset: that service's instances with the tags);
+* ``from[]`` items configure inbound traffic from the clients their ``targetRef`` names;
+* the matched items are ordered lowest priority first (:func:`isthmus.policies.matching.sort_policies`: the
+  top-level kind's specificity, then the name, the smaller name winning) and, within that, by the specificity of
+  the item's own ``targetRef``; their ``default`` blocks are merged in that order as JSON Merge Patches
+  (RFC 7396): the later, more specific one wins field by field, nested objects merge, lists are replaced.
+
+The engine works on plain dicts (the ``default`` blocks as the user wrote them, camelCase), so every policy
+kind gets the same merge; each plug-in then validates the merged result into its own typed model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from isthmus.policies.matching import policy_rank, selects_inbound, sort_policies, tags_match
+from isthmus.resources.common import KIND_ORDER, SERVICE_TAG, TargetRef, TargetRefKind
+from isthmus.resources.dataplane import DataplaneSpec, Inbound
+from isthmus.resources.registry import Resource
+
+
+def merge_patch(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7396 JSON Merge Patch: objects merge key by key, ``null`` removes a key, anything else replaces."""
+    out = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_patch(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = merge_patch({}, value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Origin:
+    """One policy item that contributed to a resolved configuration."""
+
+    kind: str
+    policy: str
+    section: str  # "to[0]", "from[1]", "default"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "policy": self.policy, "section": self.section}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The merged ``default`` of every matching item, and where it came from (lowest priority first)."""
+
+    conf: Mapping[str, Any]
+    origins: tuple[Origin, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.origins
+
+
+EMPTY = Resolved({}, ())
+
+
+def dataplane_spec(dp: Resource) -> DataplaneSpec:
+    spec = dp.spec
+    assert isinstance(spec, DataplaneSpec)
+    return spec
+
+
+def selects_proxy(ref: TargetRef, dp: Resource) -> bool:
+    """A top-level targetRef selects a proxy when it selects any of its inbounds (Mesh and Dataplane always
+    apply, even to a proxy without inbounds)."""
+    if ref.kind is TargetRefKind.MESH:
+        return True
+    if ref.kind is TargetRefKind.DATAPLANE and ref.section_name is None:
+        if ref.name is not None and ref.name != dp.name:
+            return False
+        return ref.labels is None or tags_match(ref.labels, dp.labels)
+    return any(selects_inbound(ref, dp, inbound) for inbound in dataplane_spec(dp).networking.inbound)
+
+
+def _top_ref(policy: Resource) -> TargetRef:
+    ref = getattr(policy.spec, "target_ref", None)
+    return ref if isinstance(ref, TargetRef) else TargetRef(kind=TargetRefKind.MESH)
+
+
+def _items(policy: Resource, section: str) -> Sequence[Any]:
+    attr = "from_" if section == "from" else section
+    return list(getattr(policy.spec, attr, None) or [])
+
+
+def destination_matches(ref: TargetRef, service: str, tags: Mapping[str, str] | None = None) -> bool:
+    """Does a ``to[].targetRef`` name this destination? ``tags`` narrows to a subset of its instances."""
+    if ref.kind is TargetRefKind.MESH:
+        return True
+    if ref.kind is TargetRefKind.MESH_SERVICE:
+        return ref.name == service
+    if ref.kind is TargetRefKind.MESH_SERVICE_SUBSET:
+        return ref.name == service and tags is not None and tags_match(ref.tags, tags)
+    return False
+
+
+def client_matches(ref: TargetRef, client_tags: Mapping[str, str] | None) -> bool:
+    """Does a ``from[].targetRef`` include a client with these tags? ``None``: any client (Mesh-wide only)."""
+    if ref.kind is TargetRefKind.MESH:
+        return True
+    if client_tags is None:
+        return False
+    if ref.kind is TargetRefKind.MESH_SUBSET:
+        return tags_match(ref.tags, client_tags)
+    if ref.kind is TargetRefKind.MESH_SERVICE:
+        return client_tags.get(SERVICE_TAG) == ref.name
+    if ref.kind is TargetRefKind.MESH_SERVICE_SUBSET:
+        return client_tags.get(SERVICE_TAG) == ref.name and tags_match(ref.tags, client_tags)
+    return False
+
+
+def _default_dict(item: Any) -> dict[str, Any]:
+    default = getattr(item, "default", None)
+    if default is None:
+        return {}
+    dumped = default.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert isinstance(dumped, dict)
+    return dumped
+
+
+Entry = tuple[tuple[Any, ...], Resource, str, Any]  # (sort key, policy, section, item)
+
+
+def _merge(entries: list[Entry]) -> Resolved:
+    """Merge in Kuma's order: the top-level kind, then the item's own targetRef kind, then the name (the
+    lexicographically smaller name last, so it wins)."""
+    entries.sort(key=lambda e: e[0])
+    conf: dict[str, Any] = {}
+    origins = []
+    for _, policy, section, item in entries:
+        conf = merge_patch(conf, _default_dict(item))
+        origins.append(Origin(policy.type.kind, policy.name, section))
+    return Resolved(conf, tuple(origins)) if origins else EMPTY
+
+
+def resolve_to(
+    policies: Iterable[Resource], dp: Resource, service: str, tags: Mapping[str, str] | None = None
+) -> Resolved:
+    """The merged ``to`` configuration of one kind for the outbound of ``dp`` to ``service``."""
+    entries: list[Entry] = []
+    for by_name, policy in _by_name(p for p in policies if selects_proxy(_top_ref(p), dp)):
+        for i, item in enumerate(_items(policy, "to")):
+            if destination_matches(item.target_ref, service, tags):
+                key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
+                entries.append((key, policy, f"to[{i}]", item))
+    return _merge(entries)
+
+
+def resolve_from(
+    policies: Iterable[Resource],
+    dp: Resource,
+    inbound: Inbound,
+    client_tags: Mapping[str, str] | None = None,
+) -> Resolved:
+    """The merged ``from`` configuration of one kind for an inbound, for a client (``None``: Mesh-wide items)."""
+    entries: list[Entry] = []
+    for by_name, policy in _by_name(p for p in policies if selects_inbound(_top_ref(p), dp, inbound)):
+        for i, item in enumerate(_items(policy, "from")):
+            if client_matches(item.target_ref, client_tags):
+                key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
+                entries.append((key, policy, f"from[{i}]", item))
+    return _merge(entries)
+
+
+def resolve_proxy(policies: Iterable[Resource], dp: Resource) -> Resolved:
+    """The merged top-level ``default`` of single-item policies (those without to/from) for a proxy."""
+    ordered = sort_policies(p for p in policies if selects_proxy(_top_ref(p), dp) and _has_default(p))
+    return _merge([((rank,), p, "default", p.spec) for rank, p in enumerate(ordered)])
+
+
+def _by_name(policies: Iterable[Resource]) -> list[tuple[int, Resource]]:
+    """Policies with their position in descending name order (a later position means higher priority)."""
+    return list(enumerate(sorted(policies, key=lambda p: p.name, reverse=True)))
+
+
+def _has_default(policy: Resource) -> bool:
+    return getattr(policy.spec, "default", None) is not None
