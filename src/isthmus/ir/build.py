@@ -21,6 +21,7 @@ from isthmus.ir.model import (
 from isthmus.policies.meshtrafficpermission.plugin import inbound_permissions
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.mesh import MtlsMode
+from isthmus.resources.registry import Resource
 
 LOCALHOST = "127.0.0.1"
 
@@ -126,6 +127,7 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
                 eds=True,
                 tls=tls,
                 verify_spiffe_id=f"spiffe://{ctx.name}/{service}" if mtls_on else "",
+                service=service,
             )
             endpoint_sets.append(
                 EndpointSet(
@@ -156,7 +158,7 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
             Secret(identity_secret_name(ctx.name), identity.certificate_chain, identity.private_key),
             Secret(ca_secret_name(ctx.name), trusted_ca=ctx.ca_certificate),
         )
-    return ProxyIR(
+    base = ProxyIR(
         node_id=node_id(ctx.name, dp.name),
         mesh=ctx.name,
         name=dp.name,
@@ -166,3 +168,15 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
         endpoints=tuple(endpoint_sets),
         secrets=secrets,
     )
+    return apply_policies(base, ctx, dp)
+
+
+def apply_policies(ir: ProxyIR, ctx: MeshContext, dp: Resource) -> ProxyIR:
+    """Run every policy plug-in, in order, over the base IR (see :mod:`isthmus.policies.catalog`)."""
+    from isthmus.policies.catalog import plugins
+    from isthmus.policies.plugin import PolicyInputs
+
+    for plugin in plugins():
+        kind = plugin.resource_type.kind
+        ir = plugin.apply(ir, PolicyInputs(ctx, dp, ctx.policies_of(kind)))
+    return ir

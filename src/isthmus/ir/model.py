@@ -11,6 +11,19 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from isthmus.ir.traffic import (
+    ConnectionLimits,
+    FaultInjection,
+    HealthCheck,
+    HttpRoute,
+    LoadBalancer,
+    LocalRateLimit,
+    OutlierDetection,
+    Retry,
+    Timeouts,
+    WeightedBackend,
+)
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -115,6 +128,13 @@ class Cluster:
     tls: MeshTls | None = None  # upstream mTLS to other sidecars
     verify_spiffe_id: str = ""  # the URI SAN the server must present
     connect_timeout_ms: int = 5000
+    service: str = ""  # the mesh service behind it ("" for the local application)
+    subset: tuple[tuple[str, str], ...] = ()  # only the instances with these tags (route backends by tags)
+    timeouts: Timeouts | None = None  # idle and connection durations (connect timeout: connect_timeout_ms)
+    limits: ConnectionLimits | None = None
+    outlier: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
+    lb: LoadBalancer | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,9 @@ class InboundListener:
     tls: MeshTls | None
     trust_domain_prefix: str  # peers must present a URI SAN under this prefix (``spiffe://<mesh>/``)
     permissions: Permissions | None  # None: not enforced (mTLS off)
+    timeouts: Timeouts | None = None
+    rate_limit: LocalRateLimit | None = None
+    faults: tuple[FaultInjection, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +176,10 @@ class OutboundListener:
     protocol: Protocol
     cluster: str
     route_config: str  # RDS name for HTTP; "" for TCP
+    routes: tuple[HttpRoute, ...] = ()  # HTTP routes in match order; empty: everything to ``cluster``
+    tcp_backends: tuple[WeightedBackend, ...] = ()  # TCP split; empty: everything to ``cluster``
+    timeouts: Timeouts | None = None  # HCM / TCP proxy timeouts, and the default route's request timeout
+    retry: Retry | None = None  # the default for routes that set none
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class Registry:
 
 
 def default_registry() -> Registry:
+    from isthmus.policies.catalog import plugins
     from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
     from isthmus.resources.dataplane import DataplaneSpec
     from isthmus.resources.mesh import MeshSpec
@@ -115,6 +116,7 @@ def default_registry() -> Registry:
                 is_policy=True,
                 short_name="mtp",
             ),
+            *(plugin.resource_type for plugin in plugins()),
             ResourceType("Secret", "secrets", Scope.MESH, SecretSpec, spec_at_top_level=True, internal=True),
         ]
     )

@@ -8,7 +8,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from isthmus.ir.model import Cluster, Endpoint, EndpointSet, Protocol
-from isthmus.xds.translate import tls
+from isthmus.xds.translate import resilience, timeouts, tls
 from isthmus.xds.translate.common import ads, duration_ms, pack, socket_address
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -39,13 +39,18 @@ def cluster(ir: Cluster) -> cluster_pb2.Cluster:
         out.load_assignment.CopyFrom(
             endpoint_pb2.ClusterLoadAssignment(cluster_name=ir.name, endpoints=_lb_endpoints(ir.endpoints))
         )
-    if ir.protocol is Protocol.HTTP2:
-        options = http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-            )
-        )
+    common = timeouts.http_protocol_options(ir.timeouts) if ir.protocol is not Protocol.TCP else None
+    if ir.protocol is Protocol.HTTP2 or common is not None:
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        if ir.protocol is Protocol.HTTP2:
+            options.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+        else:
+            options.explicit_http_config.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
+        if common is not None:
+            options.common_http_protocol_options.CopyFrom(common)
         out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    timeouts.cluster(out, ir.timeouts)
+    resilience.cluster(out, ir)
     if ir.tls is not None:
         out.transport_socket.CopyFrom(
             tls.upstream_socket(ir.tls, ir.verify_spiffe_id, http2=ir.protocol is Protocol.HTTP2)

@@ -13,7 +13,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from isthmus.ir.model import InboundListener, OutboundListener, Protocol, TlsMode
-from isthmus.xds.translate import rbac, tls
+from isthmus.ir.traffic import Timeouts
+from isthmus.xds.translate import inbound_http, rbac, routes, timeouts, tls
 from isthmus.xds.translate.common import ads, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -30,20 +31,23 @@ def _router() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))
 
 
-def _hcm(stat_prefix: str, http_filters: list[Any], **route: Any) -> listener_components_pb2.Filter:
+def _hcm(
+    stat_prefix: str, http_filters: list[Any], limits: Timeouts | None, **route: Any
+) -> listener_components_pb2.Filter:
     manager = HCM_CLS(
         stat_prefix=stat_prefix,
         codec_type=HCM_CLS.AUTO,
         http_filters=[*http_filters, _router()],
         **route,
     )
+    timeouts.hcm(manager, limits)
     return listener_components_pb2.Filter(name=HCM, typed_config=pack(manager))
 
 
-def _tcp_proxy(stat_prefix: str, cluster: str) -> listener_components_pb2.Filter:
-    return listener_components_pb2.Filter(
-        name=TCP_PROXY, typed_config=pack(tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster))
-    )
+def _tcp_proxy(stat_prefix: str, cluster: str, limits: Timeouts | None) -> listener_components_pb2.Filter:
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
+    timeouts.tcp_proxy(proxy, limits)
+    return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
 
 
 def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter]:
@@ -57,13 +61,17 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
                     typed_config=pack(rbac.network_filter_config(ir.permissions, f"{stat}_rbac_")),
                 )
             )
-        filters.append(_tcp_proxy(stat, ir.local_cluster))
+        filters.extend(inbound_http.network_filters(ir))
+        filters.append(_tcp_proxy(stat, ir.local_cluster, ir.timeouts))
         return filters
     http_filters = []
     if ir.permissions is not None:
         http_filters.append(
             hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(rbac.http_filter_config(ir.permissions)))
         )
+    http_filters.extend(inbound_http.http_filters(ir))
+    local_route = route_components_pb2.RouteAction(cluster=ir.local_cluster)
+    timeouts.route(local_route, ir.timeouts)
     route_config = route_pb2.RouteConfiguration(
         name=ir.name,
         validate_clusters={"value": False},
@@ -74,7 +82,7 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
                 routes=[
                     route_components_pb2.Route(
                         match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=ir.local_cluster),
+                        route=local_route,
                     )
                 ],
             )
@@ -86,7 +94,7 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
             "forward_client_cert_details": HCM_CLS.SANITIZE_SET,
             "set_current_client_cert_details": HCM_CLS.SetCurrentClientCertDetails(uri=True),
         }
-    return [_hcm(stat, http_filters, route_config=route_config, **extra)]
+    return [_hcm(stat, http_filters, ir.timeouts, route_config=route_config, **extra)]
 
 
 def inbound(ir: InboundListener) -> listener_pb2.Listener:
@@ -127,9 +135,12 @@ def inbound(ir: InboundListener) -> listener_pb2.Listener:
 def outbound(ir: OutboundListener) -> listener_pb2.Listener:
     stat = f"outbound_{ir.service}_{ir.port}"
     if ir.protocol is Protocol.TCP:
-        filters = [_tcp_proxy(stat, ir.cluster)]
+        filters = [
+            listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(routes.tcp_proxy(stat, ir)))
+        ]
     else:
-        filters = [_hcm(stat, [], rds=hcm_pb2.Rds(config_source=ads(), route_config_name=ir.route_config))]
+        rds = hcm_pb2.Rds(config_source=ads(), route_config_name=ir.route_config)
+        filters = [_hcm(stat, [], ir.timeouts, rds=rds)]
     return listener_pb2.Listener(
         name=ir.name,
         address=socket_address(ir.address, ir.port),
@@ -139,19 +150,4 @@ def outbound(ir: OutboundListener) -> listener_pb2.Listener:
 
 
 def outbound_routes(ir: OutboundListener) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration(
-        name=ir.route_config,
-        validate_clusters={"value": False},
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(
-                name=ir.service,
-                domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=ir.cluster),
-                    )
-                ],
-            )
-        ],
-    )
+    return routes.route_configuration(ir)

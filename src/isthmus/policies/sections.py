@@ -1,0 +1,59 @@
+"""Schema pieces shared by targetRef policies: ``to``/``from`` items and the targetRef kind checks."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import Field
+
+from isthmus.resources.common import Model, TargetRef, TargetRefKind
+
+ConfT = TypeVar("ConfT", bound=Model)
+
+TOP_LEVEL_KINDS = (
+    TargetRefKind.MESH,
+    TargetRefKind.MESH_SUBSET,
+    TargetRefKind.MESH_SERVICE,
+    TargetRefKind.MESH_SERVICE_SUBSET,
+    TargetRefKind.DATAPLANE,
+)
+TO_KINDS = (TargetRefKind.MESH, TargetRefKind.MESH_SERVICE)
+FROM_KINDS = (TargetRefKind.MESH,)
+
+
+def mesh_ref() -> TargetRef:
+    return TargetRef(kind=TargetRefKind.MESH)
+
+
+class To(Model, Generic[ConfT]):
+    target_ref: TargetRef = Field(alias="targetRef")
+    default: ConfT
+
+
+class From(Model, Generic[ConfT]):
+    target_ref: TargetRef = Field(alias="targetRef")
+    default: ConfT
+
+
+def target_ref_problems(
+    top: TargetRef,
+    to: list[To[ConfT]] | None,
+    from_: list[From[ConfT]] | None,
+    *,
+    top_kinds: tuple[TargetRefKind, ...] = TOP_LEVEL_KINDS,
+    to_kinds: tuple[TargetRefKind, ...] = TO_KINDS,
+    from_kinds: tuple[TargetRefKind, ...] = FROM_KINDS,
+    require_section: bool = True,
+) -> str | None:
+    """The first problem with a policy's targetRefs as ``field.path: reason``, or None."""
+    for field, reason in top.structural_errors(top_kinds):
+        return f"targetRef.{field}: {reason}"
+    for i, to_item in enumerate(to or []):
+        for field, reason in to_item.target_ref.structural_errors(to_kinds):
+            return f"to[{i}].targetRef.{field}: {reason}"
+    for i, from_item in enumerate(from_ or []):
+        for field, reason in from_item.target_ref.structural_errors(from_kinds):
+            return f"from[{i}].targetRef.{field}: {reason}"
+    if require_section and not to and not from_:
+        return "to: at least one of to and from must have an item"
+    return None
