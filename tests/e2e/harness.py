@@ -181,6 +181,7 @@ class App:
         instance: str = "",
         upstream: str = "",
         tcp: bool = False,
+        fail_all: bool = False,
     ) -> None:
         self.port = free_port()
         args = [*ISTHMUS, "demo", "app", "--service", service, "--port", str(self.port), "--version", version]
@@ -190,6 +191,8 @@ class App:
             args += ["--upstream", upstream]
         if tcp:
             args.append("--tcp")
+        if fail_all:
+            args.append("--fail-all")
         self.proc = Proc(f"app-{instance or service}-{self.port}", args, tmp)
 
     def start(self) -> App:

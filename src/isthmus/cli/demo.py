@@ -35,6 +35,7 @@ def demo_app(
     instance: str = typer.Option(""),
     upstream: str = typer.Option("", help="URL to call on every request (through the sidecar)"),
     tcp: bool = typer.Option(False, help="Serve a TCP echo instead of HTTP"),
+    fail_all: bool = typer.Option(False, help="Answer 503 to everything but /health (resilience tests)"),
 ) -> None:
     """Serve one demo service: HTTP JSON echo, or TCP echo with --tcp."""
     from isthmus.demo.apps import echo_app, start_tcp_echo
@@ -51,7 +52,7 @@ def demo_app(
     import uvicorn
 
     uvicorn.run(
-        echo_app(service, version, instance, upstream),
+        echo_app(service, version, instance, upstream, fail_all),
         host=host,
         port=port,
         log_level="warning",

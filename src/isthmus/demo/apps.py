@@ -2,6 +2,10 @@
 
 * :func:`echo_app` is an ASGI app answering every request with JSON naming the service, its version and the
   instance; with ``upstream`` set it first calls that URL (through the caller's sidecar) and nests the answer.
+  Paths that make it misbehave on purpose, for resilience tests and demos: ``/status/<code>`` answers that
+  status; ``/delay/<ms>`` answers after that delay; ``/flaky`` fails every other request with 503; ``/health``
+  answers 200 or 503 as set by ``POST /admin/health/ok`` and ``POST /admin/health/fail``; with ``fail_all``
+  every request but ``/health`` and ``/admin/...`` answers 503.
 * :func:`start_tcp_echo` is a TCP server that writes back what it reads, prefixed with a banner.
 """
 
@@ -19,8 +23,11 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def echo_app(service: str, version: str = "v1", instance: str = "", upstream: str = "") -> Any:
+def echo_app(
+    service: str, version: str = "v1", instance: str = "", upstream: str = "", fail_all: bool = False
+) -> Any:
     client: httpx.AsyncClient | None = None
+    state = {"healthy": True, "flaky": 0}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal client
@@ -47,8 +54,12 @@ def echo_app(service: str, version: str = "v1", instance: str = "", upstream: st
             "method": scope.get("method", "GET"),
             "caller": headers.get("x-forwarded-client-cert", ""),
         }
-        status = 200
-        if upstream:
+        status = _misbehave(scope.get("path", "/"), scope.get("method", "GET"), state, fail_all)
+        if status == 0:
+            await asyncio.sleep(int(scope["path"].rsplit("/", 1)[1]) / 1000)
+            status = 200
+        body["headers"] = {k: v for k, v in headers.items() if k.startswith("x-")}
+        if upstream and status == 200:
             if client is None:
                 client = httpx.AsyncClient(timeout=10.0)
             try:
@@ -72,6 +83,26 @@ def echo_app(service: str, version: str = "v1", instance: str = "", upstream: st
         await send({"type": "http.response.body", "body": payload})
 
     return app
+
+
+def _misbehave(path: str, method: str, state: dict[str, Any], fail_all: bool) -> int:
+    """The status to answer with for a test path (0: delay first, then 200)."""
+    if path.startswith("/admin/health/") and method == "POST":
+        state["healthy"] = path.endswith("/ok")
+        return 200
+    if path == "/health":
+        return 200 if state["healthy"] else 503
+    if fail_all:
+        return 503
+    parts = path.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "status" and parts[1].isdigit():
+        return int(parts[1])
+    if len(parts) == 2 and parts[0] == "delay" and parts[1].isdigit():
+        return 0
+    if path == "/flaky":
+        state["flaky"] += 1
+        return 503 if state["flaky"] % 2 else 200
+    return 200
 
 
 def _json_or_text(resp: httpx.Response) -> Any:

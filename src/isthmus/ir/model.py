@@ -180,6 +180,7 @@ class OutboundListener:
     tcp_backends: tuple[WeightedBackend, ...] = ()  # TCP split; empty: everything to ``cluster``
     timeouts: Timeouts | None = None  # HCM / TCP proxy timeouts, and the default route's request timeout
     retry: Retry | None = None  # the default for routes that set none
+    lb: LoadBalancer | None = None  # hash policies for the routes (the cluster carries the rest)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 
 from isthmus.ir.model import Cluster
+from isthmus.xds.translate import load_balancing
 
 
 def cluster(out: cluster_pb2.Cluster, ir: Cluster) -> None:
     """Circuit breakers, outlier detection, active health checks and the load balancer of one cluster."""
-    # filled in per policy (issue 3): limits/outlier (MeshCircuitBreaker), health_check (MeshHealthCheck),
-    # lb (MeshLoadBalancingStrategy)
-    return None
+    # filled in per policy (issue 3): limits/outlier (MeshCircuitBreaker), health_check (MeshHealthCheck)
+    load_balancing.cluster(out, ir.lb)

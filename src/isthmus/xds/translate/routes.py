@@ -7,13 +7,14 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from isthmus.ir.model import OutboundListener
-from isthmus.xds.translate import retries, timeouts
+from isthmus.xds.translate import load_balancing, retries, timeouts
 
 
 def route_configuration(ir: OutboundListener) -> route_pb2.RouteConfiguration:
     action = route_components_pb2.RouteAction(cluster=ir.cluster)
     timeouts.route(action, ir.timeouts)
     retries.route(action, ir.retry, ir.protocol)
+    load_balancing.route(action, ir.lb)
     return route_pb2.RouteConfiguration(
         name=ir.route_config,
         validate_clusters={"value": False},
