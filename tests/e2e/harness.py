@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
+from isthmus.resources.registry import default_registry
 from tests.conftest import free_port
 
 ISTHMUS = [sys.executable, "-m", "isthmus.cli"]
@@ -105,9 +106,9 @@ class ControlPlane:
             if doc["type"] == "Mesh":
                 path = f"/meshes/{doc['name']}"
             else:
-                plural = {"Dataplane": "dataplanes", "MeshTrafficPermission": "meshtrafficpermissions"}[
-                    doc["type"]
-                ]
+                rtype = default_registry().kind(doc["type"])
+                assert rtype is not None, f"unknown kind {doc['type']}"
+                plural = rtype.plural
                 path = f"/meshes/{doc['mesh']}/{plural}/{doc['name']}"
             resp = self.http.put(path, json=doc)
             assert resp.status_code in (200, 201), resp.text

@@ -232,5 +232,14 @@ class CpClient:
     def dataplane_config(self, mesh: str, name: str) -> dict[str, Any]:
         return self._object(f"/meshes/{_seg(mesh)}/dataplanes/{_seg(name)}/_config")
 
+    def explain(
+        self, mesh: str, name: str, to: str, path: str, method: str, headers: list[str]
+    ) -> dict[str, Any]:
+        params = {"to": to, "path": path, "method": method, "header": headers}
+        value = self.get_json(f"/meshes/{_seg(mesh)}/dataplanes/{_seg(name)}/_explain", params=params)
+        if not isinstance(value, dict):
+            raise CliError("the control plane answered _explain with something other than an object")
+        return value
+
     def dataplane_policies(self, mesh: str, name: str) -> dict[str, Any]:
         return self._object(f"/meshes/{_seg(mesh)}/dataplanes/{_seg(name)}/_policies")

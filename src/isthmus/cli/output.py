@@ -328,4 +328,64 @@ def render_policies(doc: Mapping[str, Any]) -> str:
                 source = rule.get("from")
                 origin = describe_target_ref(source) if isinstance(source, Mapping) else "?"
                 lines.append(f"      from {origin}: {rule.get('action', '?')}")
+        for kind, resolved in sorted(entry.items()):
+            if not isinstance(resolved, Mapping) or "conf" not in resolved:
+                continue
+            origins = ", ".join(
+                f"{o.get('policy')} {o.get('section')}"
+                for o in resolved.get("origins") or []
+                if isinstance(o, Mapping)
+            )
+            conf = json.dumps(resolved["conf"], sort_keys=True, separators=(",", ":"))
+            lines.append(f"    resolved {kind}: {conf}")
+            lines.append(f"      from (lowest priority first): {origins}")
+    return "\n".join(lines) + "\n"
+
+
+def _flat(value: Any) -> str:
+    if not value:
+        return "-"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_flat(v) if isinstance(v, Mapping) else v}" for k, v in value.items())
+    return str(value)
+
+
+def render_explain(doc: Mapping[str, Any]) -> str:
+    """The human view of ``_explain``."""
+    req = doc.get("request") or {}
+    lines = [
+        f"{req.get('method', 'GET')} {req.get('path', '/')} from {doc.get('from')} to {doc.get('to')} "
+        f"(mesh {doc.get('mesh')}, outbound {(doc.get('outbound') or {}).get('name', '?')})"
+    ]
+    route = doc.get("route") or {}
+    lines.append(
+        f"  route: {route.get('name', '?')}" + ("" if route.get("matched", True) else " (no rule matched)")
+    )
+    for backend in doc.get("backends") or []:
+        lines.append(
+            f"  backend {backend.get('cluster')}: weight {backend.get('weight')} ({backend.get('percent')}%)"
+        )
+        for key in (
+            "subset",
+            "timeouts",
+            "connectionLimits",
+            "outlierDetection",
+            "healthCheck",
+            "loadBalancer",
+        ):
+            if backend.get(key):
+                lines.append(f"    {key}: {_flat(backend[key])}")
+    if "timeouts" in doc:
+        lines.append(f"  timeouts: {_flat(doc.get('timeouts'))}")
+    if "retry" in doc:
+        lines.append(f"  retry: {_flat(doc.get('retry'))}")
+    destinations = doc.get("destinations") or []
+    if not destinations:
+        lines.append("  no data plane serves this destination")
+    for dest in destinations:
+        verdict = "ALLOWED" if dest.get("allowed") else "DENIED (403)"
+        lines.append(f"  at {dest.get('dataplane')} ({dest.get('inbound')}): {verdict}")
+        for key in ("rateLimit", "faults", "timeouts"):
+            if dest.get(key):
+                lines.append(f"    {key}: {_flat(dest[key]) if not isinstance(dest[key], list) else dest[key]}")
     return "\n".join(lines) + "\n"

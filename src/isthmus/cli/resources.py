@@ -329,9 +329,33 @@ def inspect(
     _run(body)
 
 
+def explain(
+    from_: str = typer.Option(..., "--from", help="The calling data plane"),
+    to: str = typer.Option(..., "--to", help="The destination service (kuma.io/service)"),
+    path: str = typer.Option("/", "--path", help="Request path (with an optional query string)"),
+    method: str = typer.Option("GET", "--method"),
+    header: list[str] = typer.Option([], "--header", help="Request header K=V (repeatable)"),
+    mesh: str = _mesh_option(),
+    output: str | None = typer.Option(None, "--output", "-o", help="yaml | json (default: a summary)"),
+    cp_address: str = _cp_address_option(),
+) -> None:
+    """Explain what a request would meet: route, backend weights, timeouts, retries, limits, permission."""
+
+    def body() -> None:
+        from isthmus.cli import output as out
+
+        fmt = _check_format(output, ("yaml", "json")) if output is not None else None
+        with _client(cp_address) as client:
+            result = client.explain(mesh, from_, to, path, method, header)
+        typer.echo(out.render(result, fmt) if fmt else out.render_explain(result), nl=False)
+
+    _run(body)
+
+
 def register(app: typer.Typer) -> None:
     """Add the resource commands to the top-level app."""
     app.command("apply")(apply)
     app.command("get")(get)
     app.command("delete")(delete)
     app.command("inspect")(inspect)
+    app.command("explain")(explain)

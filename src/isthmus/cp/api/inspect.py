@@ -7,12 +7,17 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from google.protobuf import json_format
 
+from isthmus.cp.api.errors import ApiError
 from isthmus.cp.api.resources import MAX_PAGE
 from isthmus.cp.state import ControlPlaneState
 from isthmus.ir.build import node_id
+from isthmus.policies.catalog import plugins
+from isthmus.policies.explain import ExplainError, explain
 from isthmus.policies.matching import matched_for_inbound
 from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
+from isthmus.policies.plugin import PolicyInputs
 from isthmus.resources.dataplane import DataplaneSpec
+from isthmus.resources.errors import FieldError, ResourceValidationError
 from isthmus.resources.registry import from_record, to_document
 from isthmus.store.base import NotFound, Record
 from isthmus.xds import types
@@ -140,7 +145,62 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                     "MeshTrafficPermission": {"rules": items, "precedence": "last matching rule wins"},
                 }
             )
-        outbounds = [{"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound]
+        outbounds: list[dict[str, Any]] = [
+            {"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound
+        ]
+        ctx = state.reconciler.contexts.get(mesh)
+        if ctx is not None:
+            for plugin in plugins():
+                kind = plugin.resource_type.kind
+                described = plugin.describe(PolicyInputs(ctx, dp, ctx.policies_of(kind)))
+                _attach(inbounds, described.get("inbounds", []), kind)
+                _attach(outbounds, described.get("outbounds", []), kind)
         return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
 
+    @router.get("/meshes/{mesh}/dataplanes/{name}/_explain", tags=["inspect"])
+    async def explain_request(
+        mesh: str,
+        name: str,
+        to: str = Query(..., description="destination service (kuma.io/service)"),
+        path: str = Query("/", description="request path, optionally with a query string"),
+        method: str = Query("GET"),
+        header: list[str] = Query(default=[], description="request header as NAME:VALUE or NAME=VALUE"),
+    ) -> dict[str, Any]:
+        await dataplane_record(mesh, name)
+        headers: dict[str, str] = {}
+        for i, item in enumerate(header):
+            key, sep, value = item.replace("=", ":", 1).partition(":")
+            if not sep or not key.strip():
+                raise ResourceValidationError(
+                    [FieldError(f"header[{i}]", "expected NAME:VALUE or NAME=VALUE")]
+                )
+            headers[key.strip()] = value.strip()
+        if not path.startswith("/"):
+            raise ResourceValidationError([FieldError("path", "must start with '/'")])
+        ctx = state.reconciler.contexts.get(mesh)
+        if ctx is None or name not in ctx.dataplanes:
+            raise ApiError(
+                409, "Not ready", f"the control plane has not processed dataplane {name!r} yet; retry"
+            )
+        try:
+            return explain(ctx, name, to, path=path, method=method, headers=headers)
+        except ExplainError as exc:
+            field, _, reason = str(exc).partition(": ")
+            raise ResourceValidationError([FieldError(field, reason)]) from None
+
     return router
+
+
+def _attach(entries: list[dict[str, Any]], described: list[dict[str, Any]], kind: str) -> None:
+    """Add one policy kind's resolved configuration to the inbound/outbound entries with the same port."""
+    by_port = {d["port"]: d for d in described}
+    for entry in entries:
+        found = by_port.get(entry["port"])
+        if found is None:
+            continue
+        entry[kind] = {"conf": found["conf"], "origins": found["origins"]}
+        names = {(p["type"], p["name"]) for p in entry["policies"]}
+        for origin in found["origins"]:
+            if (origin["kind"], origin["policy"]) not in names:
+                entry["policies"].append({"type": origin["kind"], "name": origin["policy"]})
+                names.add((origin["kind"], origin["policy"]))

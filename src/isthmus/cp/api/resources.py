@@ -11,8 +11,10 @@ from fastapi.responses import JSONResponse
 
 from isthmus.cp.api.errors import ApiError
 from isthmus.cp.state import ControlPlaneState
+from isthmus.policies.defaults import initial_policies
 from isthmus.resources.errors import FieldError, ResourceValidationError
-from isthmus.resources.registry import ResourceType, Scope, parse_document, to_document
+from isthmus.resources.mesh import MeshSpec
+from isthmus.resources.registry import Registry, Resource, ResourceType, Scope, parse_document, to_document
 from isthmus.store.base import NotFound, Op, OpKind, Record
 
 MAX_PAGE = 1000
@@ -50,6 +52,16 @@ def _page(
     return {"total": total, "items": items, "next": nxt}
 
 
+def _initial_policy_ops(mesh: Resource, registry: Registry) -> list[Op]:
+    """The default policies of a new mesh, written in the same transaction as the mesh itself."""
+    spec = mesh.spec
+    assert isinstance(spec, MeshSpec)
+    return [
+        Op(OpKind.CREATE, kind, mesh.name, name, spec=policy)
+        for kind, name, policy in initial_policies(mesh.name, spec.skip_creating_initial_policies, registry)
+    ]
+
+
 def build_router(state: ControlPlaneState) -> APIRouter:
     router = APIRouter()
     registry = state.registry
@@ -76,19 +88,20 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         if rtype.scope is Scope.MESH and await state.store.get("Mesh", "", res.mesh) is None:
             raise ResourceValidationError([FieldError("mesh", f"mesh {res.mesh!r} does not exist")])
         existed = await state.store.get(rtype.kind, res.mesh, name) is not None
-        [record] = await state.store.write(
-            [
-                Op(
-                    OpKind.UPSERT,
-                    rtype.kind,
-                    res.mesh,
-                    name,
-                    spec=res.spec_dict(),
-                    labels=dict(res.labels),
-                    expected_version=_expected(if_match),
-                )
-            ]
-        )
+        ops = [
+            Op(
+                OpKind.UPSERT,
+                rtype.kind,
+                res.mesh,
+                name,
+                spec=res.spec_dict(),
+                labels=dict(res.labels),
+                expected_version=_expected(if_match) if existed else 0,
+            )
+        ]
+        if rtype.kind == "Mesh" and not existed:
+            ops.extend(_initial_policy_ops(res, registry))
+        record = (await state.store.write(ops))[0]
         assert record is not None
         return respond(record, 200 if existed else 201)
 

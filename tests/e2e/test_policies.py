@@ -1,0 +1,163 @@
+"""End to end: the policy engine with real Envoys: default policies, MeshTimeout, precedence in ``inspect`` and
+in traffic, and ``explain``."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import ISTHMUS, ControlPlane, wait_for
+from tests.e2e.test_mesh_traffic import ALLOW_ALL, DENY_WEB, Mesh
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    m = Mesh(tmp_path)
+    try:
+        m.cp.apply(ALLOW_ALL)
+        wait_for(lambda: httpx.get(m.url, timeout=5).status_code == 200, 20, what="mesh traffic")
+        yield m
+    finally:
+        m.stop()
+
+
+def timeout_policy(
+    name: str, target: str, request_timeout: str, to: str = "{kind: MeshService, name: backend}"
+) -> str:
+    return f"""
+type: MeshTimeout
+mesh: default
+name: {name}
+spec:
+  targetRef: {target}
+  to:
+  - targetRef: {to}
+    default:
+      http: {{requestTimeout: {request_timeout}}}
+"""
+
+
+def timed_get(url: str) -> tuple[int, float]:
+    start = time.monotonic()
+    status = httpx.get(url, timeout=30).status_code
+    return status, time.monotonic() - start
+
+
+def outbound_timeout(cp: ControlPlane) -> dict[str, object]:
+    doc = cp.http.get("/meshes/default/dataplanes/web-1/_policies").json()
+    [outbound] = doc["outbounds"]
+    return dict(outbound["MeshTimeout"])
+
+
+def test_new_mesh_gets_default_policies_unless_skipped(tmp_path: Path) -> None:
+    cp = ControlPlane(tmp_path, store="memory").start()
+    try:
+        assert cp.http.put("/meshes/one", json={"type": "Mesh", "name": "one"}).status_code == 201
+        names = {i["name"] for i in cp.http.get("/meshes/one/meshtimeouts").json()["items"]}
+        assert names == {"mesh-timeout-all-one"}
+        skip_all = {"type": "Mesh", "name": "two", "skipCreatingInitialPolicies": ["*"]}
+        assert cp.http.put("/meshes/two", json=skip_all).status_code == 201
+        assert cp.http.get("/meshes/two/meshtimeouts").json()["total"] == 0
+        skip_timeout = {"type": "Mesh", "name": "three", "skipCreatingInitialPolicies": ["MeshTimeout"]}
+        assert cp.http.put("/meshes/three", json=skip_timeout).status_code == 201
+        assert cp.http.get("/meshes/three/meshtimeouts").json()["total"] == 0
+        # updating a mesh does not bring back a deleted default
+        assert cp.http.delete("/meshes/one/meshtimeouts/mesh-timeout-all-one").status_code == 200
+        assert cp.http.put("/meshes/one", json={"type": "Mesh", "name": "one"}).status_code == 200
+        assert cp.http.get("/meshes/one/meshtimeouts").json()["total"] == 0
+    finally:
+        cp.stop()
+
+
+def test_invalid_timeout_is_refused_with_the_field(mesh: Mesh) -> None:
+    body = {
+        "type": "MeshTimeout",
+        "mesh": "default",
+        "name": "bad",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "soon"}}}],
+        },
+    }
+    resp = mesh.cp.http.put("/meshes/default/meshtimeouts/bad", json=body)
+    assert resp.status_code == 400, resp.text
+    fields = [p["field"] for p in resp.json()["invalid_parameters"]]
+    assert any("to[0].default.http.requestTimeout" in f for f in fields), fields
+    assert mesh.cp.http.get("/meshes/default/meshtimeouts/bad").status_code == 404
+
+
+def test_timeout_turns_a_slow_call_into_504(mesh: Mesh) -> None:
+    # the mesh default allows 15 s: a 1.5 s call succeeds
+    assert timed_get(mesh.url + "delay/1500")[0] == 200
+    mesh.cp.apply(timeout_policy("backend-1s", "{kind: Mesh}", "1s"))
+    status, elapsed = wait_for(
+        lambda: (r := timed_get(mesh.url + "delay/3000"))[0] == 504 and r, 15, what="504 after MeshTimeout"
+    )
+    assert status == 504
+    assert 0.8 <= elapsed <= 2.0, elapsed
+    assert timed_get(mesh.url)[0] == 200  # fast calls are unaffected
+
+
+def test_precedence_mesh_then_service_then_dataplane(mesh: Mesh) -> None:
+    """Kuma's order: the top-level targetRef kind first (Mesh < Dataplane < MeshSubset < MeshService), then the
+    ``to`` item's kind (Mesh < MeshService), then the name. A mesh-wide default is overridden by a rule for the
+    service, which is overridden by a policy that targets the data plane."""
+    mesh.cp.apply(timeout_policy("mesh-wide", "{kind: Mesh}", "5s", to="{kind: Mesh}"))
+    mesh.cp.apply(timeout_policy("for-backend", "{kind: Mesh}", "2s"))
+    mesh.cp.apply(timeout_policy("for-web-1", "{kind: Dataplane, name: web-1}", "1s"))
+
+    def resolved() -> str:
+        conf = outbound_timeout(mesh.cp)["conf"]
+        return str(conf["http"]["requestTimeout"])  # type: ignore[index]
+
+    assert wait_for(lambda: resolved() == "1s", 10, what="the Dataplane policy wins")
+    origins = [o["policy"] for o in outbound_timeout(mesh.cp)["origins"]]  # type: ignore[union-attr]
+    assert origins.index("mesh-wide") < origins.index("for-backend") < origins.index("for-web-1")
+    assert origins[-1] == "for-web-1"
+    wait_for(lambda: timed_get(mesh.url + "delay/1500")[0] == 504, 10, what="1 s limit in traffic")
+    # without the Dataplane policy, the service rule (2 s) applies
+    mesh.cp.delete("/meshes/default/meshtimeouts/for-web-1")
+    wait_for(lambda: resolved() == "2s", 10, what="the service rule after the Dataplane policy is gone")
+    wait_for(lambda: timed_get(mesh.url + "delay/1500")[0] == 200, 10, what="2 s limit in traffic")
+    assert timed_get(mesh.url + "delay/3000")[0] == 504
+    # and without it, the mesh-wide 5 s
+    mesh.cp.delete("/meshes/default/meshtimeouts/for-backend")
+    wait_for(lambda: timed_get(mesh.url + "delay/3000")[0] == 200, 15, what="5 s limit in traffic")
+
+
+def test_inspect_policies_and_explain_from_the_cli(mesh: Mesh) -> None:
+    env_cp = ["--cp-address", mesh.cp.url]
+    mesh.cp.apply(timeout_policy("backend-1s", "{kind: Mesh}", "1s"))
+    wait_for(lambda: outbound_timeout(mesh.cp)["conf"]["http"]["requestTimeout"] == "1s", 10)  # type: ignore[index]
+    out = subprocess.run(
+        [*ISTHMUS, "inspect", "dataplane", "web-1", "--policies", *env_cp], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert 'MeshTimeout "backend-1s"' in out.stdout
+    assert "resolved MeshTimeout" in out.stdout and '"requestTimeout":"1s"' in out.stdout
+
+    def explain(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*ISTHMUS, "explain", "--from", "web-1", "--to", "backend", "--path", "/x", *extra, *env_cp]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    res = explain()
+    assert res.returncode == 0, res.stderr
+    assert "backend-1 (inbound:127.0.0.1:" in res.stdout and "ALLOWED" in res.stdout
+    assert "request_ms=1000" in res.stdout
+    mesh.cp.apply(DENY_WEB)
+    wait_for(lambda: "DENIED" in explain().stdout, 10, what="explain sees the deny")
+    wait_for(lambda: httpx.get(mesh.url, timeout=5).status_code == 403, 10, what="traffic agrees")
+    bad = explain("--header", "novalue")
+    assert bad.returncode == 1
+    assert "header[0]" in bad.stderr
+    unknown = subprocess.run(
+        [*ISTHMUS, "explain", "--from", "web-1", "--to", "nothing", *env_cp], capture_output=True, text=True
+    )
+    assert unknown.returncode == 1 and "to" in unknown.stderr
