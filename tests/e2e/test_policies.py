@@ -161,3 +161,37 @@ def test_inspect_policies_and_explain_from_the_cli(mesh: Mesh) -> None:
         [*ISTHMUS, "explain", "--from", "web-1", "--to", "nothing", *env_cp], capture_output=True, text=True
     )
     assert unknown.returncode == 1 and "to" in unknown.stderr
+
+
+def test_policy_with_a_missing_target_is_accepted_and_reported(tmp_path: Path) -> None:
+    cp = ControlPlane(tmp_path, store="memory").start()
+    try:
+        cp.apply("type: Mesh\nname: default\n")
+        cp.apply(timeout_policy("for-ghost", "{kind: Mesh}", "1s", to="{kind: MeshService, name: ghost}"))
+
+        def status() -> dict[str, object]:
+            resp = cp.http.get("/meshes/default/meshtimeouts/for-ghost/_status")
+            return dict(resp.json()) if resp.status_code == 200 else {}
+
+        doc = wait_for(lambda: (s := status()) and s, 10, what="policy status")
+        assert doc["ok"] is False
+        ghost = [r for r in doc["targetRefs"] if r["field"] == "spec.to[0].targetRef"]  # type: ignore[attr-defined]
+        assert ghost and ghost[0]["resolved"] is False and "ghost" in ghost[0]["reason"]
+        cp.apply(
+            """
+type: Dataplane
+mesh: default
+name: ghost-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 21001
+    servicePort: 9001
+    tags: {kuma.io/service: ghost}
+"""
+        )
+        wait_for(lambda: status().get("ok") is True, 10, what="target resolved once it exists")
+        assert status()["selectedDataplanes"] == ["ghost-1"]
+        assert cp.http.get("/meshes/default/dataplanes/ghost-1/_status").status_code == 404
+    finally:
+        cp.stop()

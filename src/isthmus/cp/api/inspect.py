@@ -16,6 +16,7 @@ from isthmus.policies.explain import ExplainError, explain
 from isthmus.policies.matching import matched_for_inbound
 from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
 from isthmus.policies.plugin import PolicyInputs
+from isthmus.policies.status import policy_target_status
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.errors import FieldError, ResourceValidationError
 from isthmus.resources.registry import from_record, to_document
@@ -156,6 +157,20 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 _attach(inbounds, described.get("inbounds", []), kind)
                 _attach(outbounds, described.get("outbounds", []), kind)
         return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
+
+    @router.get("/meshes/{mesh}/{plural}/{name}/_status", tags=["inspect"])
+    async def policy_status(mesh: str, plural: str, name: str) -> dict[str, Any]:
+        """Whether each targetRef of a policy refers to something that exists, and which proxies it selects."""
+        rtype = registry.plural(plural)
+        if rtype is None or not rtype.is_policy:
+            raise ApiError(404, "Not found", f"{plural!r} is not a policy type")
+        record = await state.store.get(rtype.kind, mesh, name)
+        if record is None:
+            raise NotFound(rtype.kind, mesh, name)
+        ctx = state.reconciler.contexts.get(mesh)
+        if ctx is None:
+            raise ApiError(409, "Not ready", f"the control plane has not processed mesh {mesh!r} yet; retry")
+        return policy_target_status(ctx, from_record(record, registry))
 
     @router.get("/meshes/{mesh}/dataplanes/{name}/_explain", tags=["inspect"])
     async def explain_request(
