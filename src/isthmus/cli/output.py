@@ -387,5 +387,7 @@ def render_explain(doc: Mapping[str, Any]) -> str:
         lines.append(f"  at {dest.get('dataplane')} ({dest.get('inbound')}): {verdict}")
         for key in ("rateLimit", "faults", "timeouts"):
             if dest.get(key):
-                lines.append(f"    {key}: {_flat(dest[key]) if not isinstance(dest[key], list) else dest[key]}")
+                lines.append(
+                    f"    {key}: {_flat(dest[key]) if not isinstance(dest[key], list) else dest[key]}"
+                )
     return "\n".join(lines) + "\n"
