@@ -17,7 +17,7 @@ kind gets the same merge; each plug-in then validates the merged result into its
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,8 +151,14 @@ def resolve_to(
     policies: Iterable[Resource], dp: Resource, service: str, tags: Mapping[str, str] | None = None
 ) -> Resolved:
     """The merged ``to`` configuration of one kind for the outbound of ``dp`` to ``service``."""
+    selected = [p for p in policies if selects_proxy(_top_ref(p), dp)]
+    key = ("to", service, tuple(sorted((tags or {}).items())), *(p.digest for p in selected))
+    return _memo(key, lambda: _resolve_to(selected, service, tags))
+
+
+def _resolve_to(selected: list[Resource], service: str, tags: Mapping[str, str] | None) -> Resolved:
     entries: list[Entry] = []
-    for by_name, policy in _by_name(p for p in policies if selects_proxy(_top_ref(p), dp)):
+    for by_name, policy in _by_name(selected):
         for i, item in enumerate(_items(policy, "to")):
             if destination_matches(item.target_ref, service, tags):
                 key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
@@ -167,8 +173,15 @@ def resolve_from(
     client_tags: Mapping[str, str] | None = None,
 ) -> Resolved:
     """The merged ``from`` configuration of one kind for an inbound, for a client (``None``: Mesh-wide items)."""
+    selected = [p for p in policies if selects_inbound(_top_ref(p), dp, inbound)]
+    client = None if client_tags is None else tuple(sorted(client_tags.items()))
+    key = ("from", client, *(p.digest for p in selected))
+    return _memo(key, lambda: _resolve_from(selected, client_tags))
+
+
+def _resolve_from(selected: list[Resource], client_tags: Mapping[str, str] | None) -> Resolved:
     entries: list[Entry] = []
-    for by_name, policy in _by_name(p for p in policies if selects_inbound(_top_ref(p), dp, inbound)):
+    for by_name, policy in _by_name(selected):
         for i, item in enumerate(_items(policy, "from")):
             if client_matches(item.target_ref, client_tags):
                 key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
@@ -180,6 +193,21 @@ def resolve_proxy(policies: Iterable[Resource], dp: Resource) -> Resolved:
     """The merged top-level ``default`` of single-item policies (those without to/from) for a proxy."""
     ordered = sort_policies(p for p in policies if selects_proxy(_top_ref(p), dp) and _has_default(p))
     return _merge([((rank,), p, "default", p.spec) for rank, p in enumerate(ordered)])
+
+
+_MEMO: dict[tuple[Any, ...], Resolved] = {}
+_MEMO_LIMIT = 50_000
+
+
+def _memo(key: tuple[Any, ...], compute: Callable[[], Resolved]) -> Resolved:
+    """Resolution depends only on the selected policies' content and the destination or client, so proxies
+    that share them (most of a mesh) share one result. Keys hold content digests, never object identities."""
+    found = _MEMO.get(key)
+    if found is None:
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        found = _MEMO[key] = compute()
+    return found
 
 
 def _by_name(policies: Iterable[Resource]) -> list[tuple[int, Resource]]:

@@ -9,8 +9,10 @@ only turns the merged ``default`` into IR fields.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
 from isthmus.context.mesh_context import MeshContext
@@ -53,10 +55,17 @@ T = TypeVar("T", bound=Model)
 
 
 def parse_conf(model: type[T], resolved: Resolved) -> T | None:
-    """The merged ``default`` as the plug-in's typed model; None when no policy matched."""
+    """The merged ``default`` as the plug-in's typed model; None when no policy matched. Memoised on the
+    merged content: thousands of proxies share a handful of distinct configurations."""
     if resolved.empty:
         return None
-    return model.model_validate(dict(resolved.conf))
+    key = json.dumps(resolved.conf, sort_keys=True, separators=(",", ":"))
+    return _parse_cached(model, key)  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=8192)
+def _parse_cached(model: type[Model], conf_json: str) -> Model:
+    return model.model_validate(json.loads(conf_json))
 
 
 # -- IR editing helpers ---------------------------------------------------------------------------------------

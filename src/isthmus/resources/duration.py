@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -12,6 +13,7 @@ from isthmus.pki.issuer import parse_lifetime
 _ZERO = re.compile(r"^\+?(0+(\.0*)?[a-zµ]*)+$")
 
 
+@lru_cache(maxsize=4096)
 def duration_ms(text: str) -> int:
     """Milliseconds in a duration string; ``0s`` (or ``0``) is zero, which policies use to disable a timeout."""
     value = text.strip()
