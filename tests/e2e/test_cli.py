@@ -660,13 +660,15 @@ def test_inspect_dataplane(control_plane: str) -> None:
     both = yaml.safe_load(ok(cli([*base, "-o", "yaml"], control_plane)))
     assert both["insight"]["name"] == "web"
     assert both["insight"]["dataplaneInsight"]["online"] is False
-    assert both["policies"]["inbounds"][0]["policies"] == [
-        {"type": "MeshTrafficPermission", "name": "allow-web"}
-    ]
+    inbound_policies = both["policies"]["inbounds"][0]["policies"]
+    assert inbound_policies[0] == {"type": "MeshTrafficPermission", "name": "allow-web"}
+    # the rest are the mesh's initial policies (MeshTimeout and friends), once the mesh has been processed
+    assert all(p["name"].endswith("-all-m-insp") for p in inbound_policies[1:]), inbound_policies
 
     matched = json.loads(ok(cli([*base, "--policies", "-o", "json"], control_plane)))
     assert matched["inbounds"][0]["port"] == 10001
-    assert matched["outbounds"] == [{"port": 20001, "service": "backend", "policies": []}]
+    assert [(o["port"], o["service"]) for o in matched["outbounds"]] == [(20001, "backend")]
+    assert all(p["name"].endswith("-all-m-insp") for p in matched["outbounds"][0]["policies"])
     text = ok(cli([*base, "--policies"], control_plane))
     assert text.startswith("Policies\n") and "Dataplane" not in text
 
