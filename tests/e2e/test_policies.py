@@ -195,3 +195,55 @@ networking:
         assert cp.http.get("/meshes/default/dataplanes/ghost-1/_status").status_code == 404
     finally:
         cp.stop()
+
+
+MESH_TLS = """
+type: MeshTLS
+mesh: default
+name: backend-tls
+spec:
+  targetRef: {{kind: MeshService, name: backend}}
+  from:
+  - targetRef: {{kind: Mesh}}
+    default: {body}
+"""
+
+
+def _tls12_only_handshake(port: int) -> str:
+    """Try a TLS 1.2-only handshake (no client certificate); return the error text, or "" if it completed."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(raw):
+            return ""
+    except (ssl.SSLError, OSError) as exc:
+        return str(exc)
+
+
+def test_mesh_tls_versions_and_permissive_mode(mesh: Mesh) -> None:
+    port = mesh.backend_inbound
+    # default: TLS 1.2 is accepted as a version (the handshake then fails on the missing client certificate)
+    assert "PROTOCOL_VERSION" not in _tls12_only_handshake(port).upper()
+    mesh.cp.apply(MESH_TLS.format(body="{tlsVersion: {min: TLS13}}"))
+    wait_for(lambda: "PROTOCOL_VERSION" in _tls12_only_handshake(port).upper(), 10, what="TLS 1.2 refused")
+    assert httpx.get(mesh.url, timeout=5).status_code == 200  # mesh traffic negotiates TLS 1.3
+    # Strict by default: plaintext to the inbound is refused; Permissive lets it in
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=3)
+    mesh.cp.apply(MESH_TLS.format(body="{mode: Permissive, tlsVersion: {min: TLS13}}"))
+    ok = wait_for(lambda: _plain_status(port) == 200, 10, what="plaintext accepted in Permissive mode")
+    assert ok
+    # and mTLS still works (the listener's filter chains changed: pooled connections are drained once)
+    wait_for(lambda: httpx.get(mesh.url, timeout=5).status_code == 200, 10, what="mesh traffic in Permissive")
+
+
+def _plain_status(port: int) -> int:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=3).status_code
+    except httpx.HTTPError:
+        return 0

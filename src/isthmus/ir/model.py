@@ -110,6 +110,9 @@ class MeshTls:
 
     identity_secret: str
     ca_secret: str
+    min_version: str = "TLSv1_2"  # Envoy TlsProtocol names: TLS_AUTO, TLSv1_0 .. TLSv1_3 (MeshTLS)
+    max_version: str | None = None
+    ciphers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "isthmus.policies.meshhttproute.plugin",
     "isthmus.policies.meshtcproute.plugin",
     "isthmus.policies.meshtimeout.plugin",
+    "isthmus.policies.meshtls.plugin",
     "isthmus.policies.meshretry.plugin",
     "isthmus.policies.meshcircuitbreaker.plugin",
     "isthmus.policies.meshhealthcheck.plugin",

@@ -16,9 +16,18 @@ def _uri_san(matcher: string_pb2.StringMatcher) -> common_pb2.SubjectAltNameMatc
     return common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
 
 
-def _common(tls: MeshTls, san: string_pb2.StringMatcher, alpn: list[str]) -> tls_pb2.CommonTlsContext:
+def _common(
+    tls: MeshTls, san: string_pb2.StringMatcher, alpn: list[str], default_max: str | None = None
+) -> tls_pb2.CommonTlsContext:
+    params = common_pb2.TlsParameters(
+        tls_minimum_protocol_version=common_pb2.TlsParameters.TlsProtocol.Value(tls.min_version),
+        cipher_suites=list(tls.ciphers),
+    )
+    max_version = tls.max_version or default_max
+    if max_version is not None:
+        params.tls_maximum_protocol_version = common_pb2.TlsParameters.TlsProtocol.Value(max_version)
     return tls_pb2.CommonTlsContext(
-        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
+        tls_params=params,
         tls_certificate_sds_secret_configs=[sds(tls.identity_secret)],
         combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=common_pb2.CertificateValidationContext(
@@ -40,6 +49,9 @@ def downstream_socket(tls: MeshTls, trust_domain_prefix: str):  # type: ignore[n
 
 def upstream_socket(tls: MeshTls, spiffe_id: str, http2: bool):  # type: ignore[no-untyped-def]
     ctx = tls_pb2.UpstreamTlsContext(
-        common_tls_context=_common(tls, string_pb2.StringMatcher(exact=spiffe_id), ["h2"] if http2 else []),
+        # clients offer up to TLS 1.3 (Envoy's upstream default stops at 1.2), so any inbound MeshTLS works
+        common_tls_context=_common(
+            tls, string_pb2.StringMatcher(exact=spiffe_id), ["h2"] if http2 else [], default_max="TLSv1_3"
+        ),
     )
     return transport_socket(TLS_SOCKET, ctx)

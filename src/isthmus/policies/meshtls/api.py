@@ -1,0 +1,71 @@
+"""Schema of ``MeshTLS``: TLS versions and ciphers of mesh mTLS, and Strict | Permissive per workload."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import Field, model_validator
+
+from isthmus.policies.sections import From, mesh_ref, target_ref_problems
+from isthmus.resources.common import Model, TargetRef
+
+
+class TlsVersion(str, Enum):
+    AUTO = "TLSAuto"
+    TLS10 = "TLS10"
+    TLS11 = "TLS11"
+    TLS12 = "TLS12"
+    TLS13 = "TLS13"
+
+
+ENVOY_VERSION = {
+    TlsVersion.AUTO: "TLS_AUTO",
+    TlsVersion.TLS10: "TLSv1_0",
+    TlsVersion.TLS11: "TLSv1_1",
+    TlsVersion.TLS12: "TLSv1_2",
+    TlsVersion.TLS13: "TLSv1_3",
+}
+_RANK = {TlsVersion.TLS10: 0, TlsVersion.TLS11: 1, TlsVersion.TLS12: 2, TlsVersion.TLS13: 3}
+
+
+class Cipher(str, Enum):
+    ECDHE_ECDSA_AES128_GCM_SHA256 = "ECDHE-ECDSA-AES128-GCM-SHA256"
+    ECDHE_ECDSA_AES256_GCM_SHA384 = "ECDHE-ECDSA-AES256-GCM-SHA384"
+    ECDHE_ECDSA_CHACHA20_POLY1305 = "ECDHE-ECDSA-CHACHA20-POLY1305"
+    ECDHE_RSA_AES128_GCM_SHA256 = "ECDHE-RSA-AES128-GCM-SHA256"
+    ECDHE_RSA_AES256_GCM_SHA384 = "ECDHE-RSA-AES256-GCM-SHA384"
+    ECDHE_RSA_CHACHA20_POLY1305 = "ECDHE-RSA-CHACHA20-POLY1305"
+
+
+class Mode(str, Enum):
+    STRICT = "Strict"
+    PERMISSIVE = "Permissive"
+
+
+class Version(Model):
+    min: TlsVersion | None = None
+    max: TlsVersion | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> Version:
+        if self.min in _RANK and self.max in _RANK and _RANK[self.min] > _RANK[self.max]:  # type: ignore[index]
+            raise ValueError(f"min: {self.min.value} is newer than max {self.max.value}")  # type: ignore[union-attr]
+        return self
+
+
+class Conf(Model):
+    tls_version: Version | None = Field(default=None, alias="tlsVersion")
+    tls_ciphers: list[Cipher] | None = Field(default=None, alias="tlsCiphers")
+    mode: Mode | None = None
+
+
+class MeshTLSSpec(Model):
+    target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
+    from_: list[From[Conf]] | None = Field(default=None, alias="from")
+
+    @model_validator(mode="after")
+    def _refs(self) -> MeshTLSSpec:
+        problem = target_ref_problems(self.target_ref, None, self.from_)
+        if problem:
+            raise ValueError(problem.replace("to: at least one of to and from", "from: at least one item"))
+        return self
