@@ -204,3 +204,4 @@ class ProxyIR:
     clusters: tuple[Cluster, ...]
     endpoints: tuple[EndpointSet, ...]
     secrets: tuple[Secret, ...]
+    patches: tuple[str, ...] = ()  # MeshProxyPatch modifications, canonical JSON, applied after translation

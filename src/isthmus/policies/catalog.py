@@ -22,6 +22,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "isthmus.policies.meshloadbalancingstrategy.plugin",
     "isthmus.policies.meshfaultinjection.plugin",
     "isthmus.policies.meshratelimit.plugin",
+    "isthmus.policies.meshproxypatch.plugin",
 )
 
 

@@ -28,11 +28,14 @@ from isthmus.resources.registry import Resource
 
 
 def merge_patch(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7396 JSON Merge Patch: objects merge key by key, ``null`` removes a key, anything else replaces."""
+    """RFC 7396 JSON Merge Patch: objects merge key by key, ``null`` removes a key, anything else replaces;
+    except, as in Kuma, lists under a key starting with ``append`` (``appendModifications``) are concatenated."""
     out = dict(base)
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
+        elif key.startswith("append") and isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = [*out[key], *value]  # Kuma: fields named append* accumulate across policies
         elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = merge_patch(out[key], value)
         elif isinstance(value, Mapping):

@@ -13,6 +13,7 @@ from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundList
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
 from isthmus.xds.translate import clusters, listeners, secrets
+from isthmus.xds.translate.patches import apply_patches
 
 _cluster = lru_cache(maxsize=65536)(clusters.cluster)
 _endpoints = lru_cache(maxsize=65536)(clusters.endpoints)
@@ -22,14 +23,16 @@ _routes = lru_cache(maxsize=65536)(listeners.outbound_routes)
 
 
 def translate(ir: ProxyIR) -> dict[str, list[Any]]:
-    """Envoy resources of one proxy, by type URL. The messages may be shared: never mutate them."""
-    return {
+    """Envoy resources of one proxy, by type URL. The messages may be shared: never mutate them. MeshProxyPatch
+    modifications, if any, are applied to copies."""
+    messages: dict[str, list[Any]] = {
         types.CLUSTER: [_cluster(c) for c in ir.clusters],
         types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
         types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds],
         types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [secrets.secret(s) for s in ir.secrets],
     }
+    return apply_patches(messages, ir.patches) if ir.patches else messages
 
 
 @lru_cache(maxsize=65536)
@@ -63,7 +66,10 @@ def _packed_secret(node: Secret) -> Resource:
 
 
 def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
-    """The same resources as :func:`translate`, serialised and digested; shared IR nodes are packed once."""
+    """The same resources as :func:`translate`, serialised and digested; shared IR nodes are packed once.
+    A proxy with MeshProxyPatch modifications is translated, patched on copies, then packed."""
+    if ir.patches:
+        return {t: [Resource.of(t, m) for m in msgs] for t, msgs in translate(ir).items()}
     return {
         types.CLUSTER: [_packed_cluster(c) for c in ir.clusters],
         types.ENDPOINT: [_packed_endpoints(e) for e in ir.endpoints],

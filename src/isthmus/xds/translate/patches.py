@@ -1,0 +1,257 @@
+"""MeshProxyPatch: apply Kuma's ``appendModifications`` to a proxy's translated Envoy resources.
+
+Each modification names what it edits (``cluster``, ``listener``, ``networkFilter``, ``httpFilter``,
+``virtualHost``), an ``operation``, a ``match`` and either a ``value`` (Envoy YAML: a whole resource to add, or
+fields merged into the match with protobuf merge semantics) or ``jsonPatches`` (RFC 6902 on the resource's
+protobuf JSON, camelCase names). Modifications apply in order; the messages given are copies, never the shared
+memoised ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import pkgutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import json_format
+
+from isthmus.xds import types
+
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+class PatchError(ValueError):
+    """A modification cannot be applied; the message says which one and why."""
+
+
+def _type_urls(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {str(node["@type"])} if "@type" in node else set()
+        for v in node.values():
+            found |= _type_urls(v)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_type_urls(v) for v in node)) if node else set()
+    return set()
+
+
+def _load_message_types(type_urls: set[str]) -> None:
+    """Import the generated modules of the packages typed configs name, so their ``Any`` can be parsed."""
+    for url in type_urls:
+        package = url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue  # unknown package: ParseDict reports the type it cannot find
+        for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+            if info.name.endswith("_pb2"):
+                importlib.import_module(f"{package}.{info.name}")
+
+
+def _parse(value: str, cls: Any) -> Any:
+    try:
+        data = yaml.safe_load(value) if value else {}
+        _load_message_types(_type_urls(data))
+        return json_format.ParseDict(data, cls())
+    except (yaml.YAMLError, json_format.ParseError) as exc:
+        raise PatchError(f"value is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
+
+
+def _json_patch(msg: Any, ops: Sequence[dict[str, Any]]) -> Any:
+    doc = json_format.MessageToDict(msg)
+    for op in ops:
+        doc = _apply_op(doc, op)
+    out = type(msg)()
+    try:
+        json_format.ParseDict(doc, out)
+    except json_format.ParseError as exc:
+        raise PatchError(f"jsonPatches produce an invalid {msg.DESCRIPTOR.name}: {exc}") from None
+    return out
+
+
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise PatchError(f"jsonPatches path {path!r} must start with '/'")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _apply_op(doc: Any, op: dict[str, Any]) -> Any:
+    kind = op.get("op")
+    parts = _pointer(str(op.get("path", "")))
+    parent: Any = doc
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+    last = parts[-1]
+    if kind in ("add", "replace"):
+        value = op.get("value")
+        if isinstance(parent, list):
+            index = len(parent) if last == "-" else int(last)
+            if kind == "add":
+                parent.insert(index, value)
+            else:
+                parent[index] = value
+        else:
+            if kind == "replace" and last not in parent:
+                raise PatchError(f"jsonPatches replace: {op['path']} does not exist")
+            parent[last] = value
+    elif kind == "remove":
+        try:
+            if isinstance(parent, list):
+                parent.pop(int(last))
+            else:
+                del parent[last]
+        except (KeyError, IndexError, ValueError):
+            raise PatchError(f"jsonPatches remove: {op.get('path')} does not exist") from None
+    else:
+        raise PatchError(f"jsonPatches op {kind!r} is not supported (add, remove, replace)")
+    return doc
+
+
+def _edit(msg: Any, mod: dict[str, Any]) -> Any:
+    if mod.get("value"):
+        msg.MergeFrom(_parse(mod["value"], type(msg)))
+    if mod.get("jsonPatches"):
+        msg = _json_patch(msg, mod["jsonPatches"])
+    return msg
+
+
+def _origin(name: str) -> str:
+    return name.split(":", 1)[0] if ":" in name else ""
+
+
+def _matches(match: dict[str, Any], name: str) -> bool:
+    if match.get("name") not in (None, name):
+        return False
+    return match.get("origin") in (None, _origin(name))
+
+
+def _resources(msgs: list[Any], mod: dict[str, Any], cls: Any, name_of: Callable[[Any], str]) -> list[Any]:
+    op = mod.get("operation")
+    match = mod.get("match") or {}
+    if op == "Add":
+        return [*msgs, _parse(mod.get("value", ""), cls)]
+    if op == "Remove":
+        return [m for m in msgs if not _matches(match, name_of(m))]
+    if op == "Patch":
+        return [_edit(m, mod) if _matches(match, name_of(m)) else m for m in msgs]
+    raise PatchError(f"operation {op!r} is not supported here (Add, Remove, Patch)")
+
+
+def _insert(items: list[Any], new: Any, op: str, match: dict[str, Any]) -> list[Any]:
+    if op == "AddFirst":
+        return [new, *items]
+    if op == "AddLast":
+        return [*items, new]
+    names = [i.name for i in items]
+    target = match.get("name")
+    if target not in names:
+        return items  # AddBefore/AddAfter without a matching filter: nothing to anchor to
+    index = names.index(target) + (1 if op == "AddAfter" else 0)
+    return [*items[:index], new, *items[index:]]
+
+
+def _listener_filters(listener: listener_pb2.Listener, mod: dict[str, Any], http: bool) -> None:
+    match = mod.get("match") or {}
+    if match.get("listenerName") not in (None, listener.name):
+        return
+    if match.get("origin") not in (None, _origin(listener.name)):
+        return
+    op = str(mod.get("operation"))
+    for chain in listener.filter_chains:
+        if not http:
+            filters = list(chain.filters)
+            new = _network_filters(filters, mod, op, match)
+            del chain.filters[:]
+            chain.filters.extend(new)
+            continue
+        for f in chain.filters:
+            if f.name != HCM:
+                continue
+            manager = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(manager)
+            # the router stays last: filters added "last" go just before it, as in Kuma
+            router = [h for h in manager.http_filters if h.name == "envoy.filters.http.router"]
+            others = [h for h in manager.http_filters if h.name != "envoy.filters.http.router"]
+            new_filters = _http_filters(others, mod, op, match) + router
+            del manager.http_filters[:]
+            manager.http_filters.extend(new_filters)
+            f.typed_config.Pack(manager)
+
+
+def _network_filters(filters: list[Any], mod: dict[str, Any], op: str, match: dict[str, Any]) -> list[Any]:
+    if op.startswith("Add"):
+        return _insert(filters, _parse(mod.get("value", ""), listener_components_pb2.Filter), op, match)
+    if op == "Remove":
+        return [f for f in filters if match.get("name") not in (None, f.name)]
+    if op == "Patch":
+        return [_edit(f, mod) if match.get("name") in (None, f.name) else f for f in filters]
+    raise PatchError(f"operation {op!r} is not supported for filters")
+
+
+def _http_filters(filters: list[Any], mod: dict[str, Any], op: str, match: dict[str, Any]) -> list[Any]:
+    if op.startswith("Add"):
+        return _insert(filters, _parse(mod.get("value", ""), hcm_pb2.HttpFilter), op, match)
+    if op == "Remove":
+        return [f for f in filters if match.get("name") not in (None, f.name)]
+    if op == "Patch":
+        return [_edit(f, mod) if match.get("name") in (None, f.name) else f for f in filters]
+    raise PatchError(f"operation {op!r} is not supported for filters")
+
+
+def _virtual_hosts(route: route_pb2.RouteConfiguration, mod: dict[str, Any]) -> None:
+    match = mod.get("match") or {}
+    if match.get("routeConfigurationName") not in (None, route.name):
+        return
+    hosts = _resources(list(route.virtual_hosts), mod, route_components_pb2.VirtualHost, lambda v: v.name)
+    del route.virtual_hosts[:]
+    route.virtual_hosts.extend(hosts)
+
+
+VALUE_TYPES: dict[str, Any] = {
+    "cluster": cluster_pb2.Cluster,
+    "listener": listener_pb2.Listener,
+    "networkFilter": listener_components_pb2.Filter,
+    "httpFilter": hcm_pb2.HttpFilter,
+    "virtualHost": route_components_pb2.VirtualHost,
+}
+
+
+def check_value(kind: str, value: str) -> None:
+    """Raise PatchError if ``value`` is not (part of) the Envoy message a ``kind`` modification edits."""
+    _parse(value, VALUE_TYPES[kind])
+
+
+def apply_patches(messages: dict[str, list[Any]], patches: Sequence[str]) -> dict[str, list[Any]]:
+    """A patched copy of ``{type_url: messages}``; raises PatchError naming the modification that failed."""
+    out = {t: [copy.deepcopy(m) for m in msgs] for t, msgs in messages.items()}
+    for index, raw in enumerate(patches):
+        mod = json.loads(raw)
+        try:
+            if "cluster" in mod:
+                out[types.CLUSTER] = _resources(
+                    out[types.CLUSTER], mod["cluster"], cluster_pb2.Cluster, lambda c: c.name
+                )
+            elif "listener" in mod:
+                out[types.LISTENER] = _resources(
+                    out[types.LISTENER], mod["listener"], listener_pb2.Listener, lambda x: x.name
+                )
+            elif "networkFilter" in mod or "httpFilter" in mod:
+                http = "httpFilter" in mod
+                for listener in out[types.LISTENER]:
+                    _listener_filters(listener, mod["httpFilter" if http else "networkFilter"], http)
+            elif "virtualHost" in mod:
+                for route in out[types.ROUTE]:
+                    _virtual_hosts(route, mod["virtualHost"])
+            else:
+                raise PatchError("expected one of cluster, listener, networkFilter, httpFilter, virtualHost")
+        except PatchError as exc:
+            raise PatchError(f"appendModifications[{index}]: {exc}") from None
+    return out
