@@ -183,3 +183,35 @@ def test_invalid_mesh_timeouts_name_the_field(spec: dict[str, object], field: st
         parse_document(doc, REG)
     fields = [e.field for e in err.value.errors]
     assert any(f.startswith(field) for f in fields), fields
+
+
+def test_append_lists_accumulate_across_policies() -> None:
+    assert merge_patch({"appendModifications": [1]}, {"appendModifications": [2, 3]}) == {
+        "appendModifications": [1, 2, 3]
+    }
+    assert merge_patch({"other": [1]}, {"other": [2]}) == {"other": [2]}
+
+
+def test_proxy_patches_of_several_policies_reach_the_ir_in_order() -> None:
+    extra = ""
+    for name, top, port in (("b-mesh", "{kind: Mesh}", 1), ("a-web", "{kind: MeshService, name: web}", 2)):
+        extra += f"""
+---
+type: MeshProxyPatch
+mesh: m
+name: {name}
+spec:
+  targetRef: {top}
+  default:
+    appendModifications:
+    - cluster:
+        operation: Patch
+        match: {{name: backend}}
+        jsonPatches: [{{op: replace, path: /connectTimeout, value: {port}s}}]
+"""
+    dps, pols, mesh = load(extra)
+    ctx = build_mesh_context(mesh, dps, pols)
+    web = build_proxy_ir(ctx, "web-1", None)
+    assert [p.count("connectTimeout") for p in web.patches] == [1, 1]
+    assert '"value": "1s"' in web.patches[0] and '"value": "2s"' in web.patches[1]  # mesh-wide first
+    assert len(build_proxy_ir(ctx, "backend-1", None).patches) == 1  # only the mesh-wide one
