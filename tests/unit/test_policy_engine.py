@@ -215,3 +215,36 @@ spec:
     assert [p.count("connectTimeout") for p in web.patches] == [1, 1]
     assert '"value": "1s"' in web.patches[0] and '"value": "2s"' in web.patches[1]  # mesh-wide first
     assert len(build_proxy_ir(ctx, "backend-1", None).patches) == 1  # only the mesh-wide one
+
+
+def test_inbound_rules_apply_like_from_mesh() -> None:
+    extra = """
+---
+type: MeshTimeout
+mesh: m
+name: from-form
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {idleTimeout: 1h, http: {requestTimeout: 5s}}
+---
+type: MeshTimeout
+mesh: m
+name: rules-form
+spec:
+  targetRef: {kind: MeshService, name: web}
+  rules:
+  - default: {http: {requestTimeout: 3s}}
+"""
+    dps, pols, mesh = load(extra)
+    ir = build_proxy_ir(build_mesh_context(mesh, dps, pols), "web-1", None)
+    t = ir.inbounds[0].timeouts
+    assert t is not None and t.request_ms == 3000 and t.idle_ms == 3_600_000
+    with pytest.raises(ResourceValidationError) as err:
+        parse_document(
+            {"type": "MeshTimeout", "mesh": "m", "name": "both", "spec": {
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {}}], "rules": [{"default": {}}]}},
+            REG,
+        )  # fmt: skip
+    assert "rules" in str(err.value)

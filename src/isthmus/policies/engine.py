@@ -189,6 +189,9 @@ def _resolve_from(selected: list[Resource], client_tags: Mapping[str, str] | Non
             if client_matches(item.target_ref, client_tags):
                 key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
                 entries.append((key, policy, f"from[{i}]", item))
+        for i, item in enumerate(_items(policy, "rules")):  # inbound rules: every client, like from Mesh
+            key = (policy_rank(policy), KIND_ORDER[TargetRefKind.MESH], by_name, i)
+            entries.append((key, policy, f"rules[{i}]", item))
     return _merge(entries)
 
 

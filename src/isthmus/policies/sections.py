@@ -35,6 +35,13 @@ class From(Model, Generic[ConfT]):
     default: ConfT
 
 
+class Rule(Model, Generic[ConfT]):
+    """An inbound rule (Kuma 2.12+, the only inbound form in 3.0): applies to every client of the selected
+    inbounds. Equivalent to a ``from`` item with ``targetRef.kind: Mesh``."""
+
+    default: ConfT
+
+
 def target_ref_problems(
     top: TargetRef,
     to: list[To[ConfT]] | None,
@@ -44,6 +51,7 @@ def target_ref_problems(
     to_kinds: tuple[TargetRefKind, ...] = TO_KINDS,
     from_kinds: tuple[TargetRefKind, ...] = FROM_KINDS,
     require_section: bool = True,
+    rules: list[Rule[ConfT]] | None = None,
 ) -> str | None:
     """The first problem with a policy's targetRefs as ``field.path: reason``, or None."""
     for field, reason in top.structural_errors(top_kinds):
@@ -54,6 +62,8 @@ def target_ref_problems(
     for i, from_item in enumerate(from_ or []):
         for field, reason in from_item.target_ref.structural_errors(from_kinds):
             return f"from[{i}].targetRef.{field}: {reason}"
-    if require_section and not to and not from_:
-        return "to: at least one of to and from must have an item"
+    if from_ and rules:
+        return "rules: cannot be used together with from"
+    if require_section and not to and not from_ and not rules:
+        return "to: at least one of to, from and rules must have an item"
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from isthmus.policies.sections import From, To, mesh_ref, target_ref_problems
+from isthmus.policies.sections import From, Rule, To, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration
 
@@ -27,10 +27,11 @@ class MeshTimeoutSpec(Model):
     target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
     to: list[To[Conf]] | None = None
     from_: list[From[Conf]] | None = Field(default=None, alias="from")
+    rules: list[Rule[Conf]] | None = None
 
     @model_validator(mode="after")
     def _refs(self) -> MeshTimeoutSpec:
-        problem = target_ref_problems(self.target_ref, self.to, self.from_)
+        problem = target_ref_problems(self.target_ref, self.to, self.from_, rules=self.rules)
         if problem:
             raise ValueError(problem)
         return self

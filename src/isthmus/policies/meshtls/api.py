@@ -6,7 +6,7 @@ from enum import Enum
 
 from pydantic import Field, model_validator
 
-from isthmus.policies.sections import From, mesh_ref, target_ref_problems
+from isthmus.policies.sections import From, Rule, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 
 
@@ -62,10 +62,15 @@ class Conf(Model):
 class MeshTLSSpec(Model):
     target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
     from_: list[From[Conf]] | None = Field(default=None, alias="from")
+    rules: list[Rule[Conf]] | None = None
 
     @model_validator(mode="after")
     def _refs(self) -> MeshTLSSpec:
-        problem = target_ref_problems(self.target_ref, None, self.from_)
+        problem = target_ref_problems(self.target_ref, None, self.from_, rules=self.rules)
         if problem:
-            raise ValueError(problem.replace("to: at least one of to and from", "from: at least one item"))
+            raise ValueError(
+                problem.replace(
+                    "to: at least one of to, from and rules", "from: at least one of from and rules"
+                )
+            )
         return self
