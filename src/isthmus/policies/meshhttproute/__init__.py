@@ -1,0 +1,1 @@
+"""MeshHTTPRoute: L7 routing of outbound HTTP traffic (see :mod:`.plugin`)."""
