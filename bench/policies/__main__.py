@@ -186,6 +186,20 @@ def mesh_resources(with_policies: bool) -> tuple[Resource, list[Resource], list[
     return mesh, dps, policies, kinds
 
 
+def round_permission(round_no: int) -> Resource:
+    spec = {
+        "targetRef": {"kind": "Mesh"},
+        "from": [
+            {
+                "targetRef": {"kind": "MeshSubset", "tags": {"round": str(round_no)}},
+                "default": {"action": "Deny"},
+            }
+        ],
+    }
+    doc = {"type": "MeshTrafficPermission", "mesh": "bench", "name": "per-round", "spec": spec}
+    return parse_document(doc, default_registry())
+
+
 def generation(rounds: int) -> list[tuple[str, float, float, float, int]]:
     ca = generate_ca("bench", backend="ca")
     leaf = issue_workload_certificate(
@@ -197,9 +211,9 @@ def generation(rounds: int) -> list[tuple[str, float, float, float, int]]:
         mesh, dps, policies, kinds = mesh_resources(with_policies)
         samples: list[float] = []
         for round_no in range(rounds + 1):  # round 0 warms up imports and memo tables; not measured
-            # a fresh context each round, as after a policy change: nothing memoised from the previous round
-            # survives except what is shared by content (identical IR nodes)
-            ctx = build_mesh_context(mesh, dps, policies, ca.cert_pem.decode())
+            # each round follows a MeshTrafficPermission change that reaches every inbound, as in
+            # bench.controlplane: what did not change is shared by content (identical IR nodes), the rest is new
+            ctx = build_mesh_context(mesh, dps, [*policies, round_permission(round_no)], ca.cert_pem.decode())
             for dp in dps:
                 t0 = time.perf_counter()
                 snapshot = Snapshot.of_resources(translate_packed(build_proxy_ir(ctx, dp.name, identity)))
