@@ -318,3 +318,34 @@ def test_mesh_proxy_patch_adds_a_listener_and_patches_routes(mesh: Mesh) -> None
     assert (
         resp.json()["invalid_parameters"][0]["field"] == "spec.default.appendModifications[0].cluster.value"
     )
+
+
+ROUTE_AND_TIMEOUT = """
+type: MeshHTTPRoute
+mesh: default
+name: delays
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /delay}}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend}]
+---
+type: MeshTimeout
+mesh: default
+name: delays-are-cut-short
+spec:
+  targetRef: {kind: MeshHTTPRoute, name: delays}
+  default: {http: {requestTimeout: 1s}}
+"""
+
+
+def test_timeout_attached_to_a_route(mesh: Mesh) -> None:
+    mesh.cp.apply(ROUTE_AND_TIMEOUT)
+    wait_for(lambda: timed_get(mesh.url + "delay/3000")[0] == 504, 15, what="the route's 1 s timeout")
+    status, elapsed = timed_get(mesh.url + "delay/2500")
+    assert status == 504 and elapsed < 2.0
+    # requests the route does not match keep the outbound's timeouts
+    assert httpx.get(mesh.url + "status/200", timeout=10).status_code == 200

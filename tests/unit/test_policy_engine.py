@@ -248,3 +248,61 @@ spec:
             REG,
         )  # fmt: skip
     assert "rules" in str(err.value)
+
+
+def test_timeout_attached_to_a_route_applies_to_that_routes_requests_only() -> None:
+    extra = """
+---
+type: MeshHTTPRoute
+mesh: m
+name: slow-paths
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /reports}}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend}]
+---
+type: MeshTimeout
+mesh: m
+name: mesh-wide
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {connectionTimeout: 3s, http: {requestTimeout: 15s}}
+---
+type: MeshTimeout
+mesh: m
+name: reports-are-slow
+spec:
+  targetRef: {kind: MeshHTTPRoute, name: slow-paths}
+  default: {http: {requestTimeout: 60s}}
+"""
+    dps, pols, mesh = load(extra)
+    ir = build_proxy_ir(build_mesh_context(mesh, dps, pols), "web-1", None)
+    outbound = next(o for o in ir.outbounds if o.service == "backend")
+    by_name = {r.name.split("/")[0]: r for r in outbound.routes}
+    reports = by_name["slow-paths"]
+    assert reports.timeouts is not None and reports.timeouts.request_ms == 60_000
+    assert reports.timeouts.connect_ms == 3000  # the rest comes from the outbound's configuration
+    default = by_name["default"]
+    assert (
+        default.timeouts is None and outbound.timeouts is not None and outbound.timeouts.request_ms == 15_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"targetRef": {"kind": "MeshHTTPRoute"}, "default": {}}, "spec.targetRef.name"),
+        ({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}}, "spec.default"),
+        ({"targetRef": {"kind": "Mesh"}, "default": {}}, "spec.default"),
+    ],
+)
+def test_route_attachment_rules(spec: dict[str, object], field: str) -> None:
+    with pytest.raises(ResourceValidationError) as err:
+        parse_document({"type": "MeshTimeout", "mesh": "m", "name": "x", "spec": spec}, REG)
+    assert any(e.field.startswith(field) for e in err.value.errors), err.value.errors

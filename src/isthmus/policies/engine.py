@@ -195,6 +195,23 @@ def _resolve_from(selected: list[Resource], client_tags: Mapping[str, str] | Non
     return _merge(entries)
 
 
+def route_policy_name(route_name: str) -> str:
+    """The MeshHTTPRoute a generated route came from (route names are ``<policy>/to[i]/rules[j]``)."""
+    return route_name.split("/", 1)[0]
+
+
+def resolve_route(policies: Iterable[Resource], route_name: str) -> Resolved:
+    """The merged top-level ``default`` of the policies whose targetRef is ``{kind: MeshHTTPRoute, name}`` for
+    the MeshHTTPRoute a route came from (the smaller policy name wins)."""
+    owner = route_policy_name(route_name)
+    matching = [
+        p
+        for p in policies
+        if _top_ref(p).kind is TargetRefKind.MESH_HTTP_ROUTE and _top_ref(p).name == owner and _has_default(p)
+    ]
+    return _merge([((position,), p, "default", p.spec) for position, p in _by_name(matching)])
+
+
 def resolve_proxy(policies: Iterable[Resource], dp: Resource) -> Resolved:
     """The merged top-level ``default`` of single-item policies (those without to/from) for a proxy."""
     ordered = sort_policies(p for p in policies if selects_proxy(_top_ref(p), dp) and _has_default(p))

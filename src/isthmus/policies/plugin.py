@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from isthmus.context.mesh_context import MeshContext
 from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR
+from isthmus.ir.traffic import HttpRoute
 from isthmus.policies.engine import Resolved
 from isthmus.resources.common import Model
 from isthmus.resources.registry import Resource, ResourceType
@@ -103,6 +104,13 @@ def inbound_of(inputs: PolicyInputs, listener: InboundListener) -> Any:
     raise KeyError(listener.name)
 
 
+def _targets_route(policy: Resource) -> bool:
+    from isthmus.resources.common import TargetRefKind
+
+    ref = getattr(policy.spec, "target_ref", None)
+    return ref is not None and ref.kind is TargetRefKind.MESH_HTTP_ROUTE
+
+
 class ToFromPlugin:
     """Base of the policies with ``to`` (outbound) and/or ``from`` (inbound) sections and a typed ``default``.
 
@@ -126,6 +134,13 @@ class ToFromPlugin:
 
     def edit_local_cluster(self, cluster: Cluster, conf: Any, resolved: Resolved) -> Cluster:
         return cluster
+
+    def edit_route(
+        self, route: HttpRoute, outbound: OutboundListener, conf: Any, resolved: Resolved
+    ) -> HttpRoute:
+        """A policy with ``targetRef: {kind: MeshHTTPRoute, name}`` and a top-level ``default``, on each route
+        generated from that MeshHTTPRoute (``outbound`` already carries the outbound-level configuration)."""
+        return route
 
     # -- resolution ---------------------------------------------------------------------------------------------
     def resolve_outbound(self, inputs: PolicyInputs, service: str) -> Resolved:
@@ -172,7 +187,21 @@ class ToFromPlugin:
 
         ir = map_outbounds(ir, outbound_edit)
         ir = map_inbounds(ir, inbound_edit)
-        return map_clusters(ir, cluster_edit)
+        ir = map_clusters(ir, cluster_edit)
+        route_policies = [p for p in inputs.policies if _targets_route(p)]
+        if route_policies:
+            ir = map_outbounds(ir, lambda o: self._edit_routes(o, route_policies))
+        return ir
+
+    def _edit_routes(self, outbound: OutboundListener, policies: list[Resource]) -> OutboundListener:
+        from isthmus.policies.engine import resolve_route
+
+        routes = []
+        for route in outbound.routes:
+            resolved = resolve_route(policies, route.name)
+            conf = parse_conf(self.conf_model, resolved)
+            routes.append(route if conf is None else self.edit_route(route, outbound, conf, resolved))
+        return replace(outbound, routes=tuple(routes))
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
         from isthmus.policies.engine import dataplane_spec, resolve_from, resolve_to

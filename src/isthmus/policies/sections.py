@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import Field
 
@@ -66,4 +66,25 @@ def target_ref_problems(
         return "rules: cannot be used together with from"
     if require_section and not to and not from_ and not rules:
         return "to: at least one of to, from and rules must have an item"
+    return None
+
+
+def route_target_problems(
+    top: TargetRef,
+    default: Model | None,
+    to: list[Any] | None,
+    from_: list[Any] | None,
+    rules: list[Any] | None,
+) -> str | None:
+    """A policy attached to a MeshHTTPRoute (``targetRef: {kind: MeshHTTPRoute, name}``) has a top-level
+    ``default`` and no to/from/rules sections."""
+    if not top.name:
+        return "targetRef.name: must be set with kind MeshHTTPRoute"
+    for field in ("tags", "labels", "section_name"):
+        if getattr(top, field) is not None:
+            return f"targetRef.{field}: must not be set with kind MeshHTTPRoute"
+    if to or from_ or rules:
+        return "default: with targetRef kind MeshHTTPRoute use a top-level default, not to, from or rules"
+    if default is None:
+        return "default: required with targetRef kind MeshHTTPRoute"
     return None

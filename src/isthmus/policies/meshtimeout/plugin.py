@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from isthmus.ir.model import Cluster, InboundListener, OutboundListener
-from isthmus.ir.traffic import Timeouts
+from isthmus.ir.traffic import HttpRoute, Timeouts
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshtimeout.api import Conf, MeshTimeoutSpec
 from isthmus.policies.plugin import ToFromPlugin, policy_type
@@ -51,6 +51,15 @@ class MeshTimeoutPlugin(ToFromPlugin):
 
     def edit_local_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
         return _cluster(cluster, timeouts(conf))
+
+    def edit_route(
+        self, route: HttpRoute, outbound: OutboundListener, conf: Conf, resolved: Resolved
+    ) -> HttpRoute:
+        """Route-level values override the outbound's, field by field."""
+        base = route.timeouts or outbound.timeouts or Timeouts()
+        own = timeouts(conf)
+        merged = replace(base, **{k: v for k, v in vars(own).items() if v is not None})
+        return replace(route, timeouts=merged)
 
 
 PLUGIN = MeshTimeoutPlugin()
