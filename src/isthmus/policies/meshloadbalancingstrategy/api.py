@@ -1,0 +1,111 @@
+"""Schema of ``MeshLoadBalancingStrategy`` (outbound ``to`` items): the balancing algorithm and hash keys."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from isthmus.policies.sections import To, mesh_ref, target_ref_problems
+from isthmus.resources.common import Model, TargetRef
+from isthmus.resources.duration import Duration
+
+
+class HashType(str, Enum):
+    HEADER = "Header"
+    COOKIE = "Cookie"
+    CONNECTION = "Connection"
+    SOURCE_IP = "SourceIP"
+    QUERY_PARAMETER = "QueryParameter"
+    FILTER_STATE = "FilterState"
+
+
+class Named(Model):
+    name: str = Field(min_length=1)
+
+
+class Cookie(Model):
+    name: str = Field(min_length=1)
+    ttl: Duration | None = None
+    path: str | None = None
+
+
+class Connection(Model):
+    source_ip: bool | None = Field(default=None, alias="sourceIP")
+
+
+class FilterState(Model):
+    key: str = Field(min_length=1)
+
+
+class HashPolicy(Model):
+    type: HashType
+    terminal: bool | None = None
+    header: Named | None = None
+    cookie: Cookie | None = None
+    connection: Connection | None = None
+    query_parameter: Named | None = Field(default=None, alias="queryParameter")
+    filter_state: FilterState | None = Field(default=None, alias="filterState")
+
+    @model_validator(mode="after")
+    def _section(self) -> HashPolicy:
+        needed = {
+            HashType.HEADER: ("header", self.header),
+            HashType.COOKIE: ("cookie", self.cookie),
+            HashType.QUERY_PARAMETER: ("queryParameter", self.query_parameter),
+            HashType.FILTER_STATE: ("filterState", self.filter_state),
+        }.get(self.type)
+        if needed is not None and needed[1] is None:
+            raise ValueError(f"{needed[0]}: required with type {self.type.value}")
+        return self
+
+
+class LbType(str, Enum):
+    ROUND_ROBIN = "RoundRobin"
+    LEAST_REQUEST = "LeastRequest"
+    RING_HASH = "RingHash"
+    RANDOM = "Random"
+    MAGLEV = "Maglev"
+
+
+class LeastRequest(Model):
+    choice_count: int | None = Field(default=None, alias="choiceCount", ge=2)
+    active_request_bias: float | str | None = Field(default=None, alias="activeRequestBias")
+
+
+class RingHash(Model):
+    hash_function: str | None = Field(default=None, alias="hashFunction", pattern="^(XXHash|MurmurHash2)$")
+    min_ring_size: int | None = Field(default=None, alias="minRingSize", ge=1, le=8388608)
+    max_ring_size: int | None = Field(default=None, alias="maxRingSize", ge=1, le=8388608)
+    hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
+
+
+class Maglev(Model):
+    table_size: int | None = Field(default=None, alias="tableSize", ge=1, le=5000011)
+    hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
+
+
+class LoadBalancer(Model):
+    type: LbType
+    least_request: LeastRequest | None = Field(default=None, alias="leastRequest")
+    ring_hash: RingHash | None = Field(default=None, alias="ringHash")
+    maglev: Maglev | None = None
+
+
+class Conf(Model):
+    load_balancer: LoadBalancer | None = Field(default=None, alias="loadBalancer")
+    locality_awareness: dict[str, Any] | None = Field(default=None, alias="localityAwareness")
+    hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
+
+
+class MeshLoadBalancingStrategySpec(Model):
+    target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
+    to: list[To[Conf]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _refs(self) -> MeshLoadBalancingStrategySpec:
+        problem = target_ref_problems(self.target_ref, self.to, None)
+        if problem:
+            raise ValueError(problem)
+        return self

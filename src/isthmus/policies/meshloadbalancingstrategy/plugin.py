@@ -1,0 +1,94 @@
+"""MeshLoadBalancingStrategy: the destination clusters' balancer, and the hash keys routes hand to it.
+
+``localityAwareness`` is accepted and kept for multi-zone (``LoadBalancer.locality_aware``); in one zone every
+endpoint has the same locality, so it changes nothing yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal, cast
+
+from isthmus.ir.model import Cluster, OutboundListener
+from isthmus.ir.traffic import HashPolicy as HashPolicyIR
+from isthmus.ir.traffic import LoadBalancer as LoadBalancerIR
+from isthmus.policies.engine import Resolved
+from isthmus.policies.meshloadbalancingstrategy.api import (
+    Conf,
+    HashPolicy,
+    HashType,
+    LbType,
+    MeshLoadBalancingStrategySpec,
+)
+from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.resources.duration import duration_ms
+
+
+def _hash(policy: HashPolicy) -> HashPolicyIR:
+    terminal = bool(policy.terminal)
+    if policy.type is HashType.HEADER and policy.header:
+        return HashPolicyIR("Header", policy.header.name, terminal=terminal)
+    if policy.type is HashType.COOKIE and policy.cookie:
+        ttl = duration_ms(policy.cookie.ttl) if policy.cookie.ttl else None
+        return HashPolicyIR(
+            "Cookie", policy.cookie.name, ttl_ms=ttl, path=policy.cookie.path, terminal=terminal
+        )
+    if policy.type is HashType.QUERY_PARAMETER and policy.query_parameter:
+        return HashPolicyIR("QueryParameter", policy.query_parameter.name, terminal=terminal)
+    if policy.type is HashType.FILTER_STATE and policy.filter_state:
+        return HashPolicyIR("FilterState", policy.filter_state.key, terminal=terminal)
+    if policy.type is HashType.SOURCE_IP or policy.type is HashType.CONNECTION:
+        return HashPolicyIR("SourceIP", terminal=terminal)
+    raise ValueError(f"hash policy {policy.type.value} lacks its section")
+
+
+LbKind = Literal["RoundRobin", "LeastRequest", "RingHash", "Random", "Maglev"]
+HashFunction = Literal["XXHash", "MurmurHash2"]
+
+
+def load_balancer(conf: Conf) -> LoadBalancerIR:
+    lb = conf.load_balancer
+    kind: LbKind = lb.type.value if lb else "RoundRobin"
+    hashes = list(conf.hash_policies or [])
+    out = LoadBalancerIR(
+        type=kind,
+        locality_aware=bool(conf.locality_awareness)
+        and not bool((conf.locality_awareness or {}).get("disabled")),
+    )
+    if lb is not None and lb.type is LbType.LEAST_REQUEST and lb.least_request:
+        bias = lb.least_request.active_request_bias
+        out = replace(
+            out,
+            choice_count=lb.least_request.choice_count,
+            active_request_bias=float(bias) if bias is not None else None,
+        )
+    if lb is not None and lb.type is LbType.RING_HASH and lb.ring_hash:
+        r = lb.ring_hash
+        out = replace(
+            out,
+            min_ring_size=r.min_ring_size,
+            max_ring_size=r.max_ring_size,
+            hash_function=cast(HashFunction | None, r.hash_function),
+        )
+        hashes = list(r.hash_policies or hashes)
+    if lb is not None and lb.type is LbType.MAGLEV and lb.maglev:
+        out = replace(out, table_size=lb.maglev.table_size)
+        hashes = list(lb.maglev.hash_policies or hashes)
+    return replace(out, hash_policies=tuple(_hash(h) for h in hashes))
+
+
+class MeshLoadBalancingStrategyPlugin(ToFromPlugin):
+    resource_type = policy_type(
+        "MeshLoadBalancingStrategy", "meshloadbalancingstrategies", MeshLoadBalancingStrategySpec, "mlbs"
+    )
+    order = 400
+    conf_model = Conf
+
+    def edit_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
+        return replace(cluster, lb=load_balancer(conf))
+
+    def edit_outbound(self, outbound: OutboundListener, conf: Conf, resolved: Resolved) -> OutboundListener:
+        return replace(outbound, lb=load_balancer(conf))
+
+
+PLUGIN = MeshLoadBalancingStrategyPlugin()

@@ -1,0 +1,104 @@
+"""Schema of ``MeshRetry`` (outbound ``to`` items): TCP connect attempts, HTTP and gRPC retries."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from isthmus.policies.sections import To, mesh_ref, route_target_problems, target_ref_problems
+from isthmus.resources.common import Model, TargetRef, TargetRefKind
+from isthmus.resources.duration import Duration
+
+# Kuma's retryOn values -> Envoy's retry_on conditions
+HTTP_RETRY_ON = {
+    "5xx": "5xx",
+    "5XX": "5xx",
+    "All5xx": "5xx",
+    "GatewayError": "gateway-error",
+    "Reset": "reset",
+    "Retriable4xx": "retriable-4xx",
+    "ConnectFailure": "connect-failure",
+    "EnvoyRatelimited": "envoy-ratelimited",
+    "RefusedStream": "refused-stream",
+    "Http3PostConnectFailure": "http3-post-connect-failure",
+}
+HTTP_METHODS = {
+    f"HttpMethod{m.capitalize()}": m
+    for m in ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+}
+GRPC_RETRY_ON = {
+    "Canceled": "cancelled",
+    "DeadlineExceeded": "deadline-exceeded",
+    "Internal": "internal",
+    "ResourceExhausted": "resource-exhausted",
+    "Unavailable": "unavailable",
+}
+
+
+class BackOff(Model):
+    base_interval: Duration | None = Field(default=None, alias="baseInterval")
+    max_interval: Duration | None = Field(default=None, alias="maxInterval")
+
+
+class Http(Model):
+    num_retries: int | None = Field(default=None, alias="numRetries", ge=0)
+    per_try_timeout: Duration | None = Field(default=None, alias="perTryTimeout")
+    back_off: BackOff | None = Field(default=None, alias="backOff")
+    retry_on: list[str] | None = Field(default=None, alias="retryOn")
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retry_on(cls, values: list[str] | None) -> list[str] | None:
+        for v in values or []:
+            if (
+                v not in HTTP_RETRY_ON
+                and v not in HTTP_METHODS
+                and not (v.isdigit() and 100 <= int(v) <= 599)
+            ):
+                known = ", ".join([*HTTP_RETRY_ON, *HTTP_METHODS])
+                raise ValueError(f"{v!r} is not a retry condition ({known}, or a status code such as 503)")
+        return values
+
+
+class Grpc(Model):
+    num_retries: int | None = Field(default=None, alias="numRetries", ge=0)
+    per_try_timeout: Duration | None = Field(default=None, alias="perTryTimeout")
+    back_off: BackOff | None = Field(default=None, alias="backOff")
+    retry_on: list[str] | None = Field(default=None, alias="retryOn")
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retry_on(cls, values: list[str] | None) -> list[str] | None:
+        for v in values or []:
+            if v not in GRPC_RETRY_ON:
+                raise ValueError(f"{v!r} is not a gRPC retry condition ({', '.join(GRPC_RETRY_ON)})")
+        return values
+
+
+class Tcp(Model):
+    max_connect_attempt: int | None = Field(default=None, alias="maxConnectAttempt", ge=1)
+
+
+class Conf(Model):
+    tcp: Tcp | None = None
+    http: Http | None = None
+    grpc: Grpc | None = None
+
+
+class MeshRetrySpec(Model):
+    target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
+    to: list[To[Conf]] | None = None
+    default: Conf | None = None  # with targetRef kind MeshHTTPRoute
+
+    @model_validator(mode="after")
+    def _refs(self) -> MeshRetrySpec:
+        if self.target_ref.kind is TargetRefKind.MESH_HTTP_ROUTE:
+            problem = route_target_problems(self.target_ref, self.default, self.to, None, None)
+        elif self.default is not None:
+            problem = "default: only with targetRef kind MeshHTTPRoute (use to)"
+        else:
+            problem = target_ref_problems(self.target_ref, self.to, None)
+            if problem and problem.startswith("to: at least one"):
+                problem = "to: must have at least one item"
+        if problem:
+            raise ValueError(problem)
+        return self
