@@ -29,15 +29,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
 @cache
 def plugins() -> tuple[PolicyPlugin, ...]:
     """The plug-ins, sorted by their order (ties by kind)."""
-    loaded = []
-    for name in PLUGIN_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # TODO(issue 3): strict once every listed plug-in exists
-            if exc.name is not None and name.startswith(exc.name):
-                continue
-            raise
-        loaded.append(module.PLUGIN)
+    loaded = [importlib.import_module(name).PLUGIN for name in PLUGIN_MODULES]
     return tuple(sorted(loaded, key=lambda p: (p.order, p.resource_type.kind)))
 
 
