@@ -349,3 +349,55 @@ def test_timeout_attached_to_a_route(mesh: Mesh) -> None:
     assert status == 504 and elapsed < 2.0
     # requests the route does not match keep the outbound's timeouts
     assert httpx.get(mesh.url + "status/200", timeout=10).status_code == 200
+
+
+BROKEN_PATCH = """
+type: MeshProxyPatch
+mesh: default
+name: dangling-route
+spec:
+  targetRef: {kind: Dataplane, name: a-1}
+  default:
+    appendModifications:
+    - listener:
+        operation: Add
+        value: |
+          name: dangling
+          address: {socket_address: {address: 127.0.0.1, port_value: 29998}}
+          filter_chains:
+          - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: dangling
+                rds: {route_config_name: nowhere, config_source: {ads: {}, resource_api_version: V3}}
+                http_filters:
+                - name: envoy.filters.http.router
+                  typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+"""
+
+
+def test_a_patch_that_breaks_one_proxy_leaves_it_and_the_others_alone(tmp_path: Path) -> None:
+    cp = ControlPlane(tmp_path, store="memory").start()
+    try:
+        cp.apply("type: Mesh\nname: default\n")
+        for name, port in (("a-1", 21101), ("b-1", 21102)):
+            cp.apply(
+                f"type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"
+                f"  - port: {port}\n    servicePort: {port + 1000}\n    tags: {{kuma.io/service: {name[0]}}}\n"
+            )
+
+        def config(name: str) -> dict[str, object]:
+            return dict(cp.http.get(f"/meshes/default/dataplanes/{name}/_config").json())
+
+        wait_for(lambda: config("a-1")["versions"] and config("b-1")["versions"], 10, what="initial configs")
+        before_a, before_b = config("a-1")["versions"], config("b-1")["versions"]
+        cp.apply(BROKEN_PATCH)
+        wait_for(lambda: config("a-1")["error"], 10, what="the error reported on a-1")
+        assert "nowhere" in str(config("a-1")["error"])
+        assert config("a-1")["versions"] == before_a  # a-1 keeps its last good configuration
+        assert config("b-1")["versions"] == before_b and config("b-1")["error"] is None
+        insight = cp.http.get("/meshes/default/dataplanes+insights/a-1").json()
+        assert "nowhere" in insight["dataplaneInsight"]["configError"]
+    finally:
+        cp.stop()

@@ -22,6 +22,7 @@ from isthmus.dp.envoy_binary import find_envoy_binary
 from isthmus.ir.build import Identity, build_proxy_ir
 from isthmus.resources.registry import Resource, default_registry, load_documents, parse_document
 from isthmus.xds import types
+from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate
 
 HERE = Path(__file__).parent
@@ -57,6 +58,7 @@ def _render(case: Path, dp_name: str) -> tuple[str, dict[str, list[dict[str, Any
     ctx = build_mesh_context(mesh, dps, policies, _cert("ca.pem") if mtls else "")
     identity = Identity(_cert("cert.pem"), _cert("key.pem")) if mtls else None
     ir = build_proxy_ir(ctx, dp_name, identity)
+    assert Snapshot.build(translate(ir)).consistency_errors() == []  # the reconciler relies on this
     ir_data = _placeholder(json.loads(json.dumps(dataclasses.asdict(ir), default=str)))
     ir_text = yaml.safe_dump(ir_data, sort_keys=True)
     xds = {

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
 from isthmus.context.mesh_context import MeshContext
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR
 from isthmus.ir.traffic import HttpRoute
 from isthmus.policies.engine import Resolved
@@ -53,15 +54,45 @@ def policy_type(kind: str, plural: str, spec_model: type[Model], short_name: str
 
 
 T = TypeVar("T", bound=Model)
+R = TypeVar("R")
 
 
 def parse_conf(model: type[T], resolved: Resolved) -> T | None:
-    """The merged ``default`` as the plug-in's typed model; None when no policy matched. Memoised on the
-    merged content: thousands of proxies share a handful of distinct configurations."""
+    """The merged ``default`` as the plug-in's typed model; None when no policy matched. Memoised: resolutions
+    are shared by identity (see :func:`isthmus.policies.engine._memo`) and by content, so thousands of proxies
+    share a handful of parsed configurations."""
     if resolved.empty:
         return None
+    hit = _BY_IDENTITY.get((id(resolved), model))
+    if hit is not None and hit[0] is resolved:
+        return hit[1]  # type: ignore[return-value]
     key = json.dumps(resolved.conf, sort_keys=True, separators=(",", ":"))
-    return _parse_cached(model, key)  # type: ignore[return-value]
+    parsed = _parse_cached(model, key)
+    if len(_BY_IDENTITY) >= _IDENTITY_LIMIT:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[(id(resolved), model)] = (resolved, parsed)
+    return parsed  # type: ignore[return-value]
+
+
+_BY_IDENTITY: dict[tuple[int, type[Model]], tuple[Resolved, Model]] = {}
+_DERIVED: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def derived(fn: Callable[..., R], conf: Any, *args: Any) -> R:
+    """``fn(conf, *args)``, memoised on the identity of ``conf`` (parsed confs are shared, see
+    :func:`parse_conf`) and the hashable ``args``: converting a conf to IR happens once, not once per proxy."""
+    key = (fn, id(conf), *args)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0] is conf:
+        return hit[1]  # type: ignore[no-any-return]
+    value = fn(conf, *args)
+    if len(_DERIVED) >= _IDENTITY_LIMIT:
+        _DERIVED.clear()
+    _DERIVED[key] = (conf, value)
+    return value
+
+
+_IDENTITY_LIMIT = 50_000
 
 
 @lru_cache(maxsize=8192)
@@ -71,22 +102,22 @@ def _parse_cached(model: type[Model], conf_json: str) -> Model:
 
 # -- IR editing helpers ---------------------------------------------------------------------------------------
 def map_clusters(ir: ProxyIR, edit: Callable[[Cluster], Cluster]) -> ProxyIR:
-    return replace(ir, clusters=tuple(edit(c) for c in ir.clusters))
+    return evolve(ir, clusters=tuple(edit(c) for c in ir.clusters))
 
 
 def map_outbounds(ir: ProxyIR, edit: Callable[[OutboundListener], OutboundListener]) -> ProxyIR:
-    return replace(ir, outbounds=tuple(edit(o) for o in ir.outbounds))
+    return evolve(ir, outbounds=tuple(edit(o) for o in ir.outbounds))
 
 
 def map_inbounds(ir: ProxyIR, edit: Callable[[InboundListener], InboundListener]) -> ProxyIR:
-    return replace(ir, inbounds=tuple(edit(i) for i in ir.inbounds))
+    return evolve(ir, inbounds=tuple(edit(i) for i in ir.inbounds))
 
 
 def add_clusters(ir: ProxyIR, clusters: Mapping[str, tuple[Cluster, EndpointSet | None]]) -> ProxyIR:
     """Add clusters (and their EDS endpoint sets) the proxy does not have yet."""
     have = {c.name for c in ir.clusters}
     new = [(c, e) for name, (c, e) in sorted(clusters.items()) if name not in have]
-    return replace(
+    return evolve(
         ir,
         clusters=ir.clusters + tuple(c for c, _ in new),
         endpoints=ir.endpoints + tuple(e for _, e in new if e is not None),
@@ -201,7 +232,7 @@ class ToFromPlugin:
             resolved = resolve_route(policies, route.name)
             conf = parse_conf(self.conf_model, resolved)
             routes.append(route if conf is None else self.edit_route(route, outbound, conf, resolved))
-        return replace(outbound, routes=tuple(routes))
+        return evolve(outbound, routes=tuple(routes))
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
         from isthmus.policies.engine import dataplane_spec, resolve_from, resolve_to

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster
 from isthmus.ir.traffic import ConnectionLimits, OutlierDetection
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshcircuitbreaker.api import Conf, MeshCircuitBreakerSpec
-from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
 from isthmus.resources.duration import duration_ms
 
 
@@ -61,10 +60,10 @@ class MeshCircuitBreakerPlugin(ToFromPlugin):
     conf_model = Conf
 
     def edit_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
-        return replace(cluster, limits=_limits(conf), outlier=_outlier(conf))
+        return evolve(cluster, limits=derived(_limits, conf), outlier=derived(_outlier, conf))
 
     def edit_local_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
-        return replace(cluster, limits=_limits(conf), outlier=_outlier(conf))
+        return evolve(cluster, limits=derived(_limits, conf), outlier=derived(_outlier, conf))
 
 
 PLUGIN = MeshCircuitBreakerPlugin()

@@ -8,9 +8,9 @@ inbound sets from the peer certificate) is among that client's; the Mesh-wide fa
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, ProxyIR
 from isthmus.ir.traffic import FaultInjection
 from isthmus.policies.engine import dataplane_spec, resolve_from
@@ -91,7 +91,7 @@ class MeshFaultInjectionPlugin(ToFromPlugin):
             mesh_wide = faults(general) if general else []
             if not specific and not mesh_wide:
                 return listener
-            return replace(listener, faults=tuple(specific + mesh_wide))
+            return evolve(listener, faults=tuple(specific + mesh_wide))
 
         return map_inbounds(ir, edit)
 

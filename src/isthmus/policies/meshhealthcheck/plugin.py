@@ -4,13 +4,12 @@ check. Defaults follow Kuma: every 1m, 15s timeout, unhealthy after 5 failures, 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, Protocol
 from isthmus.ir.traffic import HealthCheck
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshhealthcheck.api import Conf, MeshHealthCheckSpec
-from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
 from isthmus.resources.duration import duration_ms
 
 
@@ -56,7 +55,7 @@ class MeshHealthCheckPlugin(ToFromPlugin):
     conf_model = Conf
 
     def edit_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
-        return replace(cluster, health_check=health_check(conf, cluster.protocol))
+        return evolve(cluster, health_check=derived(health_check, conf, cluster.protocol))
 
 
 PLUGIN = MeshHealthCheckPlugin()

@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from isthmus.context.mesh_context import MeshContext
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, Endpoint, EndpointSet, OutboundListener, Protocol, ProxyIR
 from isthmus.ir.traffic import HeaderModifier as HeaderModifierIR
 from isthmus.ir.traffic import HttpRoute, Mirror, Redirect, RouteMatch, ValueMatch, WeightedBackend
@@ -242,7 +243,7 @@ class Backends:
             return base.name
         name = subset_cluster_name(ref.name, tags, ref.port)
         if name not in self.clusters:
-            subset = replace(base, name=name, subset=tuple(sorted(tags.items())))
+            subset = evolve(base, name=name, subset=tuple(sorted(tags.items())))
             self._add(subset, EndpointSet(name, self._endpoints(ref.name, tags, ref.port)))
         return name
 
@@ -374,8 +375,8 @@ class MeshHTTPRoutePlugin:
             if rules is None:
                 outbounds.append(outbound)
                 continue
-            outbounds.append(replace(outbound, routes=outbound_routes(outbound, rules, backends)))
-        return backends.add_to(replace(ir, outbounds=tuple(outbounds)))
+            outbounds.append(evolve(outbound, routes=outbound_routes(outbound, rules, backends)))
+        return backends.add_to(evolve(ir, outbounds=tuple(outbounds)))
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
         """Per outbound: ``conf.rules`` in route order (each with its matches, merged ``default`` and origins),

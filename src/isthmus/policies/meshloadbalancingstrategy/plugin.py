@@ -6,9 +6,9 @@ endpoint has the same locality, so it changes nothing yet.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal, cast
 
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, OutboundListener
 from isthmus.ir.traffic import HashPolicy as HashPolicyIR
 from isthmus.ir.traffic import LoadBalancer as LoadBalancerIR
@@ -20,7 +20,7 @@ from isthmus.policies.meshloadbalancingstrategy.api import (
     LbType,
     MeshLoadBalancingStrategySpec,
 )
-from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
 from isthmus.resources.duration import duration_ms
 
 
@@ -57,14 +57,14 @@ def load_balancer(conf: Conf) -> LoadBalancerIR:
     )
     if lb is not None and lb.type is LbType.LEAST_REQUEST and lb.least_request:
         bias = lb.least_request.active_request_bias
-        out = replace(
+        out = evolve(
             out,
             choice_count=lb.least_request.choice_count,
             active_request_bias=float(bias) if bias is not None else None,
         )
     if lb is not None and lb.type is LbType.RING_HASH and lb.ring_hash:
         r = lb.ring_hash
-        out = replace(
+        out = evolve(
             out,
             min_ring_size=r.min_ring_size,
             max_ring_size=r.max_ring_size,
@@ -72,9 +72,9 @@ def load_balancer(conf: Conf) -> LoadBalancerIR:
         )
         hashes = list(r.hash_policies or hashes)
     if lb is not None and lb.type is LbType.MAGLEV and lb.maglev:
-        out = replace(out, table_size=lb.maglev.table_size)
+        out = evolve(out, table_size=lb.maglev.table_size)
         hashes = list(lb.maglev.hash_policies or hashes)
-    return replace(out, hash_policies=tuple(_hash(h) for h in hashes))
+    return evolve(out, hash_policies=tuple(_hash(h) for h in hashes))
 
 
 class MeshLoadBalancingStrategyPlugin(ToFromPlugin):
@@ -85,10 +85,10 @@ class MeshLoadBalancingStrategyPlugin(ToFromPlugin):
     conf_model = Conf
 
     def edit_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
-        return replace(cluster, lb=load_balancer(conf))
+        return evolve(cluster, lb=derived(load_balancer, conf))
 
     def edit_outbound(self, outbound: OutboundListener, conf: Conf, resolved: Resolved) -> OutboundListener:
-        return replace(outbound, lb=load_balancer(conf))
+        return evolve(outbound, lb=derived(load_balancer, conf))
 
 
 PLUGIN = MeshLoadBalancingStrategyPlugin()

@@ -8,9 +8,9 @@ proxy on its last good configuration (the reconciler reports the error) and affe
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import ProxyIR
 from isthmus.policies.engine import resolve_proxy
 from isthmus.policies.meshproxypatch.api import MeshProxyPatchSpec
@@ -29,7 +29,7 @@ class MeshProxyPatchPlugin:
         mods = resolved.conf.get("appendModifications") or []
         if not mods:
             return ir
-        return replace(ir, patches=tuple(json.dumps(m, sort_keys=True) for m in mods))
+        return evolve(ir, patches=tuple(json.dumps(m, sort_keys=True) for m in mods))
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
         resolved = resolve_proxy(inputs.policies, inputs.dataplane)

@@ -3,13 +3,12 @@ limit get the configured status (429 by default); TCP connections over the limit
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, Protocol
 from isthmus.ir.traffic import LocalRateLimit
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshratelimit.api import Conf, MeshRateLimitSpec
-from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
 from isthmus.resources.duration import duration_ms
 
 
@@ -24,7 +23,7 @@ def rate_limit(conf: Conf, protocol: Protocol) -> LocalRateLimit | None:
         headers = []
         if on and on.headers:
             headers = [(h.name, h.value) for h in [*(on.headers.set or []), *(on.headers.add or [])]]
-        out = replace(
+        out = evolve(
             out,
             http_requests=http.request_rate.num,
             http_interval_ms=duration_ms(http.request_rate.interval),
@@ -33,7 +32,7 @@ def rate_limit(conf: Conf, protocol: Protocol) -> LocalRateLimit | None:
         )
     tcp = local.tcp
     if tcp and not tcp.disabled and tcp.connection_rate:
-        out = replace(
+        out = evolve(
             out,
             tcp_connections=tcp.connection_rate.num,
             tcp_interval_ms=duration_ms(tcp.connection_rate.interval),
@@ -49,7 +48,7 @@ class MeshRateLimitPlugin(ToFromPlugin):
     conf_model = Conf
 
     def edit_inbound(self, inbound: InboundListener, conf: Conf, resolved: Resolved) -> InboundListener:
-        return replace(inbound, rate_limit=rate_limit(conf, inbound.protocol))
+        return evolve(inbound, rate_limit=derived(rate_limit, conf, inbound.protocol))
 
 
 PLUGIN = MeshRateLimitPlugin()

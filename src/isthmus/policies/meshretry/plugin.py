@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import OutboundListener
 from isthmus.ir.traffic import HttpRetry, HttpRoute, Retry
 from isthmus.policies.engine import Resolved
@@ -16,7 +15,7 @@ from isthmus.policies.meshretry.api import (
     Http,
     MeshRetrySpec,
 )
-from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
 from isthmus.resources.duration import duration_ms
 
 DEFAULT_HTTP_RETRY_ON = ("gateway-error", "connect-failure", "refused-stream")
@@ -80,14 +79,14 @@ class MeshRetryPlugin(ToFromPlugin):
     conf_model = Conf
 
     def edit_outbound(self, outbound: OutboundListener, conf: Conf, resolved: Resolved) -> OutboundListener:
-        return replace(outbound, retry=retry(conf))
+        return evolve(outbound, retry=derived(retry, conf))
 
     def edit_route(
         self, route: HttpRoute, outbound: OutboundListener, conf: Conf, resolved: Resolved
     ) -> HttpRoute:
-        own = retry(conf)
+        own = derived(retry, conf)
         base = route.retry or outbound.retry or Retry()
-        return replace(
+        return evolve(
             route,
             retry=Retry(
                 http=own.http or base.http,

@@ -9,9 +9,9 @@ one, the split becomes a single catch-all HTTP route with weighted clusters.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Protocol, ProxyIR
 from isthmus.ir.traffic import HttpRoute
 from isthmus.policies.engine import Origin, merge_patch
@@ -55,11 +55,11 @@ class MeshTCPRoutePlugin:
             conf, origins = resolved
             weighted = backends.weighted(outbound, conf.backend_refs or [])
             if outbound.protocol is Protocol.TCP:
-                outbounds.append(replace(outbound, tcp_backends=weighted))
+                outbounds.append(evolve(outbound, tcp_backends=weighted))
             else:
                 route = HttpRoute(name=f"{origins[-1].policy}/{origins[-1].section}", backends=weighted)
-                outbounds.append(replace(outbound, routes=(route,)))
-        return backends.add_to(replace(ir, outbounds=tuple(outbounds)))
+                outbounds.append(evolve(outbound, routes=(route,)))
+        return backends.add_to(evolve(ir, outbounds=tuple(outbounds)))
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
         from isthmus.policies.engine import dataplane_spec

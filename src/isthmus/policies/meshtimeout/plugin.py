@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, InboundListener, OutboundListener
 from isthmus.ir.traffic import HttpRoute, Timeouts
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshtimeout.api import Conf, MeshTimeoutSpec
-from isthmus.policies.plugin import ToFromPlugin, policy_type
+from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
 from isthmus.resources.duration import duration_ms
 
 
@@ -32,7 +31,7 @@ def timeouts(conf: Conf) -> Timeouts:
 
 def _cluster(cluster: Cluster, t: Timeouts) -> Cluster:
     connect = t.connect_ms if t.connect_ms else cluster.connect_timeout_ms
-    return replace(cluster, connect_timeout_ms=connect, timeouts=replace(t, connect_ms=None, request_ms=None))
+    return evolve(cluster, connect_timeout_ms=connect, timeouts=evolve(t, connect_ms=None, request_ms=None))
 
 
 class MeshTimeoutPlugin(ToFromPlugin):
@@ -41,25 +40,25 @@ class MeshTimeoutPlugin(ToFromPlugin):
     conf_model = Conf
 
     def edit_outbound(self, outbound: OutboundListener, conf: Conf, resolved: Resolved) -> OutboundListener:
-        return replace(outbound, timeouts=timeouts(conf))
+        return evolve(outbound, timeouts=derived(timeouts, conf))
 
     def edit_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
-        return _cluster(cluster, timeouts(conf))
+        return _cluster(cluster, derived(timeouts, conf))
 
     def edit_inbound(self, inbound: InboundListener, conf: Conf, resolved: Resolved) -> InboundListener:
-        return replace(inbound, timeouts=timeouts(conf))
+        return evolve(inbound, timeouts=derived(timeouts, conf))
 
     def edit_local_cluster(self, cluster: Cluster, conf: Conf, resolved: Resolved) -> Cluster:
-        return _cluster(cluster, timeouts(conf))
+        return _cluster(cluster, derived(timeouts, conf))
 
     def edit_route(
         self, route: HttpRoute, outbound: OutboundListener, conf: Conf, resolved: Resolved
     ) -> HttpRoute:
         """Route-level values override the outbound's, field by field."""
         base = route.timeouts or outbound.timeouts or Timeouts()
-        own = timeouts(conf)
-        merged = replace(base, **{k: v for k, v in vars(own).items() if v is not None})
-        return replace(route, timeouts=merged)
+        own = derived(timeouts, conf)
+        merged = evolve(base, **{k: v for k, v in vars(own).items() if v is not None})
+        return evolve(route, timeouts=merged)
 
 
 PLUGIN = MeshTimeoutPlugin()

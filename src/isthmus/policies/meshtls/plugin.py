@@ -5,8 +5,7 @@ Only meaningful with mesh mTLS on: an inbound without TLS (mTLS off) is left alo
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, TlsMode
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshtls.api import ENVOY_VERSION, Conf, MeshTLSSpec, Mode
@@ -24,17 +23,17 @@ class MeshTLSPlugin(ToFromPlugin):
         tls = inbound.tls
         if conf.tls_version is not None:
             if conf.tls_version.min is not None:
-                tls = replace(tls, min_version=ENVOY_VERSION[conf.tls_version.min])
+                tls = evolve(tls, min_version=ENVOY_VERSION[conf.tls_version.min])
             if conf.tls_version.max is not None:
-                tls = replace(tls, max_version=ENVOY_VERSION[conf.tls_version.max])
+                tls = evolve(tls, max_version=ENVOY_VERSION[conf.tls_version.max])
         if conf.tls_ciphers is not None:
-            tls = replace(tls, ciphers=tuple(c.value for c in conf.tls_ciphers))
+            tls = evolve(tls, ciphers=tuple(c.value for c in conf.tls_ciphers))
         mode = inbound.tls_mode
         if conf.mode is Mode.STRICT:
             mode = TlsMode.STRICT
         elif conf.mode is Mode.PERMISSIVE:
             mode = TlsMode.PERMISSIVE
-        return replace(inbound, tls=tls, tls_mode=mode)
+        return evolve(inbound, tls=tls, tls_mode=mode)
 
 
 PLUGIN = MeshTLSPlugin()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -12,7 +13,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from isthmus.ir.model import InboundListener, OutboundListener, Protocol, TlsMode
+from isthmus.ir.model import InboundListener, OutboundListener, Permissions, Protocol, TlsMode
 from isthmus.ir.traffic import Timeouts
 from isthmus.xds.translate import inbound_http, rbac, routes, timeouts, tls
 from isthmus.xds.translate.common import ads, pack, socket_address
@@ -50,6 +51,12 @@ def _tcp_proxy(stat_prefix: str, cluster: str, limits: Timeouts | None) -> liste
     return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
 
 
+@lru_cache(maxsize=4096)
+def _packed_rbac(permissions: Permissions) -> Any:
+    """The HTTP RBAC config, packed once per distinct permission set (shared by a service's instances)."""
+    return pack(rbac.http_filter_config(permissions))
+
+
 def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter]:
     stat = f"inbound_{ir.port}"
     if ir.protocol is Protocol.TCP:
@@ -66,9 +73,7 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
         return filters
     http_filters = []
     if ir.permissions is not None:
-        http_filters.append(
-            hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(rbac.http_filter_config(ir.permissions)))
-        )
+        http_filters.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=_packed_rbac(ir.permissions)))
     http_filters.extend(inbound_http.http_filters(ir))
     local_route = route_components_pb2.RouteAction(cluster=ir.local_cluster)
     timeouts.route(local_route, ir.timeouts)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
@@ -39,7 +42,9 @@ def _common(
     )
 
 
-def downstream_socket(tls: MeshTls, trust_domain_prefix: str):  # type: ignore[no-untyped-def]
+@lru_cache(maxsize=4096)
+def downstream_socket(tls: MeshTls, trust_domain_prefix: str) -> base_pb2.TransportSocket:
+    """Memoised: every inbound of a mesh shares it (callers copy it into their listener, never mutate it)."""
     ctx = tls_pb2.DownstreamTlsContext(
         common_tls_context=_common(tls, string_pb2.StringMatcher(prefix=trust_domain_prefix), MESH_ALPN),
     )
@@ -47,7 +52,8 @@ def downstream_socket(tls: MeshTls, trust_domain_prefix: str):  # type: ignore[n
     return transport_socket(TLS_SOCKET, ctx)
 
 
-def upstream_socket(tls: MeshTls, spiffe_id: str, http2: bool):  # type: ignore[no-untyped-def]
+@lru_cache(maxsize=4096)
+def upstream_socket(tls: MeshTls, spiffe_id: str, http2: bool) -> base_pb2.TransportSocket:
     ctx = tls_pb2.UpstreamTlsContext(
         # clients offer up to TLS 1.3 (Envoy's upstream default stops at 1.2), so any inbound MeshTLS works
         common_tls_context=_common(
