@@ -152,3 +152,54 @@ def test_dataplane_by_name_beats_by_labels() -> None:
     by_name = mtp("b", {"kind": "Dataplane", "name": "web-1"}, (MESH, "Deny"))
     assert [p.name for p in sort_policies([by_name, by_labels])] == ["a", "b"]
     assert not allowed([by_labels, by_name], client("x"), dp(labels={"team": "a"}))
+
+
+def rules_mtp(name: str, **lists: list[tuple[str, str]]) -> Resource:
+    conf = {
+        key: [{"spiffeID": {"type": kind, "value": value}} for kind, value in items]
+        for key, items in lists.items()
+    }
+    doc = {
+        "type": "MeshTrafficPermission",
+        "mesh": "default",
+        "name": name,
+        "spec": {"targetRef": MESH, "rules": [{"default": conf}]},
+    }
+    return parse_document(doc, REG)
+
+
+def test_rules_form_deny_wins_over_allow_and_prefixes_match() -> None:
+    policy = rules_mtp(
+        "rules",
+        allow=[("Prefix", "spiffe://default/")],
+        deny=[("Exact", "spiffe://default/legacy")],
+        allowWithShadowDeny=[("Exact", "spiffe://other/new")],
+    )
+    assert allowed([policy], client("backend"))
+    assert not allowed([policy], client("legacy"))
+    assert allowed([policy], {"spiffe://other/new"})
+    target = dp()
+    inbound = target.spec.networking.inbound[0]  # type: ignore[attr-defined]
+    perms = inbound_permissions("default", [policy], target, inbound)
+    assert not perms.shadow_allow.matches({"spiffe://other/new"})  # shadow rules would refuse it
+    assert not perms.allow.matches({"spiffe://third/x"})
+
+
+def test_rules_and_from_combine_with_deny_first() -> None:
+    policies = [
+        mtp("allow-all", MESH, (MESH, "Allow")),
+        rules_mtp("no-legacy", deny=[("Exact", "spiffe://default/legacy")]),
+    ]
+    assert allowed(policies, client("backend"))
+    assert not allowed(policies, client("legacy"))
+
+
+def test_rules_need_spiffe_ids() -> None:
+    from isthmus.resources.errors import ResourceValidationError
+
+    with pytest.raises(ResourceValidationError) as err:
+        rules_mtp("bad", allow=[("Exact", "web")])
+    assert "spec.rules[0].default.allow[0].spiffeID" in str(err.value)
+    with pytest.raises(ResourceValidationError) as err:
+        parse_document({"type": "MeshTrafficPermission", "mesh": "default", "name": "x", "spec": {}}, REG)
+    assert "from" in str(err.value)

@@ -29,7 +29,7 @@ from isthmus.ir.traffic import (
 class Principal:
     """A boolean expression over the URI SANs of the peer certificate."""
 
-    op: Literal["any", "none", "uri", "and", "or", "not"]
+    op: Literal["any", "none", "uri", "uri_prefix", "and", "or", "not"]
     value: str = ""
     children: tuple[Principal, ...] = ()
 
@@ -44,6 +44,10 @@ class Principal:
     @staticmethod
     def uri(value: str) -> Principal:
         return Principal("uri", value)
+
+    @staticmethod
+    def uri_prefix(value: str) -> Principal:
+        return Principal("uri_prefix", value)
 
     @staticmethod
     def all_of(children: tuple[Principal, ...]) -> Principal:
@@ -71,6 +75,8 @@ class Principal:
             return False
         if self.op == "uri":
             return authenticated and self.value in uris
+        if self.op == "uri_prefix":
+            return authenticated and any(u.startswith(self.value) for u in uris)
         if self.op == "and":
             return all(c.matches(uris, authenticated) for c in self.children)
         if self.op == "or":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import Field
@@ -44,14 +45,14 @@ class Rule(Model, Generic[ConfT]):
 
 def target_ref_problems(
     top: TargetRef,
-    to: list[To[ConfT]] | None,
-    from_: list[From[ConfT]] | None,
+    to: Sequence[Any] | None,
+    from_: Sequence[Any] | None,
     *,
     top_kinds: tuple[TargetRefKind, ...] = TOP_LEVEL_KINDS,
     to_kinds: tuple[TargetRefKind, ...] = TO_KINDS,
     from_kinds: tuple[TargetRefKind, ...] = FROM_KINDS,
     require_section: bool = True,
-    rules: list[Rule[ConfT]] | None = None,
+    rules: Sequence[Any] | None = None,
 ) -> str | None:
     """The first problem with a policy's targetRefs as ``field.path: reason``, or None."""
     for field, reason in top.structural_errors(top_kinds):

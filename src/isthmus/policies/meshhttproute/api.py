@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import TOP_LEVEL_KINDS, mesh_ref
+from isthmus.policies.sections import TOP_LEVEL_KINDS, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, Port, Tags, TargetRef, TargetRefKind
 
 PathMatchType = Literal["Exact", "PathPrefix", "RegularExpression"]
@@ -288,9 +288,9 @@ class MeshHTTPRouteSpec(Model):
 
     @model_validator(mode="after")
     def _refs(self) -> MeshHTTPRouteSpec:
-        for field, reason in self.target_ref.structural_errors(TOP_LEVEL_KINDS):
-            raise ValueError(f"targetRef.{field}: {reason}")
-        for i, item in enumerate(self.to):
-            for field, reason in item.target_ref.structural_errors(TO_KINDS):
-                raise ValueError(f"to[{i}].targetRef.{field}: {reason}")
+        problem = target_ref_problems(
+            self.target_ref, self.to, None, top_kinds=TOP_LEVEL_KINDS, to_kinds=TO_KINDS
+        )
+        if problem:
+            raise ValueError(problem)
         return self

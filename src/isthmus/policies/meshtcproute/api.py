@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from isthmus.policies.meshhttproute.api import TO_KINDS, BackendRef
-from isthmus.policies.sections import TOP_LEVEL_KINDS, mesh_ref
+from isthmus.policies.sections import TOP_LEVEL_KINDS, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 
 
@@ -37,9 +37,9 @@ class MeshTCPRouteSpec(Model):
 
     @model_validator(mode="after")
     def _refs(self) -> MeshTCPRouteSpec:
-        for field, reason in self.target_ref.structural_errors(TOP_LEVEL_KINDS):
-            raise ValueError(f"targetRef.{field}: {reason}")
-        for i, item in enumerate(self.to):
-            for field, reason in item.target_ref.structural_errors(TO_KINDS):
-                raise ValueError(f"to[{i}].targetRef.{field}: {reason}")
+        problem = target_ref_problems(
+            self.target_ref, self.to, None, top_kinds=TOP_LEVEL_KINDS, to_kinds=TO_KINDS
+        )
+        if problem:
+            raise ValueError(problem)
         return self

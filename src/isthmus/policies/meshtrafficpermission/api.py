@@ -38,11 +38,44 @@ class From(Model):
     default: Conf
 
 
+class SpiffeIdType(str, Enum):
+    EXACT = "Exact"
+    PREFIX = "Prefix"
+
+
+class SpiffeId(Model):
+    type: SpiffeIdType
+    value: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _scheme(self) -> SpiffeId:
+        if not self.value.startswith("spiffe://"):
+            raise ValueError("value: must be a SPIFFE ID (spiffe://...)")
+        return self
+
+
+class Match(Model):
+    spiffe_id: SpiffeId = Field(alias="spiffeID")
+
+
+class RuleConf(Model):
+    allow: list[Match] | None = None
+    deny: list[Match] | None = None
+    allow_with_shadow_deny: list[Match] | None = Field(default=None, alias="allowWithShadowDeny")
+
+
+class Rule(Model):
+    default: RuleConf
+
+
 class MeshTrafficPermissionSpec(Model):
+    """Kuma 2.x ``from`` items, or the ``rules`` form of Kuma 2.12+ (the only one in 3.0), or both."""
+
     target_ref: TargetRef = Field(
         default_factory=lambda: TargetRef(kind=TargetRefKind.MESH), alias="targetRef"
     )
-    from_: list[From] = Field(alias="from", min_length=1)
+    from_: list[From] = Field(default_factory=list, alias="from")
+    rules: list[Rule] | None = None
 
     @model_validator(mode="after")
     def _kinds(self) -> MeshTrafficPermissionSpec:
@@ -52,6 +85,8 @@ class MeshTrafficPermissionSpec(Model):
         for i, item in enumerate(self.from_):
             for field, reason in item.target_ref.structural_errors(FROM_KINDS):
                 problems.append(f"from[{i}].targetRef.{field}: {reason}")
+        if not self.from_ and not self.rules:
+            problems.append("from: at least one of from and rules must have an item")
         if problems:
             # one error per call keeps the field path exact; the first problem is the one to fix first
             raise ValueError(problems[0])

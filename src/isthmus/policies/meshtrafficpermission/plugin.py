@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from isthmus.ir.model import Principal
 from isthmus.policies.matching import matched_for_inbound
-from isthmus.policies.meshtrafficpermission.api import Action, MeshTrafficPermissionSpec
+from isthmus.policies.meshtrafficpermission.api import Action, Match, MeshTrafficPermissionSpec, SpiffeIdType
 from isthmus.resources.common import SERVICE_TAG, TargetRef, TargetRefKind
 from isthmus.resources.dataplane import Inbound
 from isthmus.resources.registry import Resource
@@ -76,10 +76,28 @@ def _decide(items: Sequence[PermissionItem], allowed: set[Action]) -> Principal:
     return Principal.any_of(tuple(alternatives))
 
 
+def _rule_principal(match: Match) -> Principal:
+    sid = match.spiffe_id
+    if sid.type is SpiffeIdType.PREFIX:
+        return Principal.uri_prefix(sid.value)
+    return Principal.uri(sid.value)
+
+
+def _any(matches: Sequence[Match]) -> Principal:
+    return Principal.any_of(tuple(_rule_principal(m) for m in matches))
+
+
 def inbound_permissions(
     mesh: str, policies: Sequence[Resource], dataplane: Resource, inbound: Inbound
 ) -> InboundPermissions:
+    """``from`` items decide by the last matching item (see the module docstring). ``rules`` (Kuma 2.12+) add
+    SPIFFE ID matches from every matching policy: a client matching any ``deny`` is refused whatever else
+    matches, one matching ``allow`` or ``allowWithShadowDeny`` is let in (the latter is what shadow rules
+    refuse)."""
     items: list[PermissionItem] = []
+    allow: list[Match] = []
+    deny: list[Match] = []
+    shadow: list[Match] = []
     for policy in matched_for_inbound(policies, dataplane, inbound):
         spec = policy.spec
         assert isinstance(spec, MeshTrafficPermissionSpec)
@@ -93,9 +111,15 @@ def inbound_permissions(
                     client_principal(mesh, item.target_ref),
                 )
             )
+        for rule in spec.rules or []:
+            allow += rule.default.allow or []
+            deny += rule.default.deny or []
+            shadow += rule.default.allow_with_shadow_deny or []
     enforce = {Action.ALLOW, Action.ALLOW_WITH_SHADOW_DENY}
-    return InboundPermissions(
-        items=tuple(items),
-        allow=_decide(items, enforce),
-        shadow_allow=_decide(items, {Action.ALLOW}),
-    )
+    from_allow = _decide(items, enforce)
+    from_shadow = _decide(items, {Action.ALLOW})
+    if allow or deny or shadow:
+        denied = Principal.negate(_any(deny))
+        from_allow = Principal.all_of((Principal.any_of((from_allow, _any(allow), _any(shadow))), denied))
+        from_shadow = Principal.all_of((Principal.any_of((from_shadow, _any(allow))), denied))
+    return InboundPermissions(items=tuple(items), allow=from_allow, shadow_allow=from_shadow)

@@ -23,6 +23,12 @@ def principal(p: Principal) -> rbac_config.Principal:
                 principal_name=string_pb2.StringMatcher(exact=p.value)
             )
         )
+    if p.op == "uri_prefix":
+        return rbac_config.Principal(
+            authenticated=rbac_config.Principal.Authenticated(
+                principal_name=string_pb2.StringMatcher(prefix=p.value)
+            )
+        )
     if p.op == "and":
         return rbac_config.Principal(
             and_ids=rbac_config.Principal.Set(ids=[principal(c) for c in p.children])
