@@ -401,3 +401,36 @@ def test_a_patch_that_breaks_one_proxy_leaves_it_and_the_others_alone(tmp_path: 
         assert "nowhere" in insight["dataplaneInsight"]["configError"]
     finally:
         cp.stop()
+
+
+def test_inspect_shows_permission_rules(tmp_path: Path) -> None:
+    cp = ControlPlane(tmp_path, store="memory").start()
+    try:
+        cp.apply("type: Mesh\nname: default\n")
+        cp.apply(
+            "type: Dataplane\nmesh: default\nname: r-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"
+            "  - port: 21201\n    servicePort: 22201\n    tags: {kuma.io/service: r}\n"
+        )
+        cp.apply(
+            """
+type: MeshTrafficPermission
+mesh: default
+name: r-rules
+spec:
+  targetRef: {kind: Mesh}
+  rules:
+  - default:
+      deny: [{spiffeID: {type: Exact, value: spiffe://default/legacy}}]
+      allow: [{spiffeID: {type: Prefix, value: spiffe://default/}}]
+"""
+        )
+        out = subprocess.run(
+            [*ISTHMUS, "inspect", "dataplane", "r-1", "--policies", "--cp-address", cp.url],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "rules deny: Exact spiffe://default/legacy" in out.stdout
+        assert "rules allow: Prefix spiffe://default/" in out.stdout
+    finally:
+        cp.stop()

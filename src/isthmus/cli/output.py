@@ -326,8 +326,13 @@ def render_policies(doc: Mapping[str, Any]) -> str:
                 if not isinstance(rule, Mapping) or rule.get("policy") != pname:
                     continue
                 source = rule.get("from")
-                origin = describe_target_ref(source) if isinstance(source, Mapping) else "?"
-                lines.append(f"      from {origin}: {rule.get('action', '?')}")
+                if isinstance(source, Mapping):
+                    lines.append(f"      from {describe_target_ref(source)}: {rule.get('action', '?')}")
+                    continue
+                for key in ("deny", "allow", "allowWithShadowDeny"):
+                    for match in rule.get(key) or []:
+                        sid = match.get("spiffeID", {}) if isinstance(match, Mapping) else {}
+                        lines.append(f"      rules {key}: {sid.get('type', '?')} {sid.get('value', '?')}")
         for kind, resolved in sorted(entry.items()):
             if not isinstance(resolved, Mapping) or "conf" not in resolved:
                 continue

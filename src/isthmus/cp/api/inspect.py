@@ -122,7 +122,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         inbounds = []
         for inbound in spec.networking.inbound:
             matched = matched_for_inbound(mtps, dp, inbound)
-            items = []
+            items: list[dict[str, Any]] = []
             for p in matched:
                 pspec = p.spec
                 assert isinstance(pspec, MeshTrafficPermissionSpec)
@@ -135,6 +135,17 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                             ),
                             "from": item.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),
                             "action": item.default.action.value,
+                        }
+                    )
+                for j, rule in enumerate(pspec.rules or []):
+                    items.append(
+                        {
+                            "policy": p.name,
+                            "targetRef": pspec.target_ref.model_dump(
+                                by_alias=True, exclude_none=True, mode="json"
+                            ),
+                            "rule": j,
+                            **rule.default.model_dump(by_alias=True, exclude_none=True, mode="json"),
                         }
                     )
             inbounds.append(
