@@ -348,10 +348,18 @@ def render_policies(doc: Mapping[str, Any]) -> str:
 
 
 def _flat(value: Any) -> str:
-    if not value:
+    """One line for a nested mapping: ``a=1, http=(retries=3, on=5xx,reset)``; empty values are left out."""
+    if value in (None, "", [], {}, ()):
         return "-"
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_flat(v) if isinstance(v, Mapping) else v}" for k, v in value.items())
+        parts = []
+        for k, v in value.items():
+            if v in (None, "", [], {}, ()):
+                continue
+            parts.append(f"{k}=({_flat(v)})" if isinstance(v, Mapping) else f"{k}={_flat(v)}")
+        return ", ".join(parts) or "-"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
     return str(value)
 
 
