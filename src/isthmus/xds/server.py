@@ -173,12 +173,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._recent_nacks: dict[str, dict[str, tuple[str, float]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    async def start(self, address: str) -> int:
-        """Listen on ``host:port`` (port 0 picks a free one) without TLS; returns the bound port."""
+    async def start(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Listen on ``host:port`` (port 0 picks a free one), with TLS when ``credentials`` are given;
+        returns the bound port."""
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         try:
-            port = int(server.add_insecure_port(address))
+            if credentials is not None:
+                port = int(server.add_secure_port(address, credentials))
+            else:
+                port = int(server.add_insecure_port(address))
         except RuntimeError as exc:
             raise OSError(f"cannot bind the xDS server to {address}: {exc}") from exc
         if port == 0:
