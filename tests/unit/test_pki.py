@@ -3,6 +3,7 @@ duration parsing."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,8 +19,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from isthmus.pki.ca import CA_VALIDITY, CertificateAuthority, generate_ca
 from isthmus.pki.issuer import (
     WorkloadCertificate,
+    format_duration,
     issue_workload_certificate,
     needs_rotation,
+    parse_duration,
     parse_lifetime,
 )
 
@@ -317,7 +320,7 @@ def test_needs_rotation_uses_the_current_time_by_default(ca: CertificateAuthorit
         needs_rotation(fresh, datetime(2026, 3, 1))
 
 
-# --- parse_lifetime ----------------------------------------------------------------------------------------
+# --- parse_duration / parse_lifetime ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -341,8 +344,8 @@ def test_needs_rotation_uses_the_current_time_by_default(ca: CertificateAuthorit
         ("+1h", timedelta(hours=1)),
     ],
 )
-def test_parse_lifetime_accepts_go_and_kuma_durations(text: str, expected: timedelta) -> None:
-    assert parse_lifetime(text) == expected
+def test_parse_duration_accepts_go_and_kuma_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -364,9 +367,69 @@ def test_parse_lifetime_accepts_go_and_kuma_durations(text: str, expected: timed
         ("0h0m", "greater than zero"),
         ("1ns", "microsecond"),
         ("99999999999y", "too long"),
+        ("9" * 30 + "y", "too long"),
+        ("1" * 5000 + "s", "longer than 64 characters"),
         ("one day", "expected a number"),
     ],
 )
-def test_parse_lifetime_rejects_bad_input_with_a_reason(text: str, reason: str) -> None:
+def test_parse_duration_rejects_bad_input_with_a_reason(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10s", timedelta(seconds=10)),
+        ("24h", timedelta(hours=24)),
+        ("1h30m", timedelta(minutes=90)),
+        ("2y", timedelta(days=730)),
+        ("10y", timedelta(days=3650)),
+        ("3650d", timedelta(days=3650)),
+    ],
+)
+def test_parse_lifetime_accepts_lifetimes_within_bounds(text: str, expected: timedelta) -> None:
+    assert parse_lifetime(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("9000y", "invalid duration '9000y': must be at most 10y"),
+        ("10y1s", "must be at most 10y"),
+        ("99999999999y", "too long"),
+        ("9s", "invalid duration '9s': must be at least 10s"),
+        ("500ms", "must be at least 10s"),
+        ("1ns", "microsecond"),
+        ("", "empty duration"),
+        ("1x", "unknown unit"),
+    ],
+)
+def test_parse_lifetime_refuses_lifetimes_out_of_bounds(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
         parse_lifetime(text)
+
+
+def test_parse_lifetime_takes_other_bounds() -> None:
+    assert parse_lifetime("1s", minimum=timedelta(seconds=1)) == timedelta(seconds=1)
+    with pytest.raises(ValueError, match="at most 1h"):
+        parse_lifetime("2h", maximum=timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(days=3650), "10y"),
+        (timedelta(days=2), "2d"),
+        (timedelta(hours=25), "25h"),
+        (timedelta(seconds=10), "10s"),
+        (timedelta(milliseconds=1500), "1.5s"),
+    ],
+)
+def test_format_duration(value: timedelta, text: str) -> None:
+    assert format_duration(value) == text
+
+
+def test_a_lifetime_beyond_the_ca_expiry_is_clipped_without_overflow(ca: CertificateAuthority) -> None:
+    cert = issue(ca, lifetime=timedelta(days=999_999_999))
+    assert cert.not_after == ca.not_after

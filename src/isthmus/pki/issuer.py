@@ -18,14 +18,21 @@ from isthmus.pki.ca import CLOCK_SKEW, CertificateAuthority, check_uri_part, ran
 
 __all__ = [
     "CLOCK_SKEW",
+    "MAX_WORKLOAD_LIFETIME",
+    "MIN_WORKLOAD_LIFETIME",
     "ROTATE_AT",
     "WorkloadCertificate",
+    "format_duration",
     "issue_workload_certificate",
     "needs_rotation",
+    "parse_duration",
     "parse_lifetime",
 ]
 
 ROTATE_AT = 0.8  # as in Kuma: re-issue once 80% of the lifetime has passed
+MIN_WORKLOAD_LIFETIME = timedelta(seconds=10)  # rotation at 80% must leave Envoy time to fetch the next one
+MAX_WORKLOAD_LIFETIME = timedelta(days=3650)  # 10y, the built-in CA's own validity
+MAX_DURATION_TEXT = 64  # characters: longer strings are refused before any number is parsed
 
 _UNITS: dict[str, Fraction] = {
     "ns": Fraction(1, 10**9),
@@ -41,19 +48,24 @@ _UNITS: dict[str, Fraction] = {
 }
 _UNIT_NAMES = "ns, us, ms, s, m, h, d, y"
 _TERM = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([^0-9.]*)")
+_TIMEDELTA_MAX_SECONDS = Fraction(timedelta.max.days * 86400)
 
 
-def parse_lifetime(text: str) -> timedelta:
+def parse_duration(text: str) -> timedelta:
     """Parse a Go/Kuma duration: ``30s``, ``10m``, ``24h``, ``1h30m``, ``1.5h``, ``500ms``, ``2d``, ``1y``.
 
     A sequence of decimal numbers, each with a unit (``ns``, ``us``/``µs``, ``ms``, ``s``, ``m``, ``h``, plus
-    ``d`` = 24h and ``y`` = 365d). The result must be positive. Raises ValueError saying what is wrong.
+    ``d`` = 24h and ``y`` = 365d). The result must be positive and at least one microsecond. Raises ValueError
+    saying what is wrong (never OverflowError). Certificate lifetimes use :func:`parse_lifetime`, which also
+    bounds the value.
     """
     value = text.strip()
     if not value:
         raise ValueError(
             f"empty duration: expected something like 30s, 10m, 24h, 1h30m, 2d or 1y (units: {_UNIT_NAMES})"
         )
+    if len(value) > MAX_DURATION_TEXT:
+        raise ValueError(f"invalid duration {value[:20]!r}...: longer than {MAX_DURATION_TEXT} characters")
     if value.startswith("-"):
         raise ValueError(f"invalid duration {text!r}: must be positive")
     body = value.removeprefix("+")
@@ -75,15 +87,47 @@ def parse_lifetime(text: str) -> timedelta:
             raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r} (units: {_UNIT_NAMES})")
         total += Fraction(number) * factor
         pos = match.end()
-    microseconds = int(total * 10**6)
     if total == 0:
         raise ValueError(f"invalid duration {text!r}: must be greater than zero")
+    if total >= _TIMEDELTA_MAX_SECONDS:
+        raise ValueError(f"invalid duration {text!r}: too long")
+    microseconds = int(total * 10**6)
     if microseconds == 0:
         raise ValueError(f"invalid duration {text!r}: shorter than one microsecond")
-    try:
-        return timedelta(microseconds=microseconds)
-    except OverflowError:
-        raise ValueError(f"invalid duration {text!r}: too long") from None
+    return timedelta(microseconds=microseconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest ``1y``/``2d``/``3h``/``4m``/``5s`` spelling of a whole number of one unit, else seconds."""
+    seconds = Fraction(value.days * 86400 + value.seconds) + Fraction(value.microseconds, 10**6)
+    for unit in ("y", "d", "h", "m", "s"):
+        count = seconds / _UNITS[unit]
+        if count.denominator == 1 and count > 0:
+            return f"{count.numerator}{unit}"
+    return f"{float(seconds):g}s"
+
+
+def parse_lifetime(
+    text: str,
+    *,
+    minimum: timedelta = MIN_WORKLOAD_LIFETIME,
+    maximum: timedelta = MAX_WORKLOAD_LIFETIME,
+) -> timedelta:
+    """A certificate lifetime (``dpCert.rotation.expiration``): a duration as :func:`parse_duration` reads it,
+    between ``minimum`` (10s) and ``maximum`` (10y) inclusive. Raises ValueError with a reason that reads well
+    after the field's name, e.g. ``invalid duration '9000y': must be at most 10y``.
+    """
+    lifetime = parse_duration(text)
+    if lifetime < minimum:
+        raise ValueError(
+            f"invalid duration {text!r}: must be at least {format_duration(minimum)}"
+            " (a certificate is renewed after 80% of its lifetime)"
+        )
+    if lifetime > maximum:
+        raise ValueError(
+            f"invalid duration {text!r}: must be at most {format_duration(maximum)} (certificate lifetime)"
+        )
+    return lifetime
 
 
 @dataclass(frozen=True)
@@ -172,7 +216,8 @@ def issue_workload_certificate(
             f"the CA is not valid at {start.isoformat()} (valid {ca.not_before} to {ca.not_after})"
         )
     not_before = start - CLOCK_SKEW
-    not_after = min(start + lifetime, ca.not_after)
+    # never past the CA's expiry; compared as durations first, so a huge lifetime cannot overflow a datetime
+    not_after = ca.not_after if lifetime >= ca.not_after - start else start + lifetime
     serial = random_serial()
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (

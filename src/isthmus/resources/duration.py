@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from isthmus.pki.issuer import parse_lifetime
+from isthmus.pki.issuer import parse_duration
 
 _ZERO = re.compile(r"^\+?(0+(\.0*)?[a-zµ]*)+$")
 
@@ -19,7 +19,7 @@ def duration_ms(text: str) -> int:
     value = text.strip()
     if _ZERO.match(value):
         return 0
-    delta = parse_lifetime(value)
+    delta = parse_duration(value)
     return int(delta.total_seconds() * 1000) or 1
 
 
