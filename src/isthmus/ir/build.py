@@ -22,6 +22,8 @@ from isthmus.policies.meshtrafficpermission.plugin import inbound_permissions
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.mesh import MtlsMode
 from isthmus.resources.registry import Resource
+from isthmus.xds.node import node_id as node_id
+from isthmus.xds.node import parse_node_id as parse_node_id
 
 LOCALHOST = "127.0.0.1"
 
@@ -40,10 +42,6 @@ def identity_secret_name(mesh: str) -> str:
 
 def ca_secret_name(mesh: str) -> str:
     return f"mesh_ca:secret:{mesh}"
-
-
-def node_id(mesh: str, name: str) -> str:
-    return f"{mesh}.{name}"
 
 
 def _protocol(tag_value: str) -> Protocol:

@@ -1,0 +1,36 @@
+"""xDS node ids: ``<mesh>.<name>``, as Kuma's.
+
+Mesh names cannot contain ``.`` (the resource validation refuses them), Dataplane names can; so a node id is
+split at its first dot and two different ``(mesh, name)`` pairs can never share a node id. The reconciler does
+not serve a stored mesh whose name has a dot (one written before that rule existed).
+"""
+
+from __future__ import annotations
+
+__all__ = ["InvalidNodeId", "mesh_name_usable", "node_id", "parse_node_id"]
+
+
+class InvalidNodeId(ValueError):
+    """A node id that is not ``<mesh>.<name>`` with a mesh name free of dots and a non-empty name."""
+
+
+def mesh_name_usable(mesh: str) -> bool:
+    """Whether a mesh of this name can have node ids (non-empty, no dot)."""
+    return bool(mesh) and "." not in mesh
+
+
+def node_id(mesh: str, name: str) -> str:
+    """The node id of Dataplane ``name`` in ``mesh``; InvalidNodeId if it could be mistaken for another's."""
+    if not mesh_name_usable(mesh):
+        raise InvalidNodeId(f"mesh name {mesh!r} cannot form a node id: it must be non-empty and have no '.'")
+    if not name:
+        raise InvalidNodeId("a Dataplane name must not be empty")
+    return f"{mesh}.{name}"
+
+
+def parse_node_id(nid: str) -> tuple[str, str]:
+    """``(mesh, name)`` of a node id (split at the first dot); InvalidNodeId when it has no such form."""
+    mesh, sep, name = nid.partition(".")
+    if not sep or not mesh or not name:
+        raise InvalidNodeId(f"node id {nid!r} is not '<mesh>.<name>'")
+    return mesh, name
