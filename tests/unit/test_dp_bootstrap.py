@@ -15,6 +15,12 @@ from isthmus.dp.bootstrap import ADS_CLUSTER, build_bootstrap
 from isthmus.dp.envoy_binary import ENV_VAR, EnvoyBinaryNotFound, find_envoy_binary
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TLS_CONTEXT = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+CA_PEM = (
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBSDCB76ADAgECAhEA2vW1S1ZzOQ6yZOZ+qMnWljAKBggqhkjOPQQDAjAAMB4X\n"
+    "-----END CERTIFICATE-----\n"
+)
 
 
 def bootstrap(**overrides: Any) -> dict[str, Any]:
@@ -106,10 +112,99 @@ def test_rejects_bad_arguments(overrides: dict[str, Any], field: str) -> None:
         bootstrap(**overrides)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
-def test_real_envoy_accepts_the_bootstrap(tmp_path: Path, host: str) -> None:
+def tls_context(doc: dict[str, Any]) -> dict[str, Any]:
+    socket = ads_cluster(doc)["transport_socket"]
+    assert socket["name"] == "envoy.transport_sockets.tls"
+    context: dict[str, Any] = socket["typed_config"]
+    assert context["@type"] == f"type.googleapis.com/{TLS_CONTEXT}"
+    return context
+
+
+def test_ads_uses_tls_without_verification_by_default() -> None:
+    context = tls_context(bootstrap())
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]  # gRPC servers insist on ALPN h2
+    assert common["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_2"}
+    assert "validation_context" not in common
+    assert "sni" not in context  # no SNI for an IP
+
+
+@pytest.mark.parametrize(
+    ("host", "san_type", "name", "sni"),
+    [
+        ("127.0.0.1", "IP_ADDRESS", "127.0.0.1", None),
+        ("[::1]", "IP_ADDRESS", "::1", None),
+        ("0:0::1", "IP_ADDRESS", "::1", None),
+        ("cp.internal", "DNS", "cp.internal", "cp.internal"),
+    ],
+)
+def test_ads_verifies_the_control_plane_with_the_ca(
+    host: str, san_type: str, name: str, sni: str | None
+) -> None:
+    context = tls_context(bootstrap(xds_host=host, ca_cert_pem=CA_PEM))
+    validation = context["common_tls_context"]["validation_context"]
+    assert validation == {
+        "trusted_ca": {"inline_string": CA_PEM},
+        "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+    }
+    assert context.get("sni") == sni
+
+
+def test_plaintext_only_when_asked() -> None:
+    assert "transport_socket" not in ads_cluster(bootstrap(tls=False))
+    with pytest.raises(ValueError, match="ca_cert_pem"):
+        bootstrap(tls=False, ca_cert_pem=CA_PEM)
+
+
+def test_token_is_sent_as_grpc_initial_metadata() -> None:
+    ads = bootstrap(token="eyJhbGciOi.payload.sig-_")["dynamic_resources"]["ads_config"]
+    assert ads["grpc_services"] == [
+        {
+            "envoy_grpc": {"cluster_name": ADS_CLUSTER},
+            "initial_metadata": [{"key": "authorization", "value": "Bearer eyJhbGciOi.payload.sig-_"}],
+        }
+    ]
+
+
+@pytest.mark.parametrize("token", ["", "two words", "line\nbreak", "caf\u00e9"])
+def test_bad_tokens_are_refused(token: str) -> None:
+    with pytest.raises(ValueError, match="token"):
+        bootstrap(token=token)
+
+
+def real_ca_pem() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.parametrize(
+    ("host", "secure"),
+    [("127.0.0.1", False), ("localhost", False), ("::1", False), ("127.0.0.1", True), ("localhost", True)],
+)
+def test_real_envoy_accepts_the_bootstrap(tmp_path: Path, host: str, secure: bool) -> None:
     path = tmp_path / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap(xds_host=host, admin_port=0, metadata={"k": "v"})))
+    extra: dict[str, Any] = {"ca_cert_pem": real_ca_pem(), "token": "a.b.c"} if secure else {}
+    path.write_text(json.dumps(bootstrap(xds_host=host, admin_port=0, metadata={"k": "v"}, **extra)))
     result = subprocess.run(
         [str(find_envoy_binary()), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
         capture_output=True,

@@ -35,6 +35,18 @@ def run(
     work_dir: Path | None = typer.Option(None, help="Directory for the bootstrap and Envoy's log"),
     drain_time: float = typer.Option(2.0, help="Seconds to drain inbound listeners on shutdown"),
     log_level: str = typer.Option("info", help="trace | debug | info | warning | error | critical | off"),
+    ca_cert_file: Path | None = typer.Option(
+        None,
+        envvar="ISTHMUS_CA_CERT_FILE",
+        help="CA certificate (PEM) that issued the control plane's certificate, e.g. the control plane's "
+        "DATA_DIR/tls/ca.crt; without it the control plane is not verified",
+    ),
+    dataplane_token: str | None = typer.Option(
+        None, envvar="ISTHMUS_DATAPLANE_TOKEN", help="Data-plane token (isthmus generate dataplane-token)"
+    ),
+    dataplane_token_file: Path | None = typer.Option(
+        None, envvar="ISTHMUS_DATAPLANE_TOKEN_FILE", help="File holding the data-plane token"
+    ),
 ) -> None:
     """Register a Dataplane with the control plane and run its Envoy until SIGINT/SIGTERM."""
     # Imported here so that `isthmus --help` and the other command groups stay fast.
@@ -42,7 +54,9 @@ def run(
         AgentError,
         AgentOptions,
         check_proxy_type,
+        load_ca_cert_file,
         load_dataplane_file,
+        load_token,
         parse_dataplane,
     )
     from isthmus.dp.envoy_process import ENVOY_LOG_LEVELS
@@ -70,6 +84,8 @@ def run(
             work_dir=work_dir,
             drain_time=drain_time,
             log_level=log_level,
+            ca_cert=load_ca_cert_file(ca_cert_file) if ca_cert_file is not None else None,
+            dataplane_token=load_token(dataplane_token, dataplane_token_file),
         )
     except AgentError as exc:
         raise _fail(str(exc)) from None

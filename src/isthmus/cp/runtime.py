@@ -9,20 +9,25 @@ store. Nothing is lost: every resource is in the store; certificates are re-issu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from isthmus.catalog import default_registry
 from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates
 from isthmus.cp.insights import Insights
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
-from isthmus.resources.registry import default_registry
+from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.store import open_store
 from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.metrics import XdsMetrics
@@ -35,10 +40,14 @@ log = logging.getLogger(__name__)
 class CpOptions:
     store: str = "sqlite"  # "memory" | "sqlite" (in data_dir) | "sqlite:PATH"
     api_address: str = "127.0.0.1:5681"
+    api_tls_address: str = "127.0.0.1:5682"  # the same API over HTTPS, with the control plane's certificate
     xds_address: str = "127.0.0.1:5678"
     data_dir: Path = Path(".isthmus")
     nack_backoff: float = 5.0
     log_level: str = "info"
+    # The certificate to present on xDS and HTTPS (with its key); None: one issued from DATA_DIR/tls/ca.crt
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     def store_spec(self) -> str:
         if self.store == "sqlite":
@@ -53,9 +62,40 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def prepare_data_dir(path: Path) -> None:
+    """Create the data directory 0700 (an existing directory keeps its mode)."""
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+
+
+class _SecondaryServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the main one (which stops it)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(address: str, what: str) -> socket.socket:
+    host, port = split_address(address)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise OSError(f"cannot bind the {what} to {address}: {exc.strerror or exc}") from None
+
+
 async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = None) -> None:
     api_host, api_port = split_address(options.api_address)
     split_address(options.xds_address)
+    prepare_data_dir(options.data_dir)
+    tls: ServerTls = ensure_server_tls(
+        options.data_dir,
+        (options.xds_address, options.api_address, options.api_tls_address),
+        cert_file=options.tls_cert_file,
+        key_file=options.tls_key_file,
+    )
     store = open_store(options.store_spec())
     await store.start()
     metrics = CollectorRegistry()
@@ -65,8 +105,9 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     certificates = WorkloadCertificates()
     reconciler = Reconciler(store, registry, cache, certificates)
     ads = AdsServer(cache, callbacks=insights, metrics=XdsMetrics(metrics), nack_backoff=options.nack_backoff)
+    tls_socket = _listen(options.api_tls_address, "HTTPS API")
     try:
-        xds_port = await ads.start(options.xds_address)
+        xds_port = await ads.start(options.xds_address, tls.grpc_credentials())
         xds_host = split_address(options.xds_address)[0]
         state = ControlPlaneState(
             store=store,
@@ -79,21 +120,39 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             xds_address=f"{xds_host}:{xds_port}",
             instance_id=uuid.uuid4().hex[:12],
         )
+        app = create_app(state)
         config = uvicorn.Config(
-            create_app(state), host=api_host, port=api_port, log_level=options.log_level, access_log=False
+            app, host=api_host, port=api_port, log_level=options.log_level, access_log=False
         )
         server = uvicorn.Server(config)
+        tls_config = uvicorn.Config(
+            app,
+            log_level=options.log_level,
+            access_log=False,
+            ssl_certfile=str(tls.cert_file),
+            ssl_keyfile=str(tls.key_file),
+        )
+        tls_server = _SecondaryServer(tls_config)
         async with asyncio.TaskGroup() as tg:
             generation = tg.create_task(reconciler.run(), name="reconciler")
             await reconciler.wait_ready()
-            log.info("xDS (ADS) on %s, REST API on %s", state.xds_address, options.api_address)
+            log.info(
+                "xDS (ADS, TLS) on %s, REST API on %s and (HTTPS) %s",
+                state.xds_address,
+                options.api_address,
+                options.api_tls_address,
+            )
             api = tg.create_task(server.serve(), name="rest-api")
+            api_tls = tg.create_task(tls_server.serve(sockets=[tls_socket]), name="rest-api-tls")
             if ready is not None:
-                while not server.started and not api.done():
+                while not (server.started and tls_server.started) and not (api.done() or api_tls.done()):
                     await asyncio.sleep(0.02)
                 ready.set()
-            await api
+            await asyncio.wait((api, api_tls), return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = tls_server.should_exit = True
+            await asyncio.wait((api, api_tls))
             generation.cancel()
     finally:
+        tls_socket.close()
         await ads.stop(grace=1.0)
         await store.close()

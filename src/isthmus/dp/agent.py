@@ -7,6 +7,11 @@
 4. On a signal: drain and stop Envoy, then ``DELETE`` the Dataplane (best effort). A second signal skips
    the rest of the drain.
 
+With ``ca_cert`` (``--ca-cert-file``) the control plane's certificate is verified, on ``https://`` REST calls
+and on the (always TLS) ADS connection; without it the agent warns once and encrypts without verifying, as
+``kuma-dp`` does. A data-plane token goes as ``Authorization: Bearer <token>`` on registration and
+deregistration, and as the gRPC initial metadata ``authorization: Bearer <token>`` of the ADS stream.
+
 Every failure is an :class:`AgentError` carrying one readable line.
 """
 
@@ -14,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import re
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +35,7 @@ from typing import Any, TypeVar
 
 import httpx
 import yaml
+from cryptography import x509
 
 from isthmus import __version__
 from isthmus.dp.bootstrap import build_bootstrap
@@ -64,6 +73,10 @@ class AgentOptions:
     envoy_binary: Path | None = None
     passthrough_logs: bool = False
     envoy_overrides: Mapping[str, Any] = field(default_factory=dict)  # extra EnvoyOptions fields
+    ca_cert: str | None = (
+        None  # PEM of the CA that issued the control plane's certificate; None: not verified
+    )
+    dataplane_token: str | None = None
 
 
 # -- input -------------------------------------------------------------------------------------------------
@@ -125,6 +138,53 @@ def load_dataplane_file(path: Path) -> dict[str, Any]:
     return parse_dataplane(text, source=f"--dataplane-file {path}")
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750 b64token: what may follow "Bearer "
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise AgentError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise AgentError(f"{flag} {path}: is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise AgentError(f"{flag} {path}: cannot read: {_one_line(reason)}") from None
+
+
+def load_ca_cert_file(path: Path) -> str:
+    """The PEM text of ``--ca-cert-file``, checked to hold at least one certificate."""
+    text = _read_text(path, "--ca-cert-file")
+    try:
+        x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        raise AgentError(f"--ca-cert-file {path}: no PEM certificate in the file") from None
+    return text
+
+
+def check_token(token: str, source: str) -> str:
+    token = token.strip()
+    if not token:
+        raise AgentError(f"{source}: the data-plane token is empty")
+    if not _TOKEN.fullmatch(token):
+        raise AgentError(f"{source}: not a token (expected one line of letters, digits and -._~+/=)")
+    return token
+
+
+def load_token(token: str | None, token_file: Path | None) -> str | None:
+    """The data-plane token from ``--dataplane-token`` or ``--dataplane-token-file`` (at most one)."""
+    if token is not None and token_file is not None:
+        raise AgentError("give at most one of --dataplane-token and --dataplane-token-file")
+    if token_file is not None:
+        return check_token(
+            _read_text(token_file, "--dataplane-token-file"), f"--dataplane-token-file {token_file}"
+        )
+    if token is not None:
+        return check_token(token, "--dataplane-token")
+    return None
+
+
 def service_of(resource: Mapping[str, Any]) -> str:
     """``kuma.io/service`` of the first inbound, else the Dataplane name (Envoy's ``node.cluster``)."""
     inbound = resource.get("networking", {}).get("inbound") or []
@@ -151,6 +211,15 @@ def _port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def pick_free_port(host: str = "127.0.0.1") -> int:
@@ -189,13 +258,24 @@ class _Retryable(Exception):
     pass
 
 
+_CERT_FAILURE = "CERTIFICATE_VERIFY_FAILED"
+
+
 class ControlPlaneClient:
     """The agent's three REST calls against the CP at ``address`` (``http(s)://host:port``)."""
 
-    def __init__(self, client: httpx.AsyncClient, address: str, *, connect_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        address: str,
+        *,
+        connect_timeout: float = 30.0,
+        token: str | None = None,
+    ) -> None:
         self._client = client
         self.address = address.rstrip("/")
         self._connect_timeout = connect_timeout
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
@@ -207,6 +287,11 @@ class ControlPlaneClient:
                 return await call()
             except (httpx.TransportError, _Retryable) as exc:
                 reason = _one_line(str(exc)) or type(exc).__name__
+                if _CERT_FAILURE in reason:  # retrying cannot help: the certificate is not trusted
+                    raise AgentError(
+                        f"{what}: the certificate of the control plane at {self.address} is not trusted "
+                        f"({reason}); check --ca-cert-file"
+                    ) from None
                 if loop.time() + delay > deadline:
                     raise AgentError(
                         f"{what}: control plane at {self.address} unreachable for "
@@ -248,7 +333,7 @@ class ControlPlaneClient:
         url = f"{self.address}/meshes/{mesh}/dataplanes/{name}"
 
         async def call() -> bool:
-            response = await self._client.put(url, json=dict(resource))
+            response = await self._client.put(url, json=dict(resource), headers=self._headers)
             if response.status_code >= 500:
                 raise _Retryable(format_problem(response))
             if response.status_code not in (200, 201):
@@ -263,7 +348,7 @@ class ControlPlaneClient:
         """DELETE the Dataplane; best effort (a failure is logged, not raised)."""
         try:
             response = await self._client.delete(
-                f"{self.address}/meshes/{mesh}/dataplanes/{name}", timeout=timeout
+                f"{self.address}/meshes/{mesh}/dataplanes/{name}", timeout=timeout, headers=self._headers
             )
         except httpx.HTTPError as exc:
             log.warning("could not deregister Dataplane %s/%s: %s", mesh, name, exc or type(exc).__name__)
@@ -308,6 +393,14 @@ class DataplaneAgent:
             raise AgentError(f"--cp-address {options.cp_address!r}: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise AgentError(f"--cp-address {options.cp_address!r}: expected http(s)://HOST:PORT")
+        self._ssl_context: ssl.SSLContext | None = None
+        if options.ca_cert is not None:
+            try:
+                self._ssl_context = ssl.create_default_context(cadata=options.ca_cert)
+            except ssl.SSLError as exc:
+                raise AgentError(
+                    f"--ca-cert-file: not a usable CA certificate: {_one_line(str(exc))}"
+                ) from None
 
     @property
     def node_id(self) -> str:
@@ -346,13 +439,25 @@ class DataplaneAgent:
             **(self.resource["networking"].get("admin") or {}),
             "port": admin_port,
         }
+        url = httpx.URL(self.options.cp_address)
+        if self.options.dataplane_token and url.scheme == "http" and not _is_loopback(url.host):
+            log.warning("the data-plane token goes to %s in clear: use an https:// --cp-address", url.host)
+        if self._ssl_context is None:
+            log.warning(
+                "no --ca-cert-file: the control plane's certificate is not verified "
+                "(TLS still encrypts, but anyone on the path could pose as the control plane)"
+            )
         async with contextlib.AsyncExitStack() as stack:
             client = self._http_client
             if client is None:
                 timeout = httpx.Timeout(self.options.request_timeout)
-                client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+                verify: ssl.SSLContext | bool = self._ssl_context if self._ssl_context is not None else False
+                client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout, verify=verify))
             cp = ControlPlaneClient(
-                client, self.options.cp_address, connect_timeout=self.options.connect_timeout
+                client,
+                self.options.cp_address,
+                connect_timeout=self.options.connect_timeout,
+                token=self.options.dataplane_token,
             )
             await self._run(stop, cp, admin_port)
 
@@ -404,6 +509,8 @@ class DataplaneAgent:
                 "version.isthmus": __version__,
                 "workdir": str(work_dir),
             },
+            ca_cert_pem=opts.ca_cert,
+            token=opts.dataplane_token,
         )
         envoy_options = EnvoyOptions(
             work_dir=work_dir,

@@ -197,9 +197,12 @@ class EnvoyProcess:
             if self._binary is None:
                 self._binary = find_envoy_binary()
             try:
-                self._options.work_dir.mkdir(parents=True, exist_ok=True)
-                self.bootstrap_path.write_text(json.dumps(self._bootstrap, indent=2) + "\n")
-                self.bootstrap_path.chmod(0o600)
+                self._options.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # The bootstrap holds the data-plane token: readable by the owner only, from the start.
+                self.bootstrap_path.unlink(missing_ok=True)
+                fd = os.open(self.bootstrap_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(json.dumps(self._bootstrap, indent=2) + "\n")
                 self._log_file = self.log_path.open("ab")
             except OSError as exc:
                 raise EnvoyStartError(f"cannot prepare work dir {self.work_dir}: {exc}") from None

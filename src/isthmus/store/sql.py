@@ -22,6 +22,7 @@ import asyncio
 import builtins
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +96,18 @@ def _async_url(url: str) -> URL:
     parsed = make_url(url)
     driver = _ASYNC_DRIVERS.get(parsed.drivername)
     return parsed.set(drivername=driver) if driver else parsed
+
+
+def _private_database_file(path: Path) -> None:
+    """Create the database file (and a missing parent directory) readable by the owner only: 0600 (0700),
+    whatever the umask; SQLite gives its -wal and -shm files the database file's mode."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            os.chmod(part, 0o600)
 
 
 def _is_sqlite_memory(url: URL) -> bool:
@@ -209,7 +222,7 @@ class SqlStore:
             )
         else:
             if not database.startswith("file:"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _private_database_file(Path(database))
             engine = create_async_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS})
         _install_sqlite_hooks(engine)
         return engine
