@@ -13,12 +13,13 @@ from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 __all__ = [
     "CA_VALIDITY",
     "CLOCK_SKEW",
+    "CaPrivateKey",
     "CertificateAuthority",
     "check_uri_part",
     "generate_ca",
@@ -29,6 +30,9 @@ __all__ = [
 CA_VALIDITY = timedelta(days=3650)  # 10 years
 CLOCK_SKEW = timedelta(minutes=1)  # certificates start this much before "now", for peers whose clocks lag
 ORGANIZATION = "Isthmus"
+MIN_RSA_BITS = 2048
+
+CaPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def check_uri_part(what: str, value: str) -> None:
@@ -62,7 +66,8 @@ def utc_now_seconds(now: datetime | None) -> datetime:
 
 @dataclass(frozen=True)
 class CertificateAuthority:
-    """A CA as PEM: ``cert_pem`` (X.509 certificate) and ``key_pem`` (unencrypted PKCS#8 private key)."""
+    """A CA as PEM: ``cert_pem`` (X.509 certificate) and ``key_pem`` (unencrypted private key: PKCS#8, or the
+    traditional EC/RSA forms of a provided CA). Built-in CAs are ECDSA P-256; provided ones may be RSA too."""
 
     cert_pem: bytes
     key_pem: bytes
@@ -72,14 +77,25 @@ class CertificateAuthority:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
     @cached_property
-    def private_key(self) -> ec.EllipticCurvePrivateKey:
-        """The CA's signing key; ValueError if it is not an EC key or does not belong to the certificate."""
+    def private_key(self) -> CaPrivateKey:
+        """The CA's signing key; ValueError if it is neither an EC nor an RSA (2048 bits or more) key, or does
+        not belong to the certificate."""
         key = serialization.load_pem_private_key(self.key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"CA key must be an EC private key, not {type(key).__name__}")
+        if isinstance(key, rsa.RSAPrivateKey):
+            if key.key_size < MIN_RSA_BITS:
+                raise ValueError(
+                    f"CA key is RSA with {key.key_size} bits; at least {MIN_RSA_BITS} are required"
+                )
+        elif not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"CA key must be an EC or RSA private key, not {type(key).__name__}")
         if key.public_key() != self.certificate.public_key():
             raise ValueError("CA key does not match the CA certificate")
         return key
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the CA certificate (DER), hex: how the control plane tells CAs apart."""
+        return self.certificate.fingerprint(hashes.SHA256()).hex()
 
     @property
     def not_before(self) -> datetime:
