@@ -25,3 +25,4 @@ class ControlPlaneState:
     metrics: CollectorRegistry
     xds_address: str = ""
     instance_id: str = field(default="")
+    max_body_bytes: int = 1 << 20  # REST request bodies larger than this are answered 413

@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import yaml
 from cryptography import x509
 
 from isthmus import __version__
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
 from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
+from isthmus.resources.errors import ResourceValidationError
+from isthmus.resources.loading import MAX_DOCUMENT_BYTES, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,11 @@ def _one_line(text: str) -> str:
 
 def parse_dataplane(text: str, source: str = "--dataplane") -> dict[str, Any]:
     """Parse a Dataplane in Kuma Universal YAML/JSON and check the fields the agent itself needs."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise AgentError(f"{source}: invalid YAML{where}: {_one_line(problem)}") from None
+    try:  # the control plane's rules: 1 MiB, no YAML aliases, 400 levels of nesting, plain JSON values
+        document = load_yaml(text)
+    except ResourceValidationError as exc:
+        reason = _one_line(str(exc)).replace("malformed YAML", "invalid YAML", 1)
+        raise AgentError(f"{source}: {reason}") from None
     return check_dataplane(document, source)
 
 
@@ -130,6 +129,11 @@ def check_dataplane(document: Any, source: str = "dataplane") -> dict[str, Any]:
 
 def load_dataplane_file(path: Path) -> dict[str, Any]:
     try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise AgentError(
+                f"--dataplane-file {path}: the file is {size} bytes; the limit is {MAX_DOCUMENT_BYTES} bytes (1 MiB)"
+            )
         text = path.read_text()
     except FileNotFoundError:
         raise AgentError(f"--dataplane-file {path}: no such file") from None

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-import ipaddress
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from isthmus.resources.common import PROTOCOL_TAG, PROTOCOLS, SERVICE_TAG, Model, Port, Tags
+from isthmus.resources.common import (
+    PROTOCOL_TAG,
+    PROTOCOLS,
+    SERVICE_TAG,
+    FreeForm,
+    IPAddress,
+    Labels,
+    Model,
+    Port,
+    Tags,
+    TagValue,
+)
 
 
-def _check_address(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid IP address") from None
+def _ports_in(value: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Refuse a port outside 1-65535 under one of ``keys`` of a free-form map (Kuma's field names)."""
+    for key in keys:
+        port = value.get(key)
+        if port is None:
+            continue
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"{key}: must be a port number between 1 and 65535")
     return value
 
 
@@ -28,18 +41,13 @@ class InboundState(str, Enum):
 class Inbound(Model):
     port: Port
     service_port: Port | None = Field(default=None, alias="servicePort")
-    service_address: str | None = Field(default=None, alias="serviceAddress")
-    address: str | None = None
-    name: str | None = None
+    service_address: IPAddress | None = Field(default=None, alias="serviceAddress")
+    address: IPAddress | None = None
+    name: TagValue | None = None
     tags: Tags
     state: InboundState | None = None
-    health: dict[str, Any] | None = None
-    service_probe: dict[str, Any] | None = Field(default=None, alias="serviceProbe")
-
-    @field_validator("service_address", "address")
-    @classmethod
-    def _ip(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value)
+    health: FreeForm | None = None
+    service_probe: FreeForm | None = Field(default=None, alias="serviceProbe")
 
     @field_validator("tags")
     @classmethod
@@ -70,9 +78,9 @@ class Inbound(Model):
 
 class BackendRef(Model):
     kind: str = "MeshService"
-    name: str | None = None
+    name: TagValue | None = None
     port: Port | None = None
-    labels: dict[str, str] | None = None
+    labels: Labels | None = None
 
     @field_validator("kind")
     @classmethod
@@ -90,14 +98,9 @@ class BackendRef(Model):
 
 class Outbound(Model):
     port: Port
-    address: str | None = None
+    address: IPAddress | None = None
     tags: Tags | None = None
     backend_ref: BackendRef | None = Field(default=None, alias="backendRef")
-
-    @field_validator("address")
-    @classmethod
-    def _ip(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value)
 
     @model_validator(mode="after")
     def _target(self) -> Outbound:
@@ -124,22 +127,24 @@ class Admin(Model):
 
 class Gateway(Model):
     tags: Tags
-    type: str = "DELEGATED"
+    type: Literal["DELEGATED", "BUILTIN"] = "DELEGATED"
 
 
 class Networking(Model):
-    address: str
-    advertised_address: str | None = Field(default=None, alias="advertisedAddress")
+    address: IPAddress
+    advertised_address: IPAddress | None = Field(default=None, alias="advertisedAddress")
     inbound: list[Inbound] = Field(default_factory=list)
     outbound: list[Outbound] = Field(default_factory=list)
     gateway: Gateway | None = None
     admin: Admin | None = None
-    transparent_proxying: dict[str, Any] | None = Field(default=None, alias="transparentProxying")
+    transparent_proxying: FreeForm | None = Field(default=None, alias="transparentProxying")
 
-    @field_validator("address", "advertised_address")
+    @field_validator("transparent_proxying")
     @classmethod
-    def _ip(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value)
+    def _redirect_ports(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        return _ports_in(value, ("redirectPortInbound", "redirectPortOutbound", "redirectPortInboundV6"))
 
     @model_validator(mode="after")
     def _unique_ports(self) -> Networking:
@@ -166,8 +171,13 @@ class Networking(Model):
 
 class DataplaneSpec(Model):
     networking: Networking
-    metrics: dict[str, Any] | None = None
-    probes: dict[str, Any] | None = None
+    metrics: FreeForm | None = None
+    probes: FreeForm | None = None
+
+    @field_validator("probes")
+    @classmethod
+    def _probe_port(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _ports_in(value, ("port",))
 
     @property
     def services(self) -> list[str]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import Enum
-from typing import Any
-
 from pydantic import Field, field_validator, model_validator
 
-from isthmus.resources.common import Model, ResourceName
+from isthmus.resources.common import FreeForm, Model, ResourceName
+from isthmus.resources.duration import Duration
 
 DEFAULT_CERT_LIFETIME = timedelta(hours=24)
 
@@ -32,24 +31,22 @@ class Rotation(Model):
         if value is not None:
             from isthmus.pki.issuer import parse_lifetime
 
-            lifetime = parse_lifetime(value)
-            if lifetime < timedelta(seconds=10):
-                raise ValueError("must be at least 10s")
+            parse_lifetime(value)  # 10s..10y; its ValueError names the bound and pydantic names the field
         return value
 
 
 class DpCert(Model):
     rotation: Rotation | None = None
-    request_timeout: str | None = Field(default=None, alias="requestTimeout")
+    request_timeout: Duration | None = Field(default=None, alias="requestTimeout")
 
 
 class CaBackend(Model):
     name: ResourceName
     type: CaBackendType
     dp_cert: DpCert | None = Field(default=None, alias="dpCert")
-    conf: dict[str, Any] | None = None
+    conf: FreeForm | None = None
     mode: MtlsMode = MtlsMode.STRICT
-    root_chain: dict[str, Any] | None = Field(default=None, alias="rootChain")
+    root_chain: FreeForm | None = Field(default=None, alias="rootChain")
 
     @field_validator("type")
     @classmethod
@@ -84,16 +81,16 @@ class Mtls(Model):
 
 class MeshSpec(Model):
     mtls: Mtls | None = None
-    logging: dict[str, Any] | None = None
-    tracing: dict[str, Any] | None = None
-    metrics: dict[str, Any] | None = None
-    networking: dict[str, Any] | None = None
-    routing: dict[str, Any] | None = None
-    constraints: dict[str, Any] | None = None
+    logging: FreeForm | None = None
+    tracing: FreeForm | None = None
+    metrics: FreeForm | None = None
+    networking: FreeForm | None = None
+    routing: FreeForm | None = None
+    constraints: FreeForm | None = None
     skip_creating_initial_policies: list[str] | None = Field(
         default=None, alias="skipCreatingInitialPolicies"
     )
-    mesh_services: dict[str, Any] | None = Field(default=None, alias="meshServices")
+    mesh_services: FreeForm | None = Field(default=None, alias="meshServices")
 
     @property
     def enabled_backend(self) -> CaBackend | None:

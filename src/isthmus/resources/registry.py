@@ -16,11 +16,11 @@ from enum import Enum
 from functools import cached_property
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from isthmus.resources.common import NAME_RE, Model
+from isthmus.resources.common import Model, labels_problem, mesh_name_problem, name_problem
 from isthmus.resources.errors import FieldError, ResourceValidationError, from_pydantic
+from isthmus.resources.loading import check_plain, load_yaml_documents
 from isthmus.store.base import Record
 
 META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime")
@@ -122,17 +122,13 @@ def default_registry() -> Registry:
     )
 
 
-def _check_meta_name(errors: list[FieldError], field_name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        errors.append(FieldError(field_name, "must be a non-empty string"))
-        return ""
-    if not NAME_RE.match(value):
-        errors.append(
-            FieldError(
-                field_name, "must be 1-253 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
-            )
-        )
-    return value
+def _check_meta_name(errors: list[FieldError], field_name: str, value: Any, *, mesh: bool = False) -> str:
+    """Kuma's name rule (a lower-case RFC 1123 subdomain); a mesh name is a single DNS label (no '.')."""
+    problem = mesh_name_problem(value) if mesh else name_problem(value)
+    if problem:
+        errors.append(FieldError(field_name, problem))
+        return value if isinstance(value, str) else ""
+    return str(value)
 
 
 def parse_document(
@@ -146,6 +142,7 @@ def parse_document(
     """Validate one Universal document. Every problem is reported with its field path."""
     if not isinstance(doc, Mapping):
         raise ResourceValidationError([FieldError("", "a resource must be a YAML/JSON object")])
+    check_plain(doc)  # plain JSON within the nesting limit, whoever built it
     errors: list[FieldError] = []
     kind = doc.get("type")
     rtype = registry.kind(kind) if isinstance(kind, str) else None
@@ -158,7 +155,7 @@ def parse_document(
         raise ResourceValidationError([FieldError("type", reason)])
     if expect_type is not None and rtype is not expect_type:
         errors.append(FieldError("type", f"must be {expect_type.kind} at this path, got {rtype.kind}"))
-    name = _check_meta_name(errors, "name", doc.get("name"))
+    name = _check_meta_name(errors, "name", doc.get("name"), mesh=rtype.kind == "Mesh")
     if expect_name is not None and name and name != expect_name:
         errors.append(FieldError("name", f"{name!r} does not match the name in the path ({expect_name!r})"))
     mesh = ""
@@ -169,7 +166,7 @@ def parse_document(
         if raw_mesh is None:
             errors.append(FieldError("mesh", "is required"))
         else:
-            mesh = _check_meta_name(errors, "mesh", raw_mesh)
+            mesh = _check_meta_name(errors, "mesh", raw_mesh, mesh=True)
             if expect_mesh is not None and mesh and mesh != expect_mesh:
                 errors.append(
                     FieldError("mesh", f"{mesh!r} does not match the mesh in the path ({expect_mesh!r})")
@@ -177,10 +174,9 @@ def parse_document(
     elif "mesh" in doc:
         errors.append(FieldError("mesh", f"must not be set: {rtype.kind} is a global resource"))
     labels = doc.get("labels") or {}
-    if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        errors.append(FieldError("labels", "must be a map of string to string"))
+    problem = labels_problem(labels)
+    if problem:
+        errors.append(FieldError("labels", problem))
         labels = {}
 
     if rtype.spec_at_top_level:
@@ -235,12 +231,6 @@ def to_document(record: Record, registry: Registry) -> dict[str, Any]:
 
 
 def load_documents(text: str) -> list[Any]:
-    """Parse a multi-document YAML (or JSON) text; malformed input names the line."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ResourceValidationError([FieldError("", f"malformed YAML{where}: {problem}")]) from None
-    return docs
+    """Parse a multi-document YAML (or JSON) text with the limits of :mod:`isthmus.resources.loading`
+    (1 MiB, no aliases, 400 levels of nesting, plain JSON values); malformed input names the line."""
+    return load_yaml_documents(text)

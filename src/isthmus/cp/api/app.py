@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isthmus import __version__
 from isthmus.cp.api import errors, inspect, resources
+from isthmus.cp.api.limits import BodyLimitMiddleware
 from isthmus.cp.state import ControlPlaneState
 
 
@@ -49,4 +50,5 @@ def create_app(state: ControlPlaneState) -> FastAPI:
 
     app.include_router(inspect.build_router(state))
     app.include_router(resources.build_router(state))
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.max_body_bytes)
     return app
