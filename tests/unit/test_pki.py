@@ -3,6 +3,7 @@ duration parsing."""
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from isthmus.pki.ca import CA_VALIDITY, CertificateAuthority, generate_ca
@@ -24,6 +25,13 @@ from isthmus.pki.issuer import (
     needs_rotation,
     parse_duration,
     parse_lifetime,
+)
+from isthmus.pki.provided import (
+    MAX_PEM_BYTES,
+    DataSourceError,
+    check_provided_ca,
+    load_provided_ca,
+    read_data_source,
 )
 
 try:
@@ -37,6 +45,7 @@ except ImportError:  # older cryptography: fall back to checking the signature a
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
+CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +84,8 @@ def uris(cert: x509.Certificate) -> list[str]:
     return san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
-def public_bytes(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+def public_bytes(key: CaKey | ec.EllipticCurvePublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else key
     return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -107,7 +116,7 @@ def test_ca_certificate_structure(ca: CertificateAuthority) -> None:
     assert ski == x509.SubjectKeyIdentifier.from_public_key(ca.private_key.public_key())
 
     key = ca.private_key
-    assert isinstance(key.curve, ec.SECP256R1)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
     assert 0 < cert.serial_number < 2**128
 
 
@@ -433,3 +442,292 @@ def test_format_duration(value: timedelta, text: str) -> None:
 def test_a_lifetime_beyond_the_ca_expiry_is_clipped_without_overflow(ca: CertificateAuthority) -> None:
     cert = issue(ca, lifetime=timedelta(days=999_999_999))
     assert cert.not_after == ca.not_after
+
+
+# --- provided CAs ------------------------------------------------------------------------------------------
+
+
+def make_ca_cert(
+    key: CaKey,
+    *,
+    ca: bool = True,
+    key_usage: x509.KeyUsage | None = None,
+    uris: tuple[str, ...] = (),
+    not_before: datetime = NOW - DAY,
+    not_after: datetime = NOW + 365 * DAY,
+    issuer_key: CaKey | None = None,
+    name_constraints: x509.NameConstraints | None = None,
+) -> bytes:
+    """A CA-like certificate as a user would bring one, with the knobs the checks look at."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp-ca")])
+    issuer = subject if issuer_key is None else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root")])
+    usage = key_usage or x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+    )
+    if uris:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
+        )
+    if name_constraints is not None:
+        builder = builder.add_extension(name_constraints, critical=True)
+    cert = builder.sign(issuer_key or key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: CaKey, password: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def test_a_provided_rsa_ca_signs_workload_certificates_that_verify(rsa_key: rsa.RSAPrivateKey) -> None:
+    cert = make_ca_cert(rsa_key, uris=("spiffe://default",))
+    assert check_provided_ca(cert, key_pem(rsa_key), mesh="default", now=NOW) == []
+    ca = load_provided_ca(cert, key_pem(rsa_key), mesh="default", now=NOW)
+    leaf = issue(ca)
+    assert "spiffe://default/web" in [str(n.value) for n in verify(ca, leaf, NOW)]
+
+
+def test_a_provided_ec_ca_with_a_traditional_key_is_accepted(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    cert = make_ca_cert(ec_key)
+    traditional = ec_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    assert check_provided_ca(cert, traditional, mesh="default", now=NOW) == []
+    verify(
+        load_provided_ca(cert, traditional, mesh="default", now=NOW),
+        issue(load_provided_ca(cert, traditional, mesh="default", now=NOW)),
+        NOW,
+    )
+
+
+NO_CERT_SIGN = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+WITH_KEY_AGREEMENT = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=True,
+    key_cert_sign=True,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"ca": False}, "basic constraint 'CA' must be true"),
+        ({"key_usage": NO_CERT_SIGN}, "'keyCertSign' must be set"),
+        ({"key_usage": WITH_KEY_AGREEMENT}, "'keyAgreement' must not be set"),
+        ({"not_after": NOW - timedelta(seconds=1)}, "has expired"),
+        ({"not_before": NOW + DAY}, "is not valid yet"),
+        ({"uris": ("spiffe://other",)}, "not in the trust domain of mesh 'default'"),
+        (
+            {
+                "name_constraints": x509.NameConstraints(
+                    [x509.UniformResourceIdentifier("spiffe://default")], None
+                )
+            },
+            "URI name constraints",
+        ),
+        ({"issuer_key": "other"}, "must be a self-signed root CA"),
+    ],
+)
+def test_a_provided_ca_is_refused_with_the_reason(
+    ec_key: ec.EllipticCurvePrivateKey, options: dict[str, object], reason: str
+) -> None:
+    if options.get("issuer_key") == "other":
+        options = {**options, "issuer_key": ec.generate_private_key(ec.SECP256R1())}
+    cert = make_ca_cert(ec_key, **options)  # type: ignore[arg-type]
+    problems = check_provided_ca(cert, key_pem(ec_key), mesh="default", now=NOW)
+    assert [p.part for p in problems] == ["cert"]
+    assert reason in problems[0].reason
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        load_provided_ca(cert, key_pem(ec_key), mesh="default", now=NOW)
+
+
+def test_a_provided_key_must_be_the_certificates_unencrypted_ec_or_rsa_key(
+    ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    cert = make_ca_cert(ec_key)
+
+    def reasons(key: bytes) -> list[str]:
+        return [f"{p.part}: {p.reason}" for p in check_provided_ca(cert, key, mesh="default", now=NOW)]
+
+    assert reasons(key_pem(rsa_key)) == [
+        "key: does not match the certificate (it is the private key of another certificate)"
+    ]
+    assert reasons(key_pem(ec_key, b"secret")) == [
+        "key: is encrypted; give the private key unencrypted (PEM)"
+    ]
+    assert reasons(b"not a key") == ["key: is not a PEM-encoded private key"]
+    ed = ed25519.Ed25519PrivateKey.generate()
+    assert reasons(key_pem(ed)) == ["key: must be an EC or RSA private key, not Ed25519PrivateKey"]  # type: ignore[arg-type]
+
+
+def test_a_provided_cert_must_be_one_pem_certificate(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    cert = make_ca_cert(ec_key)
+    two = check_provided_ca(cert + cert, key_pem(ec_key), mesh="default", now=NOW)
+    assert [p.reason for p in two] == [
+        "contains 2 certificates; give exactly one self-signed CA certificate"
+        " (intermediate CAs and chains are not supported yet)"
+    ]
+    garbage = check_provided_ca(b"hello", key_pem(ec_key), mesh="default", now=NOW)
+    assert [p.reason for p in garbage] == ["is not a PEM-encoded X.509 certificate"]
+
+
+def test_a_small_rsa_ca_key_is_refused() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    problems = check_provided_ca(make_ca_cert(small), key_pem(small), mesh="default", now=NOW)
+    assert [p.reason for p in problems] == ["has an RSA key of 1024 bits; at least 2048 are required"]
+
+
+def test_data_sources(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_bytes(b"PEM")
+    assert read_data_source("file", str(tmp_path / "ca.crt")) == b"PEM"
+    assert read_data_source("inline", base64.b64encode(b"PEM").decode()) == b"PEM"
+    assert read_data_source("inlineString", "PEM") == b"PEM"
+    with pytest.raises(DataSourceError, match=r"cannot read '.*missing': No such file or directory"):
+        read_data_source("file", str(tmp_path / "missing"))
+    with pytest.raises(DataSourceError, match="is a directory"):
+        read_data_source("file", str(tmp_path))
+    with pytest.raises(DataSourceError, match="must be base64"):
+        read_data_source("inline", "-----BEGIN")
+    with pytest.raises(DataSourceError, match="'secret' is not supported yet"):
+        read_data_source("secret", "my-ca")
+    (tmp_path / "big").write_bytes(b"x" * (MAX_PEM_BYTES + 1))
+    with pytest.raises(DataSourceError, match="larger than 64 KiB"):
+        read_data_source("file", str(tmp_path / "big"))
+
+
+# --- the provided backend in a Mesh ------------------------------------------------------------------------
+
+
+def provided_mesh(conf: object) -> dict[str, object]:
+    return {
+        "type": "Mesh",
+        "name": "default",
+        "mtls": {"enabledBackend": "corp", "backends": [{"name": "corp", "type": "provided", "conf": conf}]},
+    }
+
+
+def refusal(doc: dict[str, object], *, on_control_plane: bool = True) -> list[str]:
+    from isthmus.resources.errors import ResourceValidationError
+    from isthmus.resources.mesh import MeshSpec
+    from isthmus.resources.registry import Registry, ResourceType, Scope, parse_document
+
+    registry = Registry([ResourceType("Mesh", "meshes", Scope.GLOBAL, MeshSpec, spec_at_top_level=True)])
+    try:
+        parse_document(doc, registry, context={"on_control_plane": True} if on_control_plane else None)
+    except ResourceValidationError as exc:
+        return [str(e) for e in exc.errors]
+    return []
+
+
+def test_a_mesh_with_a_provided_ca_from_files_is_accepted(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    (tmp_path / "ca.crt").write_bytes(make_ca_cert(rsa_key, not_before=datetime.now(UTC) - DAY))
+    (tmp_path / "ca.key").write_bytes(key_pem(rsa_key))
+    conf = {"cert": {"file": str(tmp_path / "ca.crt")}, "key": {"file": str(tmp_path / "ca.key")}}
+    assert refusal(provided_mesh(conf)) == []
+
+
+FIELD = "mtls.backends[0].conf"
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        (None, "mtls.backends[0].conf: is required for a provided CA: give conf.cert and conf.key"),
+        ({"cert": {"inlineString": "x"}}, f"{FIELD}.key: has to be defined"),
+        (
+            {"cert": {"secret": "corp-ca-cert"}, "key": {"inlineString": "x"}},
+            f"{FIELD}.cert.secret: data source 'secret' is not supported yet; use file, inline or inlineString",
+        ),
+        (
+            {"cert": {"file": "/a", "inlineString": "x"}, "key": {"inlineString": "x"}},
+            f"{FIELD}.cert: exactly one of file, inline, inlineString or secret must be set (got file, inlineString)",
+        ),
+        (
+            {"cert": {}, "key": {"inlineString": "x"}},
+            f"{FIELD}.cert: exactly one of file, inline, inlineString or secret must be set",
+        ),
+        (
+            {"cert": {"inline": "%%%"}, "key": {"inlineString": "x"}},
+            f"{FIELD}.cert.inline: must be base64 (use inlineString for PEM text)",
+        ),
+        ({"cert": {"url": "x"}, "key": {"inlineString": "x"}}, f"{FIELD}.cert.url: unknown field"),
+        (
+            {"cert": {"file": "/nonexistent/ca.crt"}, "key": {"inlineString": "x"}},
+            f"{FIELD}.cert.file: cannot read '/nonexistent/ca.crt': No such file or directory",
+        ),
+        (
+            {"cert": {"inlineString": "x"}, "key": {"inlineString": "x"}},
+            f"{FIELD}.cert: is not a PEM-encoded X.509 certificate",
+        ),
+    ],
+)
+def test_a_mesh_with_a_bad_provided_ca_is_refused_naming_the_field(conf: object, expected: str) -> None:
+    assert refusal(provided_mesh(conf)) == [expected]
+
+
+def test_files_are_only_read_on_the_control_plane() -> None:
+    conf = {"cert": {"file": "/nonexistent/ca.crt"}, "key": {"file": "/nonexistent/ca.key"}}
+    assert (
+        refusal(provided_mesh(conf), on_control_plane=False) == []
+    )  # CLI-side and stored records: structure only
+
+
+def test_a_provided_ca_of_another_mesh_is_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    cert = make_ca_cert(ec_key, uris=("spiffe://payments",), not_before=datetime.now(UTC) - DAY)
+    conf = {
+        "cert": {"inlineString": cert.decode()},
+        "key": {"inline": base64.b64encode(key_pem(ec_key)).decode()},
+    }
+    [error] = refusal(provided_mesh(conf))
+    assert error.startswith(
+        f"{FIELD}.cert: its SPIFFE ID 'spiffe://payments' is not in the trust domain of mesh 'default'"
+    )
