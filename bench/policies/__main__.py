@@ -28,11 +28,12 @@ import httpx
 
 from bench.controlplane.__main__ import free_port
 from bench.dataplane.__main__ import NGINX_CONF, dataplane, wait_http, wrk
+from isthmus.catalog import default_registry
 from isthmus.context.mesh_context import build_mesh_context
 from isthmus.ir.build import Identity, build_proxy_ir
 from isthmus.pki.ca import generate_ca
 from isthmus.pki.issuer import issue_workload_certificate
-from isthmus.resources.registry import Resource, default_registry, parse_document
+from isthmus.resources.registry import Resource, parse_document
 from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate_packed
 

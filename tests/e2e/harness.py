@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
-from isthmus.resources.registry import default_registry
+from isthmus.catalog import default_registry
 from tests.conftest import free_port
 
 ISTHMUS = [sys.executable, "-m", "isthmus.cli"]

@@ -53,7 +53,7 @@ class Env:
         self.cp.apply(text)
         import yaml
 
-        from isthmus.resources.registry import default_registry
+        from isthmus.catalog import default_registry
 
         paths = []
         for doc in yaml.safe_load_all(text):

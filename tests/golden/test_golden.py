@@ -17,10 +17,11 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from isthmus.catalog import default_registry
 from isthmus.context.mesh_context import build_mesh_context
 from isthmus.dp.envoy_binary import find_envoy_binary
 from isthmus.ir.build import Identity, build_proxy_ir
-from isthmus.resources.registry import Resource, default_registry, load_documents, parse_document
+from isthmus.resources.registry import Resource, load_documents, parse_document
 from isthmus.xds import types
 from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate

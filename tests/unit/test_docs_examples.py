@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from isthmus.catalog import default_registry
 from isthmus.context.mesh_context import build_mesh_context
 from isthmus.ir.build import build_proxy_ir
-from isthmus.resources.registry import Resource, default_registry, load_documents, parse_document
+from isthmus.resources.registry import Resource, load_documents, parse_document
 from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from isthmus.catalog import default_registry
 from isthmus.context.mesh_context import build_mesh_context
 from isthmus.ir.build import build_proxy_ir
 from isthmus.ir.model import ProxyIR
@@ -18,7 +19,7 @@ from isthmus.policies.meshhttproute.api import Match
 from isthmus.policies.meshhttproute.plugin import precedence, subset_cluster_name
 from isthmus.policies.plugin import PolicyInputs
 from isthmus.resources.errors import ResourceValidationError
-from isthmus.resources.registry import Resource, default_registry, load_documents, parse_document
+from isthmus.resources.registry import Resource, load_documents, parse_document
 from isthmus.xds.translate.routes import route_configuration, tcp_proxy
 
 REG = default_registry()

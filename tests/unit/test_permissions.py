@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from isthmus.catalog import default_registry
 from isthmus.policies.matching import matched_for_inbound, sort_policies
 from isthmus.policies.meshtrafficpermission.plugin import inbound_permissions
-from isthmus.resources.registry import Resource, default_registry, parse_document
+from isthmus.resources.registry import Resource, parse_document
 
 REG = default_registry()
 

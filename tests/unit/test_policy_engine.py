@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from isthmus.catalog import default_registry
 from isthmus.context.mesh_context import build_mesh_context
 from isthmus.ir.build import build_proxy_ir
 from isthmus.policies.engine import merge_patch, resolve_from, resolve_to
 from isthmus.resources.errors import ResourceValidationError
-from isthmus.resources.registry import Resource, default_registry, load_documents, parse_document
+from isthmus.resources.registry import Resource, load_documents, parse_document
 
 REG = default_registry()
 

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
+from isthmus.catalog import default_registry
 from isthmus.resources.errors import ResourceValidationError
-from isthmus.resources.registry import default_registry, load_documents, parse_document
+from isthmus.resources.registry import load_documents, parse_document
 
 REG = default_registry()
 

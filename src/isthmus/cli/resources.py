@@ -50,7 +50,7 @@ def _run(action: Callable[[], T]) -> T:
 
 # -- pieces shared by the commands ----------------------------------------------------------------------------------
 def _registry() -> Registry:
-    from isthmus.resources.registry import default_registry
+    from isthmus.catalog import default_registry
 
     return default_registry()
 

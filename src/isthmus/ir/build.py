@@ -12,13 +12,11 @@ from isthmus.ir.model import (
     InboundListener,
     MeshTls,
     OutboundListener,
-    Permissions,
     Protocol,
     ProxyIR,
     Secret,
     TlsMode,
 )
-from isthmus.policies.meshtrafficpermission.plugin import inbound_permissions
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.mesh import MtlsMode
 from isthmus.resources.registry import Resource
@@ -68,7 +66,6 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
         tls_mode = TlsMode.OFF
     else:
         tls_mode = TlsMode.PERMISSIVE if backend.mode is MtlsMode.PERMISSIVE else TlsMode.STRICT
-    permissions_policies = ctx.policies_of("MeshTrafficPermission")
 
     clusters: dict[str, Cluster] = {}
     endpoint_sets: list[EndpointSet] = []
@@ -84,10 +81,6 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
             eds=False,
             endpoints=(Endpoint(inbound.service_address or LOCALHOST, service_port),),
         )
-        permissions: Permissions | None = None
-        if mtls_on:
-            perms = inbound_permissions(ctx.name, permissions_policies, dp, inbound)
-            permissions = Permissions(perms.allow, perms.shadow_allow, perms.policies)
         inbounds.append(
             InboundListener(
                 name=f"inbound:{address}:{inbound.port}",
@@ -99,7 +92,7 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
                 tls_mode=tls_mode,
                 tls=tls,
                 trust_domain_prefix=f"spiffe://{ctx.name}/",
-                permissions=permissions,
+                permissions=None,  # set by the MeshTrafficPermission plug-in when mTLS is on
             )
         )
 

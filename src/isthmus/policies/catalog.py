@@ -12,6 +12,7 @@ from functools import cache
 from isthmus.policies.plugin import PolicyPlugin
 
 PLUGIN_MODULES: tuple[str, ...] = (
+    "isthmus.policies.meshtrafficpermission.plugin",
     "isthmus.policies.meshhttproute.plugin",
     "isthmus.policies.meshtcproute.plugin",
     "isthmus.policies.meshtimeout.plugin",

@@ -9,7 +9,6 @@ rate limits and faults apply there.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from isthmus.context.mesh_context import MeshContext
 from isthmus.ir.build import Identity, build_proxy_ir
 from isthmus.ir.model import Cluster, OutboundListener
 from isthmus.ir.traffic import HttpRoute, RouteMatch, ValueMatch
+from isthmus.policies import regex
 from isthmus.policies.engine import dataplane_spec
 from isthmus.policies.meshtrafficpermission.plugin import identity_uri
 from isthmus.resources.common import SERVICE_TAG
@@ -39,7 +39,7 @@ def _value_matches(m: ValueMatch, actual: str | None) -> bool:
         return actual == m.value
     if m.type == "Prefix":
         return actual.startswith(m.value)
-    return re.fullmatch(m.value, actual) is not None
+    return regex.fullmatch(m.value, actual)
 
 
 def _path_matches(match: RouteMatch, path: str) -> bool:
@@ -50,7 +50,7 @@ def _path_matches(match: RouteMatch, path: str) -> bool:
     if match.path_type == "PathPrefix":
         prefix = match.path.rstrip("/")
         return prefix == "" or path == prefix or path.startswith(prefix + "/")
-    return re.fullmatch(match.path, path) is not None
+    return regex.fullmatch(match.path, path)
 
 
 def route_matches(match: RouteMatch, path: str, method: str, headers: Mapping[str, str]) -> bool:

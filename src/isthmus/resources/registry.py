@@ -95,33 +95,6 @@ class Registry:
         return [t for t in self._by_kind.values() if t.is_policy]
 
 
-def default_registry() -> Registry:
-    from isthmus.policies.catalog import plugins
-    from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
-    from isthmus.resources.dataplane import DataplaneSpec
-    from isthmus.resources.mesh import MeshSpec
-    from isthmus.resources.secret import SecretSpec
-
-    return Registry(
-        [
-            ResourceType("Mesh", "meshes", Scope.GLOBAL, MeshSpec, spec_at_top_level=True, short_name="mesh"),
-            ResourceType(
-                "Dataplane", "dataplanes", Scope.MESH, DataplaneSpec, spec_at_top_level=True, short_name="dp"
-            ),
-            ResourceType(
-                "MeshTrafficPermission",
-                "meshtrafficpermissions",
-                Scope.MESH,
-                MeshTrafficPermissionSpec,
-                is_policy=True,
-                short_name="mtp",
-            ),
-            *(plugin.resource_type for plugin in plugins()),
-            ResourceType("Secret", "secrets", Scope.MESH, SecretSpec, spec_at_top_level=True, internal=True),
-        ]
-    )
-
-
 def _check_meta_name(errors: list[FieldError], field_name: str, value: Any, *, mesh: bool = False) -> str:
     """Kuma's name rule (a lower-case RFC 1123 subdomain); a mesh name is a single DNS label (no '.')."""
     problem = mesh_name_problem(value) if mesh else name_problem(value)

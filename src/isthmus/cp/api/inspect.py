@@ -13,8 +13,6 @@ from isthmus.cp.state import ControlPlaneState
 from isthmus.ir.build import node_id
 from isthmus.policies.catalog import plugins
 from isthmus.policies.explain import ExplainError, explain
-from isthmus.policies.matching import matched_for_inbound
-from isthmus.policies.meshtrafficpermission.api import MeshTrafficPermissionSpec
 from isthmus.policies.plugin import PolicyInputs
 from isthmus.policies.status import policy_target_status
 from isthmus.resources.dataplane import DataplaneSpec
@@ -116,47 +114,15 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         dp = from_record(record, registry)
         spec = dp.spec
         assert isinstance(spec, DataplaneSpec)
-        mtps = [
-            from_record(r, registry) for r in (await state.store.list("MeshTrafficPermission", mesh)).items
+        inbounds: list[dict[str, Any]] = [
+            {
+                "name": inbound.name or f"{inbound.address or spec.networking.address}:{inbound.port}",
+                "port": inbound.port,
+                "service": inbound.service,
+                "policies": [],
+            }
+            for inbound in spec.networking.inbound
         ]
-        inbounds = []
-        for inbound in spec.networking.inbound:
-            matched = matched_for_inbound(mtps, dp, inbound)
-            items: list[dict[str, Any]] = []
-            for p in matched:
-                pspec = p.spec
-                assert isinstance(pspec, MeshTrafficPermissionSpec)
-                for item in pspec.from_:
-                    items.append(
-                        {
-                            "policy": p.name,
-                            "targetRef": pspec.target_ref.model_dump(
-                                by_alias=True, exclude_none=True, mode="json"
-                            ),
-                            "from": item.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),
-                            "action": item.default.action.value,
-                        }
-                    )
-                for j, rule in enumerate(pspec.rules or []):
-                    items.append(
-                        {
-                            "policy": p.name,
-                            "targetRef": pspec.target_ref.model_dump(
-                                by_alias=True, exclude_none=True, mode="json"
-                            ),
-                            "rule": j,
-                            **rule.default.model_dump(by_alias=True, exclude_none=True, mode="json"),
-                        }
-                    )
-            inbounds.append(
-                {
-                    "name": inbound.name or f"{inbound.address or spec.networking.address}:{inbound.port}",
-                    "port": inbound.port,
-                    "service": inbound.service,
-                    "policies": [{"type": "MeshTrafficPermission", "name": p.name} for p in matched],
-                    "MeshTrafficPermission": {"rules": items, "precedence": "last matching rule wins"},
-                }
-            )
         outbounds: list[dict[str, Any]] = [
             {"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound
         ]
@@ -218,13 +184,14 @@ def build_router(state: ControlPlaneState) -> APIRouter:
 
 
 def _attach(entries: list[dict[str, Any]], described: list[dict[str, Any]], kind: str) -> None:
-    """Add one policy kind's resolved configuration to the inbound/outbound entries with the same port."""
+    """Add what one policy kind's plug-in describes (its resolved configuration, or its rules) to the
+    inbound/outbound entries with the same port, and the policies it names to the entry's ``policies``."""
     by_port = {d["port"]: d for d in described}
     for entry in entries:
         found = by_port.get(entry["port"])
         if found is None:
             continue
-        entry[kind] = {"conf": found["conf"], "origins": found["origins"]}
+        entry[kind] = {k: v for k, v in found.items() if k not in ("port", "service")}
         names = {(p["type"], p["name"]) for p in entry["policies"]}
         for origin in found["origins"]:
             if (origin["kind"], origin["policy"]) not in names:

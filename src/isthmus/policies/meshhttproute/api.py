@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from isthmus.policies.regex import regex_problem
 from isthmus.policies.sections import TOP_LEVEL_KINDS, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, Port, Tags, TargetRef, TargetRefKind
 
@@ -24,15 +25,6 @@ FilterType = Literal[
 TO_KINDS = (TargetRefKind.MESH_SERVICE,)
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 NonEmpty = Annotated[str, Field(min_length=1)]
-
-
-def regex_problem(value: str) -> str | None:
-    """Why ``value`` is not a usable regular expression (Envoy uses RE2; Python's ``re`` is the check here)."""
-    try:
-        re.compile(value)
-    except re.error as exc:
-        return f"is not a valid regular expression: {exc}"
-    return None
 
 
 def _hostname(value: str | None) -> str | None:

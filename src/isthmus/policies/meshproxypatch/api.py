@@ -110,7 +110,9 @@ class Modification(Model):
 
     @model_validator(mode="after")
     def _one(self) -> Modification:
-        from isthmus.xds.translate.patches import PatchError, check_value
+        from isthmus.policies.regex import regex_problem
+        from isthmus.xds.translate.known_types import unknown_type_urls
+        from isthmus.xds.translate.patches import PatchError, check_value, regex_fields
 
         fields = {"cluster": "cluster", "listener": "listener", "network_filter": "networkFilter",
                   "http_filter": "httpFilter", "virtual_host": "virtualHost"}  # fmt: skip
@@ -119,12 +121,20 @@ class Modification(Model):
             raise ValueError(
                 "exactly one of cluster, listener, networkFilter, httpFilter, virtualHost must be set"
             )
+        kind = fields[set_[0]]
         mod = getattr(self, set_[0])
         if mod.value:
             try:
-                check_value(fields[set_[0]], mod.value)
+                message = check_value(kind, mod.value)
             except PatchError as exc:
-                raise ValueError(f"{fields[set_[0]]}.value: {str(exc).splitlines()[0]}") from None
+                raise ValueError(f"{kind}.value: {str(exc).splitlines()[0]}") from None
+            for where, pattern in regex_fields(message):
+                problem = regex_problem(pattern)
+                if problem:
+                    raise ValueError(f"{kind}.value: {where} {problem}")
+        for i, patch in enumerate(mod.json_patches or []):
+            for where, _, reason in unknown_type_urls(patch.value):
+                raise ValueError(f"{kind}.jsonPatches[{i}].value: {where}: {reason}")
         return self
 
 

@@ -1,4 +1,4 @@
-"""From matched MeshTrafficPermissions to the permission rules of one inbound.
+"""MeshTrafficPermission as a plug-in: from the matched policies to the permission rules of each inbound.
 
 Kuma's ``from`` semantics: every ``from`` item selects a set of clients and gives it an action; items are taken
 in policy order (lowest priority first) and, within a policy, in list order; for a given client the last item
@@ -6,20 +6,25 @@ whose set contains it decides. A client that no item selects is denied.
 
 Clients are identified by their certificate's URI SANs: ``spiffe://<mesh>/<service>`` and ``kuma://<tag>/<value>``
 (see :mod:`isthmus.pki.issuer`). The rules are compiled into one boolean expression over those identities, which
-the xDS stage turns into an Envoy RBAC policy.
+the xDS stage turns into an Envoy RBAC policy. The plug-in sets them on every inbound of a mesh with mTLS (without
+mTLS there are no client identities, and every client is let through).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from isthmus.ir.model import Principal
+from isthmus.ir.evolve import evolve
+from isthmus.ir.model import InboundListener, Permissions, Principal, ProxyIR
+from isthmus.policies.engine import dataplane_spec
 from isthmus.policies.matching import matched_for_inbound
 from isthmus.policies.meshtrafficpermission.api import Action, Match, MeshTrafficPermissionSpec, SpiffeIdType
+from isthmus.policies.plugin import PolicyInputs, inbound_of, map_inbounds, policy_type
 from isthmus.resources.common import SERVICE_TAG, TargetRef, TargetRefKind
 from isthmus.resources.dataplane import Inbound
-from isthmus.resources.registry import Resource
+from isthmus.resources.registry import Resource, ResourceType
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,72 @@ def inbound_permissions(
         from_allow = Principal.all_of((Principal.any_of((from_allow, _any(allow), _any(shadow))), denied))
         from_shadow = Principal.all_of((Principal.any_of((from_shadow, _any(allow))), denied))
     return InboundPermissions(items=tuple(items), allow=from_allow, shadow_allow=from_shadow)
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _rules(policy: Resource) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """One policy's items as ``inspect --policies`` shows them, and their origins."""
+    spec = policy.spec
+    assert isinstance(spec, MeshTrafficPermissionSpec)
+    items: list[dict[str, Any]] = []
+    origins: list[dict[str, str]] = []
+    top = _dump(spec.target_ref)
+    kind = MeshTrafficPermissionPlugin.resource_type.kind
+    for i, item in enumerate(spec.from_):
+        items.append(
+            {
+                "policy": policy.name,
+                "targetRef": top,
+                "from": _dump(item.target_ref),
+                "action": item.default.action.value,
+            }
+        )
+        origins.append({"kind": kind, "policy": policy.name, "section": f"from[{i}]"})
+    for j, rule in enumerate(spec.rules or []):
+        items.append({"policy": policy.name, "targetRef": top, "rule": j, **_dump(rule.default)})
+        origins.append({"kind": kind, "policy": policy.name, "section": f"rules[{j}]"})
+    return items, origins
+
+
+class MeshTrafficPermissionPlugin:
+    resource_type: ResourceType = policy_type(
+        "MeshTrafficPermission", "meshtrafficpermissions", MeshTrafficPermissionSpec, "mtp"
+    )
+    order = 50  # first: it only reads the inbounds of the base IR
+
+    def apply(self, ir: ProxyIR, inputs: PolicyInputs) -> ProxyIR:
+        def edit(listener: InboundListener) -> InboundListener:
+            if listener.tls is None:
+                return listener  # no mTLS: no identities to check
+            perms = inbound_permissions(
+                inputs.ctx.name, inputs.policies, inputs.dataplane, inbound_of(inputs, listener)
+            )
+            return evolve(listener, permissions=Permissions(perms.allow, perms.shadow_allow, perms.policies))
+
+        return map_inbounds(ir, edit)
+
+    def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
+        inbounds = []
+        for inbound in dataplane_spec(inputs.dataplane).networking.inbound:
+            items: list[dict[str, Any]] = []
+            origins: list[dict[str, str]] = []
+            for policy in matched_for_inbound(inputs.policies, inputs.dataplane, inbound):
+                policy_items, policy_origins = _rules(policy)
+                items += policy_items
+                origins += policy_origins
+            inbounds.append(
+                {
+                    "port": inbound.port,
+                    "service": inbound.service,
+                    "rules": items,
+                    "precedence": "last matching rule wins",
+                    "origins": origins,
+                }
+            )
+        return {"inbounds": inbounds, "outbounds": []}
+
+
+PLUGIN = MeshTrafficPermissionPlugin()

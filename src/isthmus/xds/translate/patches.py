@@ -10,10 +10,8 @@ memoised ones.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
-import pkgutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -24,45 +22,60 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from google.protobuf import json_format
 
 from isthmus.xds import types
+from isthmus.xds.translate import known_types
 
 HCM = "envoy.filters.network.http_connection_manager"
+REGEX_MATCHER = "envoy.type.matcher.v3.RegexMatcher"
+ANY = "google.protobuf.Any"
 
 
 class PatchError(ValueError):
     """A modification cannot be applied; the message says which one and why."""
 
 
-def _type_urls(node: Any) -> set[str]:
-    if isinstance(node, dict):
-        found = {str(node["@type"])} if "@type" in node else set()
-        for v in node.values():
-            found |= _type_urls(v)
-        return found
-    if isinstance(node, list):
-        return set().union(*(_type_urls(v) for v in node)) if node else set()
-    return set()
-
-
-def _load_message_types(type_urls: set[str]) -> None:
-    """Import the generated modules of the packages typed configs name, so their ``Any`` can be parsed."""
-    for url in type_urls:
-        package = url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        try:
-            module = importlib.import_module(package)
-        except ImportError:
-            continue  # unknown package: ParseDict reports the type it cannot find
-        for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
-            if info.name.endswith("_pb2"):
-                importlib.import_module(f"{package}.{info.name}")
+def _check_types(data: Any) -> None:
+    """Refuse a document naming a type URL that is not a known Envoy message (see :mod:`.known_types`)."""
+    for where, _, reason in known_types.unknown_type_urls(data):
+        raise PatchError(f"{where}: {reason}")
 
 
 def _parse(value: str, cls: Any) -> Any:
     try:
         data = yaml.safe_load(value) if value else {}
-        _load_message_types(_type_urls(data))
-        return json_format.ParseDict(data, cls())
-    except (yaml.YAMLError, json_format.ParseError) as exc:
+    except yaml.YAMLError as exc:
         raise PatchError(f"value is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
+    _check_types(data)
+    try:
+        return json_format.ParseDict(data, cls())
+    except json_format.ParseError as exc:
+        raise PatchError(f"value is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
+
+
+def regex_fields(msg: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """``(field path, regex)`` of every ``RegexMatcher`` in a message, typed configs (``Any``) included."""
+    name = msg.DESCRIPTOR.full_name
+    if name == REGEX_MATCHER:
+        yield f"{path}.regex" if path else "regex", msg.regex
+        return
+    if name == ANY:
+        if msg.type_url:
+            inner = known_types.message_class(msg.type_url)()
+            msg.Unpack(inner)
+            yield from regex_fields(inner, path)
+        return
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        where = f"{path}.{field.name}" if path else field.name
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for key in sorted(value):
+                    yield from regex_fields(value[key], f"{where}[{key!r}]")
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                yield from regex_fields(item, f"{where}[{i}]")
+        else:
+            yield from regex_fields(value, where)
 
 
 def _json_patch(msg: Any, ops: Sequence[dict[str, Any]]) -> Any:
@@ -70,6 +83,7 @@ def _json_patch(msg: Any, ops: Sequence[dict[str, Any]]) -> Any:
     for op in ops:
         doc = _apply_op(doc, op)
     out = type(msg)()
+    _check_types(doc)
     try:
         json_format.ParseDict(doc, out)
     except json_format.ParseError as exc:
@@ -224,9 +238,10 @@ VALUE_TYPES: dict[str, Any] = {
 }
 
 
-def check_value(kind: str, value: str) -> None:
-    """Raise PatchError if ``value`` is not (part of) the Envoy message a ``kind`` modification edits."""
-    _parse(value, VALUE_TYPES[kind])
+def check_value(kind: str, value: str) -> Any:
+    """The message ``value`` describes; PatchError if it is not (part of) the Envoy message a ``kind``
+    modification edits or names a type URL Isthmus does not know."""
+    return _parse(value, VALUE_TYPES[kind])
 
 
 def apply_patches(messages: dict[str, list[Any]], patches: Sequence[str]) -> dict[str, list[Any]]:
