@@ -223,9 +223,16 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0, what: str 
 class FakeEnvoy:
     """One ADS stream. The node goes on the first request only (``set_node_on_first_message_only``)."""
 
-    def __init__(self, channel: grpc.aio.Channel, node_id: str, cluster_name: str = "web") -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str,
+        cluster_name: str = "web",
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.node = base_pb2.Node(id=node_id, cluster=cluster_name)
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self.call = stub.StreamAggregatedResources(metadata=tuple(metadata))
         self.received: asyncio.Queue[discovery_pb2.DiscoveryResponse | BaseException] = asyncio.Queue()
         self.names: dict[str, list[str]] = {}
         self.acked: dict[str, str] = {}  # type URL -> last accepted version

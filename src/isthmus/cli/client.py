@@ -18,6 +18,8 @@ import httpx
 from isthmus.resources.registry import ResourceType, Scope
 
 DEFAULT_CP_ADDRESS = "http://127.0.0.1:5681"
+AUTH_TOKEN_ENV = "ISTHMUS_AUTH_TOKEN"
+AUTH_HINT = f"pass --auth-token TOKEN or set {AUTH_TOKEN_ENV} (isthmus generate user-token)"
 PAGE_SIZE = 100
 MAX_PAGES = 10_000  # a guard against a control plane whose ``next`` links never end
 
@@ -113,15 +115,25 @@ class CpClient:
         self,
         address: str = DEFAULT_CP_ADDRESS,
         *,
+        auth_token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``auth_token``: a user token sent as ``Authorization: Bearer``; None or empty: no token (the
+        control plane then treats a request from loopback as an admin's, unless configured otherwise)."""
         self.address = normalize_address(address)
+        headers = {"Accept": "application/json"}
+        token = (auth_token or "").strip()
+        if token:
+            if any(c.isspace() for c in token) or not token.isascii():
+                raise CliError("--auth-token: a token has no spaces and only ASCII characters")
+            headers["Authorization"] = f"Bearer {token}"
+        self.has_token = bool(token)
         self._http = httpx.Client(
             base_url=self.address,
             timeout=timeout,
             transport=transport,
-            headers={"Accept": "application/json"},
+            headers=headers,
             follow_redirects=False,
         )
 
@@ -160,8 +172,16 @@ class CpClient:
         except httpx.InvalidURL as exc:
             raise CliError(f"--cp-address {self.address!r}: {exc}") from None
         if response.is_error:
-            raise CliError(error_message(response), status=response.status_code)
+            message = error_message(response)
+            if response.status_code == 401 and not self.has_token:
+                message = f"{message} ({AUTH_HINT})"
+            raise CliError(message, status=response.status_code)
         return response
+
+    def post_text(self, url: str, body: Any) -> str:
+        """POST a JSON body to an endpoint that answers text (a token)."""
+        response = self.request("POST", url, body=body)
+        return response.text.strip()
 
     def _json(self, response: httpx.Response) -> Any:
         try:

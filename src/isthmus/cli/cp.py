@@ -8,10 +8,21 @@ from pathlib import Path
 
 import typer
 
+from isthmus.auth import DP_AUTH_MODES
 from isthmus.cp.runtime import CpOptions, run_control_plane, split_address
 from isthmus.cp.tls import TlsError
 
 app = typer.Typer(help="Control plane: REST API and xDS server.", no_args_is_help=True)
+
+
+def parse_bool(text: str) -> bool | None:
+    """``true``/``false`` (also yes/no, on/off, 1/0, any case); None for anything else."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    return None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -33,8 +44,34 @@ def run(
     tls_key_file: Path | None = typer.Option(None, help="Private key (PEM) of --tls-cert-file"),
     data_dir: Path = typer.Option(Path(".isthmus"), help="Directory for the SQLite store and the TLS CA"),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    dp_auth: str = typer.Option(
+        "token",
+        "--dp-auth",
+        help="token: a data plane needs a data-plane token (isthmus generate dataplane-token) to register and "
+        "to get its configuration; none: no data-plane authentication (trusted test set-ups only)",
+    ),
+    api_localhost_is_admin: str = typer.Option(
+        "true",
+        "--api-localhost-is-admin",
+        metavar="BOOL",
+        help="true: a REST request from a loopback address without a token acts as an admin; false: every "
+        "request needs a token (--api-localhost-is-admin=false)",
+    ),
+    no_api_localhost_is_admin: bool = typer.Option(
+        False, "--no-api-localhost-is-admin", help="Same as --api-localhost-is-admin=false"
+    ),
+    max_xds_streams: int = typer.Option(10_000, help="Concurrent ADS streams at most (more are refused)"),
 ) -> None:
     """Run the control plane until SIGINT/SIGTERM."""
+    if dp_auth not in DP_AUTH_MODES:
+        raise _fail(f"--dp-auth: {dp_auth!r} is not one of {', '.join(DP_AUTH_MODES)}")
+    localhost_is_admin = parse_bool(api_localhost_is_admin)
+    if localhost_is_admin is None:
+        raise _fail(f"--api-localhost-is-admin: {api_localhost_is_admin!r} is not true or false")
+    if no_api_localhost_is_admin:
+        localhost_is_admin = False
+    if max_xds_streams < 1:
+        raise _fail(f"--max-xds-streams: {max_xds_streams} must be at least 1")
     if store not in ("memory", "sqlite") and not store.startswith("sqlite:"):
         raise _fail(f"--store: {store!r} is not one of memory, sqlite, sqlite:PATH")
     if (tls_cert_file is None) != (tls_key_file is None):
@@ -58,6 +95,9 @@ def run(
         api_tls_address=api_tls_address,
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
+        dp_auth=dp_auth,
+        api_localhost_is_admin=localhost_is_admin,
+        max_xds_streams=max_xds_streams,
     )
     try:
         asyncio.run(run_control_plane(options))

@@ -29,6 +29,15 @@ def _cp_address_option() -> Any:
     return typer.Option(DEFAULT_CP_ADDRESS, "--cp-address", envvar="ISTHMUS_CP_ADDRESS", help=CP_ADDRESS_HELP)
 
 
+def _auth_token_option() -> Any:
+    return typer.Option(
+        None,
+        "--auth-token",
+        envvar="ISTHMUS_AUTH_TOKEN",
+        help="User token for the control plane's API (isthmus generate user-token)",
+    )
+
+
 def _mesh_option() -> Any:
     return typer.Option("default", "--mesh", "-m", help="Mesh of mesh-scoped resources")
 
@@ -75,10 +84,10 @@ def _check_format(output: str, allowed: Sequence[str]) -> str:
     return fmt
 
 
-def _client(cp_address: str) -> CpClient:
+def _client(cp_address: str, auth_token: str | None = None) -> CpClient:
     from isthmus.cli.client import CpClient
 
-    return CpClient(cp_address)
+    return CpClient(cp_address, auth_token=auth_token)
 
 
 def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
@@ -188,6 +197,7 @@ def apply(
         None, "--var", help="KEY=VALUE: replace {{ KEY }} placeholders in the input (repeatable)"
     ),
     cp_address: str = _cp_address_option(),
+    auth_token: str | None = _auth_token_option(),
 ) -> None:
     """Create or update resources. Every document is validated before anything is sent."""
 
@@ -202,7 +212,7 @@ def apply(
         if dry_run:
             typer.echo(to_yaml_documents([doc for _, doc in resources]), nl=False)
             return
-        with _client(cp_address) as client:
+        with _client(cp_address, auth_token) as client:
             for resource, doc in resources:
                 try:
                     created, _ = client.put(resource.type, resource.mesh, resource.name, doc)
@@ -222,6 +232,7 @@ def get(
     mesh: str = _mesh_option(),
     output: str = typer.Option("table", "--output", "-o", help="table | yaml | json"),
     cp_address: str = _cp_address_option(),
+    auth_token: str | None = _auth_token_option(),
 ) -> None:
     """List resources of a kind, or show one."""
 
@@ -231,7 +242,7 @@ def get(
         registry = _registry()
         rtype = resolve_kind(registry, kind)
         fmt = _check_format(output, out.FORMATS)
-        with _client(cp_address) as client:
+        with _client(cp_address, auth_token) as client:
             if fmt != "table":
                 if name is not None:
                     data: Any = client.get(rtype, mesh, name)
@@ -274,12 +285,13 @@ def delete(
     name: str = typer.Argument(..., help="Name of the resource"),
     mesh: str = _mesh_option(),
     cp_address: str = _cp_address_option(),
+    auth_token: str | None = _auth_token_option(),
 ) -> None:
     """Delete one resource (deleting a Mesh deletes everything in it)."""
 
     def body() -> None:
         rtype = resolve_kind(_registry(), kind)
-        with _client(cp_address) as client:
+        with _client(cp_address, auth_token) as client:
             client.delete(rtype, mesh, name)
         typer.echo(f'{rtype.kind} "{name}" deleted')
 
@@ -298,6 +310,7 @@ def inspect(
         None, "--output", "-o", help="yaml | json (default: a summary; JSON for --config)"
     ),
     cp_address: str = _cp_address_option(),
+    auth_token: str | None = _auth_token_option(),
 ) -> None:
     """Show a dataplane's status and matched policies, or (--config) its Envoy configuration."""
 
@@ -311,7 +324,7 @@ def inspect(
         if config and policies:
             raise CliError("--config and --policies cannot be used together")
         fmt = _check_format(output, ("yaml", "json")) if output is not None else None
-        with _client(cp_address) as client:
+        with _client(cp_address, auth_token) as client:
             if config:
                 text = out.render(client.dataplane_config(mesh, name), fmt or "json")
             elif policies:
@@ -338,6 +351,7 @@ def explain(
     mesh: str = _mesh_option(),
     output: str | None = typer.Option(None, "--output", "-o", help="yaml | json (default: a summary)"),
     cp_address: str = _cp_address_option(),
+    auth_token: str | None = _auth_token_option(),
 ) -> None:
     """Explain what a request would meet: route, backend weights, timeouts, retries, limits, permission."""
 
@@ -345,7 +359,7 @@ def explain(
         from isthmus.cli import output as out
 
         fmt = _check_format(output, ("yaml", "json")) if output is not None else None
-        with _client(cp_address) as client:
+        with _client(cp_address, auth_token) as client:
             result = client.explain(mesh, from_, to, path, method, header)
         typer.echo(out.render(result, fmt) if fmt else out.render_explain(result), nl=False)
 

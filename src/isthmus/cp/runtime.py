@@ -21,6 +21,10 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from isthmus.auth import Auth
+from isthmus.auth.bootstrap import write_admin_token
+from isthmus.auth.tokens import TokenService
+from isthmus.auth.xds import XdsAuthenticator
 from isthmus.catalog import default_registry
 from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates
@@ -45,6 +49,9 @@ class CpOptions:
     data_dir: Path = Path(".isthmus")
     nack_backoff: float = 5.0
     log_level: str = "info"
+    dp_auth: str = "token"  # "token": data planes need a token (REST and ADS); "none": trusted set-ups
+    api_localhost_is_admin: bool = True  # a REST request from loopback without a token is an admin
+    max_xds_streams: int = 10_000
     # The certificate to present on xDS and HTTPS (with its key); None: one issued from DATA_DIR/tls/ca.crt
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -104,7 +111,18 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     insights = Insights()
     certificates = WorkloadCertificates()
     reconciler = Reconciler(store, registry, cache, certificates)
-    ads = AdsServer(cache, callbacks=insights, metrics=XdsMetrics(metrics), nack_backoff=options.nack_backoff)
+    tokens = TokenService(store)
+    auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
+    if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token
+        log.info("admin user token in %s", await write_admin_token(tokens, options.data_dir))
+    ads = AdsServer(
+        cache,
+        callbacks=insights,
+        metrics=XdsMetrics(metrics),
+        nack_backoff=options.nack_backoff,
+        authenticator=XdsAuthenticator(tokens, store) if options.dp_auth == "token" else None,
+        max_streams=options.max_xds_streams,
+    )
     tls_socket = _listen(options.api_tls_address, "HTTPS API")
     try:
         xds_port = await ads.start(options.xds_address, tls.grpc_credentials())
@@ -119,6 +137,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             metrics=metrics,
             xds_address=f"{xds_host}:{xds_port}",
             instance_id=uuid.uuid4().hex[:12],
+            auth=auth,
         )
         app = create_app(state)
         config = uvicorn.Config(

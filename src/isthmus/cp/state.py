@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
+from isthmus.auth import Auth
 from isthmus.cp.certificates import WorkloadCertificates
 from isthmus.cp.insights import Insights
 from isthmus.cp.reconciler import Reconciler
@@ -26,3 +27,4 @@ class ControlPlaneState:
     xds_address: str = ""
     instance_id: str = field(default="")
     max_body_bytes: int = 1 << 20  # REST request bodies larger than this are answered 413
+    auth: Auth = field(kw_only=True)  # tokens, --dp-auth and --api-localhost-is-admin

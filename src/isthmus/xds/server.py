@@ -25,6 +25,12 @@ latest state, in order, and no backlog. The rules (Envoy's xds_protocol document
 * LDS and CDS responses carry the full state (wildcard); other types carry the requested names that exist, and
   names that do not exist yet are sent when they appear;
 * until the node has a snapshot, requests are only recorded.
+
+Before anything is served, an optional *authenticator* sees the node id of the first request and the stream's
+gRPC metadata; it refuses the stream by raising :class:`StreamDenied` (UNAUTHENTICATED, PERMISSION_DENIED). The
+node id is only on the first request, so the whole stream is bound to the node the authenticator accepted.
+State per stranger is bounded: at most ``max_streams`` concurrent streams (RESOURCE_EXHAUSTED beyond) and at
+most ``max_nack_records`` nodes remembered for the NACK back-off across reconnects (the oldest is dropped).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,11 +52,13 @@ from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.metrics import XdsMetrics
 from isthmus.xds.snapshot import Resource, Snapshot
 
-__all__ = ["AdsServer", "NullCallbacks", "XdsCallbacks"]
+__all__ = ["AdsServer", "Authenticator", "NullCallbacks", "StreamDenied", "XdsCallbacks"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_PLANE_ID = "isthmus"
+DEFAULT_MAX_STREAMS = 10_000
+DEFAULT_MAX_NACK_RECORDS = 10_000
 
 _SERVER_OPTIONS = [
     # Ping idle clients so dead connections are noticed; accept client pings down to every 10 s.
@@ -81,6 +89,19 @@ class XdsCallbacks(Protocol):
     def on_nack(
         self, stream_id: int, node_id: str, type_url: str, rejected_version: str, error_message: str
     ) -> None: ...
+
+
+class StreamDenied(Exception):
+    """Raised by an authenticator to refuse a stream with a gRPC status (UNAUTHENTICATED, PERMISSION_DENIED)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# (node id, invocation metadata as (lower-case key, value) pairs) -> returns, or raises StreamDenied
+Authenticator = Callable[[str, Sequence[tuple[str, str | bytes]]], Awaitable[None]]
 
 
 class NullCallbacks:
@@ -160,16 +181,25 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         callbacks: XdsCallbacks | None = None,
         metrics: XdsMetrics | None = None,
         nack_backoff: float = 5.0,
+        *,
+        authenticator: Authenticator | None = None,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        max_nack_records: int = DEFAULT_MAX_NACK_RECORDS,
     ) -> None:
         self.cache = cache
         self.callbacks: XdsCallbacks = callbacks if callbacks is not None else NullCallbacks()
         self.metrics = metrics
         self.nack_backoff = nack_backoff
+        self.authenticator = authenticator
+        self.max_streams = max_streams
+        self.max_nack_records = max_nack_records
         self._stream_ids = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, _Stream] = {}
+        self._active = 0  # RPCs in progress, including those not yet authenticated
         self._stopping = False
-        # node id -> type URL -> (rejected version, end of back-off): carries a back-off over reconnects
+        # node id -> type URL -> (rejected version, end of back-off): carries a back-off over reconnects;
+        # ordered oldest first, at most max_nack_records nodes
         self._recent_nacks: dict[str, dict[str, tuple[str, float]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -211,6 +241,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         request_iterator: AsyncIterable[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        if self._active >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this control plane serves at most {self.max_streams} streams; try again later",
+            )
+        self._active += 1
         if self.metrics is not None:
             self.metrics.streams_active.inc()
         try:
@@ -220,6 +256,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 return
             if not first.node.id:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+            if self.authenticator is not None:
+                await self._authenticate(first.node.id, context)
             if self._stopping:
                 return
             stream = _Stream(next(self._stream_ids), first.node.id, first.node)
@@ -241,8 +279,22 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 self._forget_expired_nacks(stream.node_id)
                 self._notify(self.callbacks.on_stream_closed, stream.id, stream.node_id)
         finally:
+            self._active -= 1
             if self.metrics is not None:
                 self.metrics.streams_active.dec()
+
+    async def _authenticate(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Run the authenticator; a refusal aborts the RPC before anything is served."""
+        assert self.authenticator is not None
+        metadata = tuple((str(k).lower(), v) for k, v in (context.invocation_metadata() or ()))
+        try:
+            await self.authenticator(node_id, metadata)
+        except StreamDenied as exc:
+            log.warning("xDS stream of %r refused: %s", node_id, exc.message)
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            log.exception("the authenticator failed for node %r", node_id)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "could not authenticate the stream; retry later")
 
     async def DeltaAggregatedResources(
         self,
@@ -347,7 +399,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         state.backoff_until = until
         state.acked_nonce = request.response_nonce
         state.known_version, state.known_names = request.version_info, frozenset()
-        self._recent_nacks.setdefault(stream.node_id, {})[type_url] = (rejected, until)
+        self._remember_nack(stream.node_id, type_url, rejected, until)
         if self.metrics is not None:
             self.metrics.nacks.labels(type_url).inc()
         log.warning(
@@ -362,6 +414,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if recent is not None and recent[1] > time.monotonic():
             state.backoff_until = recent[1]  # the node reconnected during a back-off: it waits out the rest
         return state
+
+    def _remember_nack(self, node_id: str, type_url: str, rejected: str, until: float) -> None:
+        recent = self._recent_nacks.pop(node_id, {})  # re-inserted last: the most recent node
+        recent[type_url] = (rejected, until)
+        self._recent_nacks[node_id] = recent
+        while len(self._recent_nacks) > self.max_nack_records:
+            del self._recent_nacks[next(iter(self._recent_nacks))]
+
+    def nack_record_count(self) -> int:
+        return len(self._recent_nacks)
 
     def _forget_expired_nacks(self, node_id: str) -> None:
         recent = self._recent_nacks.get(node_id)

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isthmus import __version__
-from isthmus.cp.api import errors, inspect, resources
+from isthmus.cp.api import auth, errors, inspect, resources, tokens
 from isthmus.cp.api.limits import BodyLimitMiddleware
 from isthmus.cp.state import ControlPlaneState
 
@@ -50,5 +50,7 @@ def create_app(state: ControlPlaneState) -> FastAPI:
 
     app.include_router(inspect.build_router(state))
     app.include_router(resources.build_router(state))
+    app.include_router(tokens.build_router(state))
+    auth.install(app, state.auth, state.store)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.max_body_bytes)
     return app

@@ -1,0 +1,370 @@
+"""Data-plane tokens and user tokens: RS256 JWTs with Kuma's claims.
+
+* A data-plane token (Kuma's ``dpToken``) carries ``Name`` (may be empty: any name), ``Mesh``, ``Tags``
+  (``{key: [allowed values]}``, may be empty) and ``Type`` (``dataplane``). It is signed by a key of its mesh.
+* A user token carries ``Name`` and ``Groups``; it is signed by the global user-token key.
+
+Both carry ``exp``, ``iat``, ``nbf`` (five minutes before issue, for clock skew) and ``jti`` (a random id), and
+the header ``kid`` (the serial of the signing key, see :mod:`isthmus.auth.keys`). A token is revoked by listing
+its ``jti`` in a revocation record, as Kuma does: ``Secret`` ``dataplane-token-revocations-<mesh>`` in the mesh,
+``GlobalSecret`` ``user-token-revocations``; the record's ``data.value`` is the comma-separated ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from isthmus.auth.keys import GLOBAL_SECRET, SECRET, USER_KEYS, KeySet, SigningKeys, dataplane_keys
+from isthmus.resources.common import NAME_RE
+from isthmus.store.base import AlreadyExists, Conflict, Op, OpKind, Record, ResourceStore
+
+ADMIN_GROUP = "mesh-system:admin"
+READONLY_GROUP = "mesh-system:readonly"
+DATAPLANE_TYPE = "dataplane"
+MAX_VALIDITY = timedelta(days=3650)
+DEFAULT_DATAPLANE_VALIDITY = MAX_VALIDITY  # Kuma's default when a data-plane token request has no validFor
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_TOKEN_LENGTH = 16 * 1024
+ALGORITHM = "RS256"
+USER_REVOCATIONS = "user-token-revocations"
+ADMIN_TOKEN_SECRET = "admin-user-token"  # Kuma's bootstrap admin token
+ADMIN_USER = "mesh-system:admin"
+
+
+def dataplane_revocations_name(mesh: str) -> str:
+    return f"dataplane-token-revocations-{mesh}"
+
+
+class InvalidToken(Exception):
+    """The token is malformed, not signed by a known key, expired or revoked (HTTP 401, gRPC UNAUTHENTICATED)."""
+
+
+class Forbidden(Exception):
+    """The token is valid but does not allow this (HTTP 403, gRPC PERMISSION_DENIED)."""
+
+
+@dataclass(frozen=True)
+class DataplaneIdentity:
+    mesh: str
+    name: str  # "" when the token is valid for any name (with its tags)
+    tags: Mapping[str, frozenset[str]]
+    type: str
+    token_id: str
+    expires_at: datetime
+
+    def refusal(self, mesh: str, name: str, dataplane_tags: Mapping[str, Collection[str]]) -> str | None:
+        """Why a Dataplane ``mesh``/``name`` with these tags may not use this token; None when it may.
+
+        For each tag of the token, the Dataplane must have that tag and every value it has must be one the
+        token allows (Kuma's rule)."""
+        if mesh != self.mesh:
+            return f"the token is for mesh {self.mesh!r}, not {mesh!r}"
+        if self.name and name != self.name:
+            return f"the token is for the Dataplane {self.name!r}, not {name!r}"
+        for key in sorted(self.tags):
+            allowed = self.tags[key]
+            values = dataplane_tags.get(key)
+            if not values:
+                return f"the Dataplane has no tag {key!r}, which the token requires"
+            extra = sorted(set(values) - allowed)
+            if extra:
+                return (
+                    f"the token does not allow the value {extra[0]!r} of tag {key!r} "
+                    f"(allowed: {', '.join(sorted(allowed))})"
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    name: str
+    groups: tuple[str, ...]
+    token_id: str
+    expires_at: datetime
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_GROUP in self.groups
+
+
+def dataplane_tags(spec: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Every tag value of a Dataplane, from its JSON form (stored spec or request body): the tags of its
+    inbounds and of its gateway section. Malformed parts are skipped (validation reports them)."""
+    out: dict[str, set[str]] = {}
+    networking = spec.get("networking")
+    if not isinstance(networking, Mapping):
+        return out
+    tag_maps: list[Any] = []
+    inbound = networking.get("inbound")
+    if isinstance(inbound, list):
+        tag_maps.extend(i.get("tags") for i in inbound if isinstance(i, Mapping))
+    gateway = networking.get("gateway")
+    if isinstance(gateway, Mapping):
+        tag_maps.append(gateway.get("tags"))
+    for tags in tag_maps:
+        if not isinstance(tags, Mapping):
+            continue
+        for key, value in tags.items():
+            if isinstance(key, str):
+                out.setdefault(key, set()).add(str(value))
+    return out
+
+
+def _now(now: datetime | None) -> datetime:
+    return (now or datetime.now(UTC)).astimezone(UTC)
+
+
+def _registered_claims(valid_for: timedelta, now: datetime | None) -> dict[str, Any]:
+    issued = _now(now)
+    return {
+        "jti": str(uuid.uuid4()),
+        "iat": int(issued.timestamp()),
+        "nbf": int((issued - CLOCK_SKEW).timestamp()),
+        "exp": int((issued + valid_for).timestamp()),
+    }
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a token without checking anything (to route it to the right keys, or to revoke it)."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"the token is not a valid JWT: {exc}") from None
+    if not isinstance(claims, dict):
+        raise InvalidToken("the token's claims are not an object")
+    return claims
+
+
+def is_dataplane_token(claims: Mapping[str, Any]) -> bool:
+    return "Mesh" in claims
+
+
+def _serial(token: str) -> int:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"the token is not a valid JWT: {exc}") from None
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken(f"the token must be signed with {ALGORITHM}, not {header.get('alg')!r}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid.isdigit() or len(kid) > 10:
+        raise InvalidToken("the token's header has no valid kid (the serial of its signing key)")
+    return int(kid)
+
+
+def _ids_of(record: Record | None) -> set[str]:
+    if record is None:
+        return set()
+    value = (record.spec.get("data") or {}).get("value", "")
+    return {v.strip() for v in str(value).split(",") if v.strip()}
+
+
+def _text_list(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+class TokenService:
+    """Issues, verifies and revokes tokens, and rotates their signing keys. Everything lives in the store."""
+
+    def __init__(self, store: ResourceStore) -> None:
+        self.store = store
+        self.keys = SigningKeys(store)
+
+    @staticmethod
+    def keyset(mesh: str | None) -> KeySet:
+        """The data-plane keys of ``mesh``, or the user-token keys when ``mesh`` is None."""
+        return USER_KEYS if mesh is None else dataplane_keys(mesh)
+
+    # -- issuing -------------------------------------------------------------------------------------------------
+    async def _sign(self, keyset: KeySet, claims: dict[str, Any]) -> str:
+        serial, key = await self.keys.latest(keyset)
+        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": str(serial)})
+
+    async def issue_dataplane_token(
+        self,
+        *,
+        mesh: str,
+        name: str = "",
+        tags: Mapping[str, Iterable[str]] | None = None,
+        type: str = DATAPLANE_TYPE,
+        valid_for: timedelta = DEFAULT_DATAPLANE_VALIDITY,
+        now: datetime | None = None,
+    ) -> str:
+        claims = {
+            "Name": name,
+            "Mesh": mesh,
+            "Tags": {k: sorted(set(v)) for k, v in sorted((tags or {}).items())},
+            "Type": type,
+            **_registered_claims(valid_for, now),
+        }
+        return await self._sign(dataplane_keys(mesh), claims)
+
+    async def issue_user_token(
+        self, *, name: str, groups: Iterable[str], valid_for: timedelta, now: datetime | None = None
+    ) -> str:
+        claims = {"Name": name, "Groups": list(dict.fromkeys(groups)), **_registered_claims(valid_for, now)}
+        return await self._sign(USER_KEYS, claims)
+
+    # -- verifying -----------------------------------------------------------------------------------------------
+    async def verify(self, token: str) -> DataplaneIdentity | UserIdentity:
+        """A data-plane or a user token, whichever ``token`` is."""
+        if is_dataplane_token(unverified_claims(token)):
+            return await self.verify_dataplane_token(token)
+        return await self.verify_user_token(token)
+
+    async def _decode(self, token: str, keyset: KeySet) -> dict[str, Any]:
+        serial = _serial(token)
+        public = await self.keys.public_key(keyset, serial)
+        if public is None:
+            raise InvalidToken(
+                f"there is no signing key with serial {serial} ({keyset.describe()}); "
+                "if the key was rotated and deleted, generate a new token"
+            )
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, public, algorithms=[ALGORITHM], options={"require": ["exp", "iat", "jti"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the token has expired") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("the token's signature does not match its signing key") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"the token is not valid: {exc}") from None
+        if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+            raise InvalidToken("the token has no id (jti)")
+        return claims
+
+    async def verify_dataplane_token(self, token: str) -> DataplaneIdentity:
+        unverified = unverified_claims(token)
+        mesh = unverified.get("Mesh")
+        if not is_dataplane_token(unverified):
+            raise InvalidToken("this is not a data-plane token")
+        if not isinstance(mesh, str) or not NAME_RE.match(mesh):
+            raise InvalidToken("the token's Mesh claim is not a mesh name")
+        claims = await self._decode(token, dataplane_keys(mesh))
+        name, kind, raw_tags = claims.get("Name", ""), claims.get("Type", DATAPLANE_TYPE), claims.get("Tags")
+        tags: dict[str, frozenset[str]] = {}
+        if raw_tags is not None:
+            if not isinstance(raw_tags, dict):
+                raise InvalidToken("the token's Tags claim is not a map")
+            for key, values in raw_tags.items():
+                listed = _text_list(values)
+                if listed is None:
+                    raise InvalidToken(f"the token's tag {key!r} is not a list of values")
+                tags[key] = frozenset(listed)
+        if not isinstance(name, str) or not isinstance(kind, str):
+            raise InvalidToken("the token's Name and Type claims must be strings")
+        if kind not in ("", DATAPLANE_TYPE):
+            raise InvalidToken(f"the token is for proxies of type {kind!r}, not {DATAPLANE_TYPE!r}")
+        if await self.is_revoked(claims["jti"], mesh):
+            raise InvalidToken("the token has been revoked")
+        return DataplaneIdentity(
+            mesh=mesh,
+            name=name,
+            tags=tags,
+            type=kind or DATAPLANE_TYPE,
+            token_id=claims["jti"],
+            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        )
+
+    async def verify_user_token(self, token: str) -> UserIdentity:
+        if is_dataplane_token(unverified_claims(token)):
+            raise InvalidToken("this is a data-plane token, not a user token")
+        claims = await self._decode(token, USER_KEYS)
+        name, groups = claims.get("Name"), _text_list(claims.get("Groups", []))
+        if not isinstance(name, str) or not name or groups is None:
+            raise InvalidToken("the token's Name must be a non-empty string and Groups a list of strings")
+        if await self.is_revoked(claims["jti"], None):
+            raise InvalidToken("the token has been revoked")
+        return UserIdentity(
+            name=name,
+            groups=groups,
+            token_id=claims["jti"],
+            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        )
+
+    # -- revocation ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _revocations_key(mesh: str | None) -> tuple[str, str, str]:
+        if mesh is None:
+            return GLOBAL_SECRET, "", USER_REVOCATIONS
+        return SECRET, mesh, dataplane_revocations_name(mesh)
+
+    async def revoked_ids(self, mesh: str | None) -> set[str]:
+        """The revoked token ids of ``mesh``'s data-plane tokens, or of user tokens when ``mesh`` is None."""
+        return _ids_of(await self.store.get(*self._revocations_key(mesh)))
+
+    async def is_revoked(self, token_id: str, mesh: str | None) -> bool:
+        return token_id in await self.revoked_ids(mesh)
+
+    async def revoke(self, token_id: str, mesh: str | None) -> None:
+        """Add ``token_id`` to the revocation list (idempotent; concurrent revocations all land)."""
+        type_, record_mesh, name = self._revocations_key(mesh)
+        for _ in range(10):
+            record = await self.store.get(type_, record_mesh, name)
+            ids = _ids_of(record)
+            if token_id in ids:
+                return
+            value = ",".join(sorted(ids | {token_id}))
+            op = Op(
+                OpKind.UPSERT,
+                type_,
+                record_mesh,
+                name,
+                spec={"data": {"value": value}},
+                expected_version=record.version if record is not None else 0,
+            )
+            try:
+                await self.store.write([op])
+                return
+            except (Conflict, AlreadyExists):
+                continue
+        raise Conflict(type_, record_mesh, name, 0, 0)
+
+    async def bootstrap_admin_token(self) -> str:
+        """An admin user token kept in the ``GlobalSecret`` ``admin-user-token`` (Kuma's bootstrap admin token),
+        issued the first time and again whenever the stored one is no longer valid (revoked, key deleted)."""
+        for _ in range(5):
+            record = await self.store.get(GLOBAL_SECRET, "", ADMIN_TOKEN_SECRET)
+            if record is not None:
+                stored = str((record.spec.get("data") or {}).get("value", ""))
+                try:
+                    await self.verify_user_token(stored)
+                    return stored
+                except InvalidToken:
+                    pass
+            token = await self.issue_user_token(name=ADMIN_USER, groups=[ADMIN_GROUP], valid_for=MAX_VALIDITY)
+            op = Op(
+                OpKind.UPSERT,
+                GLOBAL_SECRET,
+                "",
+                ADMIN_TOKEN_SECRET,
+                spec={"data": {"value": token}},
+                expected_version=record.version if record is not None else 0,
+            )
+            try:
+                await self.store.write([op])
+                return token
+            except (Conflict, AlreadyExists):
+                continue
+        raise Conflict(GLOBAL_SECRET, "", ADMIN_TOKEN_SECRET, 0, 0)
+
+    # -- signing keys --------------------------------------------------------------------------------------------
+    async def rotate_signing_key(self, mesh: str | None) -> int:
+        return await self.keys.rotate(self.keyset(mesh))
+
+    async def signing_key_serials(self, mesh: str | None) -> list[int]:
+        return await self.keys.serials(self.keyset(mesh))
+
+    async def delete_signing_key(self, mesh: str | None, serial: int) -> None:
+        await self.keys.delete(self.keyset(mesh), serial)
