@@ -68,14 +68,27 @@ class Proc:
 
 
 class ControlPlane:
-    def __init__(self, tmp: Path, store: str | None = None) -> None:
+    """``isthmus cp run`` on free ports, its data directory (and TLS CA) in ``tmp/cp-data``.
+
+    ``url`` is the plain API on loopback (admin, as the CLI uses it); sidecars register over ``https_url``
+    and verify the control plane against ``ca_file``."""
+
+    def __init__(self, tmp: Path, store: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.api_port = free_port()
+        self.api_tls_port = free_port()
         self.xds_port = free_port()
+        self.data_dir = tmp / "cp-data"
         self.store = store or f"sqlite:{tmp / 'cp.db'}"
         self.url = f"http://127.0.0.1:{self.api_port}"
+        self.https_url = f"https://127.0.0.1:{self.api_tls_port}"
+        self.extra_args = extra_args
         self.proc: Proc | None = None
         self.http = httpx.Client(base_url=self.url, timeout=10.0)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "tls" / "ca.crt"
 
     def start(self) -> ControlPlane:
         args = [
@@ -84,12 +97,17 @@ class ControlPlane:
             "run",
             "--store",
             self.store,
+            "--data-dir",
+            str(self.data_dir),
             "--api-address",
             f"127.0.0.1:{self.api_port}",
+            "--api-tls-address",
+            f"127.0.0.1:{self.api_tls_port}",
             "--xds-address",
             f"127.0.0.1:{self.xds_port}",
             "--log-level",
             "warning",
+            *self.extra_args,
         ]
         self.proc = Proc("control-plane", args, self.tmp).start()
         wait_for(lambda: self.http.get("/").status_code == 200, 30, what="control plane API")
@@ -117,6 +135,12 @@ class ControlPlane:
         resp = self.http.delete(path)
         assert resp.status_code == 200, resp.text
 
+    def dataplane_token(self, mesh: str, name: str) -> str:
+        """A data-plane token for Dataplane ``mesh/name`` (asked as an admin, over loopback); the mesh must exist."""
+        resp = self.http.post("/tokens/dataplane", json={"mesh": mesh, "name": name})
+        assert resp.status_code == 200, f"POST /tokens/dataplane: {resp.status_code} {resp.text}"
+        return resp.text
+
     def insight(self, mesh: str, name: str) -> dict[str, Any]:
         resp = self.http.get(f"/meshes/{mesh}/dataplanes+insights/{name}")
         resp.raise_for_status()
@@ -124,7 +148,21 @@ class ControlPlane:
 
 
 class Sidecar:
-    def __init__(self, tmp: Path, cp: ControlPlane, dataplane: str) -> None:
+    """``isthmus dp run`` against ``cp`` over HTTPS (or ``cp_address``), verifying it with ``ca_file``
+    (default: the CP's CA) unless ``verify`` is False, with a data-plane token for its name from the CP unless
+    ``token`` is False (the Dataplane's mesh must exist before ``start``)."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        cp: ControlPlane,
+        dataplane: str,
+        *,
+        ca_file: Path | None = None,
+        cp_address: str | None = None,
+        verify: bool = True,
+        token: bool = True,
+    ) -> None:
         doc = yaml.safe_load(dataplane)
         self.name = doc["name"]
         self.mesh = doc["mesh"]
@@ -135,18 +173,28 @@ class Sidecar:
         self.work = tmp / f"work-{self.name}"
         self.proc: Proc | None = None
         self.tmp = tmp
+        self.ca_file = ca_file or cp.ca_file
+        self.cp_address = cp_address or cp.https_url
+        self.verify = verify  # False: no --ca-cert-file
+        self.token = token  # False: no --dataplane-token-file
+        self.token_file = tmp / f"token-{self.name}"
 
     @property
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> Sidecar:
+        if self.token:
+            self.token_file.write_text(self.cp.dataplane_token(self.mesh, self.name))
+            self.token_file.chmod(0o600)
         args = [
             *ISTHMUS,
             "dp",
             "run",
             "--cp-address",
-            self.cp.url,
+            self.cp_address,
+            *(("--ca-cert-file", str(self.ca_file)) if self.verify else ()),
+            *(("--dataplane-token-file", str(self.token_file)) if self.token else ()),
             "--dataplane-file",
             str(self.file),
             "--admin-port",

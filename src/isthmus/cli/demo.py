@@ -15,6 +15,7 @@ def demo(
     data_dir: str = typer.Option(".isthmus-demo", help="Where the demo keeps its SQLite store and logs"),
     api_port: int = typer.Option(5681, help="REST API port"),
     xds_port: int = typer.Option(5678, help="xDS port"),
+    api_tls_port: int = typer.Option(5682, help="REST API port over HTTPS"),
     exit_after_check: bool = typer.Option(False, "--check", help="Exit after verifying traffic flows"),
 ) -> None:
     """Run a control plane, demo services and their sidecars, and show what to try."""
@@ -22,7 +23,7 @@ def demo(
         return
     from isthmus.demo.runner import DemoOptions, run_demo
 
-    code = asyncio.run(run_demo(DemoOptions(data_dir, api_port, xds_port, exit_after_check)))
+    code = asyncio.run(run_demo(DemoOptions(data_dir, api_port, xds_port, exit_after_check, api_tls_port)))
     raise typer.Exit(code)
 
 

@@ -1,6 +1,9 @@
 """``isthmus demo``: a control plane on the embedded SQLite store, three demo services with real Envoy
 sidecars, mTLS between them, and a printout of what to try next.
 
+Security is on as in production: each sidecar gets a data-plane token for its own name from the API and
+registers over HTTPS; it and its Envoy verify the control plane against the CA in ``DATA_DIR/tls/ca.crt``.
+
 Every part runs as a child process of the demo (the same commands a user would run by hand), so what the demo
 shows is exactly what ``isthmus cp run``, ``isthmus dp run`` and the REST API do.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -63,6 +67,7 @@ class DemoOptions:
     api_port: int = 5681
     xds_port: int = 5678
     check: bool = False
+    api_tls_port: int = 5682
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Demo:
         self.options = options
         self.dir = Path(options.data_dir).resolve()
         self.cp_url = f"http://127.0.0.1:{options.api_port}"
+        self.cp_https_url = f"https://127.0.0.1:{options.api_tls_port}"
         self.children: list[asyncio.subprocess.Process] = []
 
     async def spawn(self, name: str, *args: str) -> asyncio.subprocess.Process:
@@ -124,6 +130,20 @@ class Demo:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{url} did not answer {sorted(ok)} within {timeout:.0f}s (last: {last})")
 
+    async def dataplane_token(self, name: str) -> Path:
+        """A data-plane token for Dataplane ``default/name`` (asked on loopback, as an admin), in a 0600 file."""
+        async with httpx.AsyncClient(base_url=self.cp_url, timeout=10) as client:
+            resp = await client.post("/tokens/dataplane", json={"mesh": "default", "name": name})
+        if resp.status_code != 200:
+            raise RuntimeError(f"POST /tokens/dataplane: {resp.status_code} {resp.text}")
+        path = self.dir / "tokens" / name
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(resp.text)
+        return path
+
     async def apply(self, text: str, path: str) -> None:
         import yaml
 
@@ -133,12 +153,14 @@ class Demo:
                 raise RuntimeError(f"PUT {path}: {resp.status_code} {resp.text}")
 
     async def start(self) -> None:
-        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the store, the CA key and the tokens
+        (self.dir / "logs").mkdir(exist_ok=True)
         print(f"Starting the control plane (SQLite store in {self.dir}) ...")
         await self.spawn(
             "control-plane", "cp", "run", "--data-dir", str(self.dir),
             "--api-address", f"127.0.0.1:{self.options.api_port}",
-            "--xds-address", f"127.0.0.1:{self.options.xds_port}", "--log-level", "warning",
+            "--xds-address", f"127.0.0.1:{self.options.xds_port}",
+            "--api-tls-address", f"127.0.0.1:{self.options.api_tls_port}", "--log-level", "warning",
         )  # fmt: skip
         await self.wait_http(self.cp_url + "/", {200})
         await self.apply(MESH, "/meshes/default")
@@ -163,8 +185,11 @@ class Demo:
             print(
                 f"Starting {svc.service} ({svc.version}) on :{svc.app_port} with its sidecar on :{svc.inbound_port}"
             )
+            token = await self.dataplane_token(svc.name)
             await self.spawn(
-                f"dp-{svc.name}", "dp", "run", "--cp-address", self.cp_url, "--dataplane-file", str(dp_file),
+                f"dp-{svc.name}", "dp", "run", "--cp-address", self.cp_https_url,
+                "--ca-cert-file", str(self.dir / "tls" / "ca.crt"), "--dataplane-token-file", str(token),
+                "--dataplane-file", str(dp_file),
                 "--admin-port", "0", "--work-dir", str(self.dir / "work" / svc.name), "--log-level", "warning",
             )  # fmt: skip
         resp = await self.wait_http(f"http://127.0.0.1:{SERVICES[0].app_port}/", {200}, timeout=60)
@@ -193,6 +218,10 @@ class Demo:
   isthmus delete meshtrafficpermission deny-web-to-backend {cp}
   isthmus inspect dataplane backend-1 {cp}
   curl -s {self.cp_url}/meshes/default/dataplanes+insights
+  curl -s --cacert {self.dir / "tls" / "ca.crt"} {self.cp_https_url}/   # the API over HTTPS, CP's own CA
+
+Sidecars register over HTTPS with a data-plane token each ({self.dir / "tokens"}) and verify the control
+plane's certificate against {self.dir / "tls" / "ca.crt"}.
 
 Logs: {self.dir / "logs"}.  Press Ctrl-C to stop everything.
 """
