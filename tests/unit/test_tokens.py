@@ -292,3 +292,21 @@ async def test_ads_authenticator(tokens: TokenService, store: ResourceStore) -> 
     assert await code("default.web-2", by_tag) == grpc.StatusCode.PERMISSION_DENIED  # not registered
     await tokens.revoke(payload(web)["jti"], "default")
     assert await code("default.web-1", web) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_cp_run_auth_options_are_checked() -> None:
+    from typer.testing import CliRunner
+
+    from isthmus.cli.cp import parse_bool
+    from isthmus.cli.main import app
+
+    assert [parse_bool(v) for v in ("true", "FALSE", "1", "no", "maybe")] == [True, False, True, False, None]
+    runner = CliRunner()
+    for args, flag in (
+        (["--dp-auth", "bogus"], "--dp-auth"),
+        (["--api-localhost-is-admin=maybe"], "--api-localhost-is-admin"),
+        (["--max-xds-streams", "0"], "--max-xds-streams"),
+    ):
+        result = runner.invoke(app, ["cp", "run", *args])
+        assert result.exit_code == 1, result.output
+        assert flag in result.output and len(result.output.strip().splitlines()) == 1

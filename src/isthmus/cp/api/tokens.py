@@ -32,6 +32,7 @@ from isthmus.resources.errors import FieldError, ResourceValidationError
 TAG_KEY = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
 TAG_VALUE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
 MAX_GROUPS = 100
+INVALID = "Invalid request"
 MAX_TAG_VALUES = 100
 
 _TOKEN_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -108,9 +109,7 @@ REVOKE_REQUEST = {
 
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise ResourceValidationError(
-            [FieldError("", "the body must be a JSON object")], title="Invalid request"
-        )
+        raise ResourceValidationError([FieldError("", "the body must be a JSON object")], title=INVALID)
     return body
 
 
@@ -181,7 +180,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
 
     async def mesh_must_exist(mesh: str, field: str) -> None:
         if await state.store.get("Mesh", "", mesh) is None:
-            raise ResourceValidationError([FieldError(field, f"mesh {mesh!r} does not exist")])
+            raise ResourceValidationError([FieldError(field, f"mesh {mesh!r} does not exist")], title=INVALID)
 
     @router.post(
         "/tokens/dataplane",
@@ -202,7 +201,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             errors.append(FieldError("type", f"{kind!r} is not a valid proxy type (only {DATAPLANE_TYPE!r})"))
         valid_for = parse_valid_for(body.get("validFor"), errors, DEFAULT_DATAPLANE_VALIDITY)
         if errors:
-            raise ResourceValidationError(errors, title="Invalid request")
+            raise ResourceValidationError(errors, title=INVALID)
         await mesh_must_exist(mesh, "mesh")
         token = await tokens.issue_dataplane_token(mesh=mesh, name=name, tags=tags, valid_for=valid_for)
         return PlainTextResponse(token)
@@ -230,7 +229,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             errors.append(FieldError("groups", f"must be a list of at most {MAX_GROUPS} non-empty strings"))
         valid_for = parse_valid_for(body.get("validFor"), errors, None)
         if errors:
-            raise ResourceValidationError(errors, title="Invalid request")
+            raise ResourceValidationError(errors, title=INVALID)
         assert isinstance(name, str)
         token = await tokens.issue_user_token(name=name, groups=groups, valid_for=valid_for)
         return PlainTextResponse(token)
@@ -248,18 +247,19 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 try:
                     claims = unverified_claims(token.strip())
                 except InvalidToken as exc:
-                    raise ResourceValidationError([FieldError("token", str(exc))]) from None
+                    raise ResourceValidationError([FieldError("token", str(exc))], title=INVALID) from None
                 if is_dataplane_token(claims) != dataplane:
                     kind = "a data-plane" if dataplane else "a user"
                     errors.append(FieldError("token", f"is not {kind} token"))
                 token_id = claims.get("jti")
                 mesh = claims.get("Mesh") if dataplane else None
         if not isinstance(token_id, str) or not token_id.strip() or "," in token_id or len(token_id) > 200:
-            errors.append(FieldError("id" if token is None else "token", "a token id (jti) is required"))
+            reason = "a token id (jti) is required: 1 to 200 characters, no ','"
+            errors.append(FieldError("id" if token is None else "token", reason))
         if dataplane:
             _name(mesh, "mesh", errors, required=True)
         if errors:
-            raise ResourceValidationError(errors, title="Invalid request")
+            raise ResourceValidationError(errors, title=INVALID)
         assert isinstance(token_id, str)
         if dataplane:
             assert isinstance(mesh, str)
@@ -293,7 +293,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
     async def keyset_mesh(mesh: str | None) -> str | None:
         if mesh is not None:
             if not NAME_RE.match(mesh):
-                raise ResourceValidationError([FieldError("query.mesh", "must be a mesh name")])
+                raise ResourceValidationError(
+                    [FieldError("query.mesh", "must be a mesh name")], title=INVALID
+                )
             await mesh_must_exist(mesh, "query.mesh")
         return mesh
 
