@@ -581,3 +581,79 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith(f"Error: --dataplane-file {bad}: invalid YAML")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+# -- TLS and tokens ----------------------------------------------------------------------------------------
+
+
+async def test_token_and_ca_reach_the_cp_calls_and_the_bootstrap(tmp_path: Path) -> None:
+    from isthmus.cp.tls import ensure_server_tls
+
+    ca_file = ensure_server_tls(tmp_path / "cp", ["127.0.0.1:5678"]).ca_file
+    assert ca_file is not None
+    cp = FakeCp(xds_address=f"127.0.0.1:{free_port()}")
+    options = agent_options(tmp_path, ca_cert=ca_file.read_text(), dataplane_token="aaa.bbb.ccc")
+    async with cp.client() as client:
+        agent = DataplaneAgent(options, http_client=client)
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        await eventually(lambda: (agent.envoy is not None and agent.envoy.is_ready) or running.done())
+        assert agent.envoy is not None
+        bootstrap = json.loads(agent.envoy.bootstrap_path.read_text())
+        assert os.stat(agent.envoy.bootstrap_path).st_mode & 0o777 == 0o600
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    service = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]
+    assert service["initial_metadata"] == [{"key": "authorization", "value": "Bearer aaa.bbb.ccc"}]
+    tls = bootstrap["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["validation_context"]["trusted_ca"] == {
+        "inline_string": ca_file.read_text()
+    }
+    sent = {(r.method, r.headers.get("authorization")) for r in cp.requests}
+    assert sent == {("GET", None), ("PUT", "Bearer aaa.bbb.ccc"), ("DELETE", "Bearer aaa.bbb.ccc")}
+
+
+@pytest.mark.parametrize(
+    ("content", "flag", "expected"),
+    [
+        (None, "--ca-cert-file", "no such file"),
+        ("not a certificate", "--ca-cert-file", "no PEM certificate in the file"),
+        (None, "--dataplane-token-file", "no such file"),
+        ("  \n", "--dataplane-token-file", "the data-plane token is empty"),
+        ("two words\n", "--dataplane-token-file", "not a token"),
+    ],
+)
+def test_cli_unusable_ca_or_token_file(tmp_path: Path, content: str | None, flag: str, expected: str) -> None:
+    path = tmp_path / "file"
+    if content is not None:
+        path.write_text(content)
+    code, stderr = invoke("--dataplane", DATAPLANE_YAML, flag, str(path))
+    assert code == 1 and stderr.count("\n") == 1
+    assert stderr.startswith(f"Error: {flag} {path}") and expected in stderr
+
+
+def test_cli_unreadable_token_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = tmp_path / "token"
+    path.write_text("a.b.c")
+    path.chmod(0)
+    code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--dataplane-token-file", str(path))
+    assert (code, stderr) == (1, f"Error: --dataplane-token-file {path}: cannot read: Permission denied\n")
+
+
+def test_cli_token_twice_and_bad_inline_token(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("a.b.c\n")
+    code, stderr = invoke(
+        "--dataplane", DATAPLANE_YAML, "--dataplane-token", "x", "--dataplane-token-file", str(path)
+    )
+    assert (code, stderr) == (1, "Error: give at most one of --dataplane-token and --dataplane-token-file\n")
+    code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--dataplane-token", "not:a token")
+    assert code == 1 and stderr.startswith("Error: --dataplane-token: not a token")
+
+
+@pytest.mark.parametrize("flag", ["--ca-cert-file", "--dataplane-token-file"])
+def test_cli_a_directory_is_not_a_readable_file(tmp_path: Path, flag: str) -> None:
+    code, stderr = invoke("--dataplane", DATAPLANE_YAML, flag, str(tmp_path))
+    assert (code, stderr) == (1, f"Error: {flag} {tmp_path}: is a directory\n")
