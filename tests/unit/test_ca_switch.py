@@ -62,7 +62,7 @@ def ack(insights: Insights, version: str) -> None:
 async def test_a_switch_trusts_both_then_reissues_then_drops_the_old_ca(
     store: ResourceStore, insights: Insights
 ) -> None:
-    certs = WorkloadCertificates(sds_acks(insights))
+    certs = WorkloadCertificates(sds_acks(insights), switch_settle=timedelta(0))
     steady = await certs.mesh_trust(store, MESH, mesh_spec("ca-1"), {})
     assert steady is not None and steady.phase is Phase.STEADY
     ca1 = steady.signing_ca
@@ -120,7 +120,7 @@ async def test_the_grace_period_ends_a_phase_without_acks(store: ResourceStore) 
 async def test_a_restart_in_the_middle_of_a_switch_resumes_it(
     store: ResourceStore, insights: Insights
 ) -> None:
-    before = WorkloadCertificates(sds_acks(insights))
+    before = WorkloadCertificates(sds_acks(insights), switch_settle=timedelta(0))
     first = await before.mesh_trust(store, MESH, mesh_spec("ca-1"), {})
     trust = await before.mesh_trust(store, MESH, mesh_spec("ca-2"), dict.fromkeys(NODES, "v1"))
     assert first is not None and trust is not None
@@ -137,7 +137,7 @@ async def test_a_restart_in_the_middle_of_a_switch_resumes_it(
 async def test_changing_the_ca_again_mid_switch_keeps_every_ca_in_the_bundle(
     store: ResourceStore, insights: Insights
 ) -> None:
-    certs = WorkloadCertificates(sds_acks(insights))
+    certs = WorkloadCertificates(sds_acks(insights), switch_settle=timedelta(0))
     await certs.mesh_trust(store, MESH, mesh_spec("ca-1"), {})
     await certs.mesh_trust(store, MESH, mesh_spec("ca-2"), dict.fromkeys(NODES, "v1"))
     ack(insights, "v2")
@@ -159,7 +159,7 @@ async def test_changing_the_ca_again_mid_switch_keeps_every_ca_in_the_bundle(
 
 
 async def test_turning_mtls_off_forgets_the_switch(store: ResourceStore, insights: Insights) -> None:
-    certs = WorkloadCertificates(sds_acks(insights))
+    certs = WorkloadCertificates(sds_acks(insights), switch_settle=timedelta(0))
     await certs.mesh_trust(store, MESH, mesh_spec("ca-1"), {})
     await certs.mesh_trust(store, MESH, mesh_spec("ca-2"), {})
     assert certs.switch_in_progress(MESH)
@@ -181,3 +181,16 @@ async def test_an_unreadable_provided_ca_names_the_backend_and_the_field(store: 
         ValueError, match=r"CA backend 'ext': conf\.cert\.file: cannot read '/nonexistent/ca.crt'"
     ):
         await certs.mesh_trust(store, MESH, mesh_spec("ext", provided), {})
+
+
+async def test_a_phase_lasts_at_least_the_settle_time(store: ResourceStore, insights: Insights) -> None:
+    certs = WorkloadCertificates(sds_acks(insights), switch_settle=timedelta(seconds=1))
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    await certs.mesh_trust(store, MESH, mesh_spec("ca-1"), {}, now=t0)
+    await certs.mesh_trust(store, MESH, mesh_spec("ca-2"), dict.fromkeys(NODES, "v1"), now=t0)
+    ack(insights, "v2")
+    v2 = dict.fromkeys(NODES, "v2")
+    early = await certs.mesh_trust(store, MESH, mesh_spec("ca-2"), v2, now=t0 + timedelta(milliseconds=500))
+    assert early is not None and early.phase is Phase.TRUST  # everyone ACKed, but Envoy's workers may lag
+    settled = await certs.mesh_trust(store, MESH, mesh_spec("ca-2"), v2, now=t0 + timedelta(seconds=1))
+    assert settled is not None and settled.phase is Phase.REISSUE

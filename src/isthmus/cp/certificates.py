@@ -4,7 +4,8 @@ plane (kept in memory, re-issued before 80% of its lifetime has passed).
 
 Changing a mesh's CA (``mtls.enabledBackend`` now names a backend with another CA) never leaves two proxies
 unable to talk. The switch goes through three phases, each finished once every proxy of the mesh has ACKed
-the secrets generated for it (the ADS ACKs the control plane sees) or after a grace period:
+the secrets generated for it (the ADS ACKs the control plane sees; a phase lasts at least a second, for Envoy
+to hand the new TLS contexts to its workers) or after a grace period (10 minutes):
 
 1. ``trust``: the bundle holds the old and the new CA; certificates are still signed by the old one.
 2. ``reissue``: every workload certificate is re-issued by the new CA; the bundle still holds both.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -34,9 +36,13 @@ if TYPE_CHECKING:
     from isthmus.cp.insights import Insights
     from isthmus.xds.snapshot import Snapshot
 
+log = logging.getLogger(__name__)
 SECRET_TYPE = "Secret"
 DEFAULT_SWITCH_GRACE = timedelta(minutes=10)  # a phase ends at the latest this long after it started
 SWITCH_POLL = timedelta(milliseconds=500)  # how often a switch in progress looks at the ACKs
+# A phase lasts at least this long: Envoy ACKs a secret on its main thread and hands the new TLS contexts to
+# its workers right after, so a handshake may still use the previous context for a moment after the ACK.
+DEFAULT_SWITCH_SETTLE = timedelta(seconds=1)
 
 AckedSecrets = Callable[[str], str | None]
 """The SDS version a proxy (node id) last ACKed, or None if none is known."""
@@ -172,11 +178,16 @@ class WorkloadCertificates:
     """
 
     def __init__(
-        self, acked: AckedSecrets | None = None, *, switch_grace: timedelta = DEFAULT_SWITCH_GRACE
+        self,
+        acked: AckedSecrets | None = None,
+        *,
+        switch_grace: timedelta = DEFAULT_SWITCH_GRACE,
+        switch_settle: timedelta = DEFAULT_SWITCH_SETTLE,
     ) -> None:
         self._issued: dict[str, IssuedIdentity] = {}
         self._acked = acked
         self._grace = switch_grace
+        self._settle = switch_settle
         self._cas: dict[str, CertificateAuthority] = {}  # every CA loaded, by certificate PEM
         self._provided: dict[tuple[str, str], CertificateAuthority] = {}  # (mesh, backend JSON) -> CA
         self._baselines: dict[str, dict[str, str | None]] = {}  # mesh -> SDS versions when its phase began
@@ -236,6 +247,10 @@ class WorkloadCertificates:
         state = SwitchState.from_data(record.spec["data"]) if record is not None else None
         new_state = self._advance(mesh, state, target, backend.name, sds_versions, now)
         if new_state != state:
+            if state is not None and (state.phase, state.target) != (new_state.phase, new_state.target):
+                log.info(
+                    "mesh %r: CA switch to backend %r, phase %s", mesh, backend.name, new_state.phase.value
+                )
             await store.write(
                 [Op(OpKind.UPSERT, SECRET_TYPE, mesh, name, spec={"data": new_state.to_data()})]
             )
@@ -290,10 +305,11 @@ class WorkloadCertificates:
     def _phase_done(
         self, mesh: str, sds_versions: Mapping[str, str | None], since: datetime, now: datetime
     ) -> bool:
-        """Every proxy got a configuration generated in this phase and ACKed it, or the grace period is over."""
+        """Every proxy got a configuration generated in this phase and ACKed it (and the phase has lasted the
+        settle time), or the grace period is over."""
         if now - since >= self._grace:
             return True
-        if self._acked is None:
+        if self._acked is None or now - since < self._settle:
             return False
         baseline = self._baselines.get(mesh, {})
         for nid, version in sds_versions.items():
