@@ -27,7 +27,7 @@ from isthmus.auth.tokens import TokenService
 from isthmus.auth.xds import XdsAuthenticator
 from isthmus.catalog import default_registry
 from isthmus.cp.api.app import create_app
-from isthmus.cp.certificates import WorkloadCertificates
+from isthmus.cp.certificates import WorkloadCertificates, sds_acks
 from isthmus.cp.insights import Insights
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
@@ -109,7 +109,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     registry = default_registry()
     cache = SnapshotCache()
     insights = Insights()
-    certificates = WorkloadCertificates()
+    certificates = WorkloadCertificates(sds_acks(insights))  # a CA switch advances on ACKs
     reconciler = Reconciler(store, registry, cache, certificates)
     tokens = TokenService(store)
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
