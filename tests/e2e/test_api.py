@@ -50,6 +50,47 @@ def test_index_and_openapi(cp: ControlPlane) -> None:
     assert "/meshes/{mesh}/{plural}/{name}" in spec["paths"]
 
 
+def test_openapi_declares_the_real_error_responses(cp: ControlPlane) -> None:
+    spec = cp.http.get("/openapi.json").json()
+    operations = [op for item in spec["paths"].values() for op in item.values()]
+    assert all("422" not in op["responses"] for op in operations)
+    resource = spec["paths"]["/meshes/{mesh}/{plural}/{name}"]
+    assert {"200", "201", "400", "404", "409", "405"} <= set(resource["put"]["responses"])
+    problem = resource["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+    assert problem == {"$ref": "#/components/schemas/Problem"}
+    assert "Allow" in resource["get"]["responses"]["405"]["headers"]
+    offset = next(p for p in spec["paths"]["/meshes"]["get"]["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    "params", [{"offset": 2**63}, {"offset": 10**10}, {"offset": -1}, {"size": 0}, {"size": 1001}]
+)
+def test_page_arguments_out_of_bounds_get_400(cp: ControlPlane, params: dict[str, int]) -> None:
+    for path in ("/meshes", "/meshes/default/dataplanes", "/meshes/default/dataplanes+insights"):
+        resp = cp.http.get(path, params=params)
+        assert resp.status_code == 400, resp.text
+        assert [p["field"] for p in resp.json()["invalid_parameters"]] == [f"query.{next(iter(params))}"]
+    last = cp.http.get("/meshes", params={"offset": 1_000_000_000, "size": 1000})
+    assert last.status_code == 200 and last.json()["items"] == [] and last.json()["next"] is None
+
+
+def test_a_method_the_path_lacks_gets_405_with_allow(cp: ControlPlane) -> None:
+    for path, allowed in [
+        ("/meshes/default", "GET, PUT, DELETE"),
+        ("/meshes/default/dataplanes/x", "GET, PUT, DELETE"),
+        ("/meshes/default/dataplanes+insights/x", "GET"),  # an insight, not a resource type
+        ("/meshes", "GET"),
+    ]:
+        resp = cp.http.request("PATCH", path)
+        assert resp.status_code == 405, resp.text
+        assert resp.headers["Allow"] == allowed
+        assert resp.json()["status"] == 405
+    unknown_type = cp.http.request("PATCH", "/meshes/default/gadgets/x")
+    assert unknown_type.status_code == 404
+    assert cp.http.get("/meshes/default/gadgets/x").status_code == 404
+
+
 def test_create_get_update_delete(cp: ControlPlane) -> None:
     created = cp.http.put("/meshes/default/dataplanes/crud-1", json=dp("crud-1", 11001))
     assert created.status_code == 201

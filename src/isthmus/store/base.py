@@ -52,6 +52,11 @@ class Conflict(StoreError):
         )
 
 
+MAX_OFFSET = 1_000_000_000
+"""The largest ``offset`` (and ``limit``) :meth:`ResourceStore.list` takes; larger ones raise ValueError (SQL
+databases keep them in 64-bit integers)."""
+
+
 @dataclass(frozen=True)
 class Key:
     type: str
@@ -130,7 +135,8 @@ class ResourceStore(Protocol):
     async def list(
         self, type: str, mesh: str | None = None, *, offset: int = 0, limit: int | None = None
     ) -> Page:
-        """Records of ``type`` ordered by (mesh, name); ``mesh=None`` means every mesh."""
+        """Records of ``type`` ordered by (mesh, name); ``mesh=None`` means every mesh. ``offset`` and ``limit``
+        are within 0..:data:`MAX_OFFSET` (ValueError otherwise)."""
 
     async def write(self, ops: Sequence[Op]) -> builtins.list[Record | None]:
         """Apply ``ops`` atomically. Returns, per op, the new record (``None`` for deletes)."""

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from isthmus.store.base import (
+    MAX_OFFSET,
     AlreadyExists,
     ChangeEvent,
     Conflict,
@@ -59,10 +60,10 @@ def copy_record(record: Record) -> Record:
 
 
 def check_page_args(offset: int, limit: int | None) -> None:
-    if offset < 0:
-        raise ValueError(f"offset must not be negative (got {offset})")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must not be negative (got {limit})")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValueError(f"offset must be within 0..{MAX_OFFSET} (got {offset})")
+    if limit is not None and not 0 <= limit <= MAX_OFFSET:
+        raise ValueError(f"limit must be within 0..{MAX_OFFSET} (got {limit})")
 
 
 @dataclass(frozen=True)

@@ -5,23 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isthmus import __version__
 from isthmus.cp.api import auth, errors, inspect, resources, tokens
 from isthmus.cp.api.limits import BodyLimitMiddleware
+from isthmus.cp.api.models import Index, ResourceTypes
+from isthmus.cp.api.openapi import ControlPlaneApi
 from isthmus.cp.state import ControlPlaneState
 
 
 def create_app(state: ControlPlaneState) -> FastAPI:
-    app = FastAPI(
+    app = ControlPlaneApi(
         title="Isthmus control plane",
         version=__version__,
         description="Resources in Kuma's Universal format on Kuma's REST paths.",
     )
     errors.install(app)
 
-    @app.get("/", tags=["system"])
+    @app.get("/", tags=["system"], response_model=None, responses={200: {"model": Index}})
     async def index() -> dict[str, Any]:
         return {
             "product": "Isthmus",
@@ -30,7 +33,7 @@ def create_app(state: ControlPlaneState) -> FastAPI:
             "xdsAddress": state.xds_address,
         }
 
-    @app.get("/_resources", tags=["system"])
+    @app.get("/_resources", tags=["system"], response_model=None, responses={200: {"model": ResourceTypes}})
     async def resource_types() -> dict[str, Any]:
         return {
             "resources": [
@@ -44,7 +47,12 @@ def create_app(state: ControlPlaneState) -> FastAPI:
             ]
         }
 
-    @app.get("/metrics", tags=["system"])
+    @app.get(
+        "/metrics",
+        tags=["system"],
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)
 

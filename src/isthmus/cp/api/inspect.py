@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from google.protobuf import json_format
+from pydantic import StringConstraints
 
-from isthmus.cp.api.errors import ApiError
-from isthmus.cp.api.resources import MAX_PAGE
+from isthmus.cp.api.errors import ApiError, error_responses
+from isthmus.cp.api.models import (
+    DataplaneOverview,
+    DataplaneOverviewPage,
+    Explanation,
+    PolicyStatus,
+    ProxyConfig,
+    ProxyPolicies,
+)
+from isthmus.cp.api.resources import OffsetQuery, SizeQuery, one_of
 from isthmus.cp.state import ControlPlaneState
 from isthmus.ir.build import node_id
 from isthmus.policies.catalog import plugins
@@ -22,6 +31,8 @@ from isthmus.store.base import NotFound, Record
 from isthmus.xds import types
 
 REDACTED = "[redacted]"
+HTTP_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # a method or header name (RFC 9110 token)
+HeaderItem = Annotated[str, StringConstraints(pattern=HTTP_TOKEN.removesuffix("$") + "[:=]")]
 
 
 def _iso(value: Any) -> str | None:
@@ -72,9 +83,14 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             "dataplaneInsight": insight,
         }
 
-    @router.get("/meshes/{mesh}/dataplanes+insights", tags=["inspect"])
+    @router.get(
+        "/meshes/{mesh}/dataplanes+insights",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": DataplaneOverviewPage}, **error_responses(400)},
+    )
     async def list_overviews(
-        mesh: str, request: Request, offset: int = Query(0, ge=0), size: int = Query(100, ge=1, le=MAX_PAGE)
+        mesh: str, request: Request, offset: OffsetQuery = 0, size: SizeQuery = 100
     ) -> dict[str, Any]:
         page = await state.store.list("Dataplane", mesh, offset=offset, limit=size)
         nxt = None
@@ -82,11 +98,21 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             nxt = str(request.url.include_query_params(offset=offset + size, size=size))
         return {"total": page.total, "items": [overview(r) for r in page.items], "next": nxt}
 
-    @router.get("/meshes/{mesh}/dataplanes+insights/{name}", tags=["inspect"])
+    @router.get(
+        "/meshes/{mesh}/dataplanes+insights/{name}",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": DataplaneOverview}, **error_responses(404)},
+    )
     async def get_overview(mesh: str, name: str) -> dict[str, Any]:
         return overview(await dataplane_record(mesh, name))
 
-    @router.get("/meshes/{mesh}/dataplanes/{name}/_config", tags=["inspect"])
+    @router.get(
+        "/meshes/{mesh}/dataplanes/{name}/_config",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": ProxyConfig}, **error_responses(404)},
+    )
     async def config(mesh: str, name: str) -> dict[str, Any]:
         await dataplane_record(mesh, name)
         nid = node_id(mesh, name)
@@ -108,7 +134,12 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             "error": proxy.error if proxy and proxy.error else None,
         }
 
-    @router.get("/meshes/{mesh}/dataplanes/{name}/_policies", tags=["inspect"])
+    @router.get(
+        "/meshes/{mesh}/dataplanes/{name}/_policies",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": ProxyPolicies}, **error_responses(404)},
+    )
     async def policies(mesh: str, name: str) -> dict[str, Any]:
         record = await dataplane_record(mesh, name)
         dp = from_record(record, registry)
@@ -135,8 +166,20 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 _attach(outbounds, described.get("outbounds", []), kind)
         return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
 
-    @router.get("/meshes/{mesh}/{plural}/{name}/_status", tags=["inspect"])
-    async def policy_status(mesh: str, plural: str, name: str) -> dict[str, Any]:
+    policy_plurals = sorted(t.plural for t in registry.policies() if not t.internal)
+    policy_plural: Any = Path(
+        description="a policy type's plural, as listed by /_resources",
+        pattern=one_of(policy_plurals),
+        json_schema_extra={"enum": policy_plurals},
+    )
+
+    @router.get(
+        "/meshes/{mesh}/{plural}/{name}/_status",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": PolicyStatus}, **error_responses(404, 409)},
+    )
+    async def policy_status(mesh: str, name: str, plural: str = policy_plural) -> dict[str, Any]:
         """Whether each targetRef of a policy refers to something that exists, and which proxies it selects."""
         rtype = registry.plural(plural)
         if rtype is None or not rtype.is_policy:
@@ -149,14 +192,21 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             raise ApiError(409, "Not ready", f"the control plane has not processed mesh {mesh!r} yet; retry")
         return policy_target_status(ctx, from_record(record, registry))
 
-    @router.get("/meshes/{mesh}/dataplanes/{name}/_explain", tags=["inspect"])
+    @router.get(
+        "/meshes/{mesh}/dataplanes/{name}/_explain",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": Explanation}, **error_responses(400, 404, 409)},
+    )
     async def explain_request(
         mesh: str,
         name: str,
-        to: str = Query(..., description="destination service (kuma.io/service)"),
-        path: str = Query("/", description="request path, optionally with a query string"),
-        method: str = Query("GET"),
-        header: list[str] = Query(default=[], description="request header as NAME:VALUE or NAME=VALUE"),
+        to: str = Query(..., min_length=1, description="destination service (kuma.io/service)"),
+        path: str = Query("/", pattern="^/", description="request path, optionally with a query string"),
+        method: str = Query("GET", pattern=HTTP_TOKEN, description="request method"),
+        header: list[HeaderItem] = Query(
+            default=[], description="request header as NAME:VALUE or NAME=VALUE"
+        ),
     ) -> dict[str, Any]:
         await dataplane_record(mesh, name)
         headers: dict[str, str] = {}

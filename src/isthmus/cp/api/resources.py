@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+from collections.abc import Iterable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from isthmus.cp.api.errors import ApiError
+from isthmus.cp.api.errors import ApiError, error_responses
+from isthmus.cp.api.models import Empty, ResourceDocument, ResourcePage
 from isthmus.cp.state import ControlPlaneState
 from isthmus.policies.defaults import initial_policies
 from isthmus.resources.errors import FieldError, ResourceValidationError
 from isthmus.resources.loading import load_body
 from isthmus.resources.mesh import MeshSpec
 from isthmus.resources.registry import Registry, Resource, ResourceType, Scope, parse_document, to_document
-from isthmus.store.base import NotFound, Op, OpKind, Record
+from isthmus.store.base import MAX_OFFSET, NotFound, Op, OpKind, Record
 
 MAX_PAGE = 1000
+
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="how many items to skip (0..1000000000)")]
+SizeQuery = Annotated[int, Query(ge=1, le=MAX_PAGE, description="the page size (1..1000)")]
+IfMatchHeader = Annotated[
+    str | None,
+    Header(
+        pattern=r'^(W/)?"?[0-9]+"?$',
+        description="only if the resource is at this version (its ETag); 409 otherwise",
+    ),
+]
+ETAG_HEADER = {"ETag": {"description": "the resource version", "schema": {"type": "string"}}}
 
 
 async def read_body(request: Request) -> Any:
@@ -59,9 +73,47 @@ def _initial_policy_ops(mesh: Resource, registry: Registry) -> list[Op]:
     ]
 
 
+def one_of(words: Iterable[str]) -> str:
+    """A regex matching exactly one of ``words``: a path parameter that must be one of them is validated, and a
+    URL with another word is answered as one that names no path (404, or 405 with ``Allow``)."""
+    return "^(?:" + "|".join(re.escape(w) for w in sorted(words)) + ")$"
+
+
+def body_schema(kinds: list[str], *, mesh_scoped: bool) -> dict[str, Any]:
+    """``openapi_extra`` for a PUT: the body is a resource document, JSON or YAML. Only its envelope is declared;
+    the control plane checks the kind's specification and names each invalid field (400)."""
+    properties: dict[str, Any] = {
+        "type": {"type": "string", "enum": kinds},
+        "name": {"type": "string", "description": "the name in the path"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    if mesh_scoped:
+        properties["mesh"] = {"type": "string", "description": "the mesh in the path (the default)"}
+    schema = {
+        "type": "object",
+        "required": ["type", "name"],
+        "properties": properties,
+        "additionalProperties": True,
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "the resource in Kuma's Universal format",
+            "content": {"application/json": {"schema": schema}, "application/yaml": {"schema": schema}},
+        }
+    }
+
+
 def build_router(state: ControlPlaneState) -> APIRouter:
     router = APIRouter()
     registry = state.registry
+    mesh_scoped = [t for t in registry.public() if t.scope is Scope.MESH]
+    # A default value, not an Annotated alias: the route signatures are evaluated against the module's globals.
+    plural_path: Any = Path(
+        description="the resource type's plural, as listed by /_resources",
+        pattern=one_of(t.plural for t in mesh_scoped),
+        json_schema_extra={"enum": sorted(t.plural for t in mesh_scoped)},
+    )
 
     def rtype_for(plural: str) -> ResourceType:
         rtype = registry.plural(plural)
@@ -81,6 +133,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             expect_type=rtype,
             expect_mesh=mesh if rtype.scope is Scope.MESH else None,
             expect_name=name,
+            context={"on_control_plane": True},
         )
         if rtype.scope is Scope.MESH and await state.store.get("Mesh", "", res.mesh) is None:
             raise ResourceValidationError([FieldError("mesh", f"mesh {res.mesh!r} does not exist")])
@@ -108,25 +161,51 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         page = await state.store.list(kind, mesh, offset=offset, limit=size)
         return _page(request, [to_document(r, registry) for r in page.items], page.total, offset, size)
 
+    got = {"model": ResourceDocument, "description": "the resource", "headers": ETAG_HEADER}
+    put_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": ResourceDocument, "description": "updated", "headers": ETAG_HEADER},
+        201: {"model": ResourceDocument, "description": "created", "headers": ETAG_HEADER},
+    }
+
     # -- meshes (global) --------------------------------------------------------------------------------------
-    @router.get("/meshes", tags=["meshes"])
-    async def list_meshes(
-        request: Request, offset: int = Query(0, ge=0), size: int = Query(100, ge=1, le=MAX_PAGE)
-    ) -> dict[str, Any]:
+    @router.get(
+        "/meshes",
+        tags=["meshes"],
+        response_model=None,
+        responses={200: {"model": ResourcePage, "description": "a page of meshes"}, **error_responses(400)},
+    )
+    async def list_meshes(request: Request, offset: OffsetQuery = 0, size: SizeQuery = 100) -> dict[str, Any]:
         return await list_docs(request, "Mesh", None, offset, size)
 
-    @router.get("/meshes/{name}", tags=["meshes"])
+    @router.get(
+        "/meshes/{name}", tags=["meshes"], response_model=None, responses={200: got, **error_responses(404)}
+    )
     async def get_mesh(name: str) -> JSONResponse:
         record = await state.store.get("Mesh", "", name)
         if record is None:
             raise NotFound("Mesh", "", name)
         return respond(record, 200)
 
-    @router.put("/meshes/{name}", tags=["meshes"], status_code=201)
-    async def put_mesh(name: str, request: Request, if_match: str | None = Header(None)) -> JSONResponse:
+    @router.put(
+        "/meshes/{name}",
+        tags=["meshes"],
+        status_code=201,
+        response_model=None,
+        responses={**put_responses, **error_responses(400, 409)},
+        openapi_extra=body_schema(["Mesh"], mesh_scoped=False),
+    )
+    async def put_mesh(name: str, request: Request, if_match: IfMatchHeader = None) -> JSONResponse:
         return await put(registry.kind("Mesh"), "", name, await read_body(request), if_match)  # type: ignore[arg-type]
 
-    @router.delete("/meshes/{name}", tags=["meshes"])
+    @router.delete(
+        "/meshes/{name}",
+        tags=["meshes"],
+        response_model=None,
+        responses={
+            200: {"model": Empty, "description": "deleted, with everything in it"},
+            **error_responses(404, 409),
+        },
+    )
     async def delete_mesh(name: str) -> dict[str, Any]:
         if await state.store.get("Mesh", "", name) is None:
             raise NotFound("Mesh", "", name)
@@ -139,34 +218,59 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         return {}
 
     # -- mesh-scoped resources -----------------------------------------------------------------------------------
-    @router.get("/meshes/{mesh}/{plural}", tags=["resources"])
+    @router.get(
+        "/meshes/{mesh}/{plural}",
+        tags=["resources"],
+        response_model=None,
+        responses={
+            200: {"model": ResourcePage, "description": "a page of resources"},
+            **error_responses(400, 404),
+        },
+    )
     async def list_in_mesh(
         mesh: str,
-        plural: str,
         request: Request,
-        offset: int = Query(0, ge=0),
-        size: int = Query(100, ge=1, le=MAX_PAGE),
+        plural: str = plural_path,
+        offset: OffsetQuery = 0,
+        size: SizeQuery = 100,
     ) -> dict[str, Any]:
         rtype = rtype_for(plural)
         return await list_docs(request, rtype.kind, mesh, offset, size)
 
-    @router.get("/meshes/{mesh}/{plural}/{name}", tags=["resources"])
-    async def get_in_mesh(mesh: str, plural: str, name: str) -> JSONResponse:
+    @router.get(
+        "/meshes/{mesh}/{plural}/{name}",
+        tags=["resources"],
+        response_model=None,
+        responses={200: got, **error_responses(404)},
+    )
+    async def get_in_mesh(mesh: str, name: str, plural: str = plural_path) -> JSONResponse:
         rtype = rtype_for(plural)
         record = await state.store.get(rtype.kind, mesh, name)
         if record is None:
             raise NotFound(rtype.kind, mesh, name)
         return respond(record, 200)
 
-    @router.put("/meshes/{mesh}/{plural}/{name}", tags=["resources"], status_code=201)
+    @router.put(
+        "/meshes/{mesh}/{plural}/{name}",
+        tags=["resources"],
+        status_code=201,
+        response_model=None,
+        responses={**put_responses, **error_responses(400, 404, 409)},
+        openapi_extra=body_schema(sorted(t.kind for t in mesh_scoped), mesh_scoped=True),
+    )
     async def put_in_mesh(
-        mesh: str, plural: str, name: str, request: Request, if_match: str | None = Header(None)
+        mesh: str, name: str, request: Request, plural: str = plural_path, if_match: IfMatchHeader = None
     ) -> JSONResponse:
         return await put(rtype_for(plural), mesh, name, await read_body(request), if_match)
 
-    @router.delete("/meshes/{mesh}/{plural}/{name}", tags=["resources"])
+    @router.delete(
+        "/meshes/{mesh}/{plural}/{name}",
+        tags=["resources"],
+        response_model=None,
+        responses={200: {"model": Empty, "description": "deleted"}, **error_responses(400, 404, 409)},
+    )
     async def delete_in_mesh(
-        mesh: str, plural: str, name: str, if_match: str | None = Header(None)
+        mesh: str, name: str, plural: str = plural_path, if_match: IfMatchHeader = None
     ) -> Response:
         rtype = rtype_for(plural)
         await state.store.write(
