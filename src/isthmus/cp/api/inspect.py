@@ -6,8 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from google.protobuf import json_format
-from pydantic import StringConstraints
+from pydantic import StringConstraints, ValidationError
 
+from isthmus.context.mesh_context import build_mesh_context
 from isthmus.cp.api.errors import ApiError, error_responses
 from isthmus.cp.api.models import (
     DataplaneOverview,
@@ -26,7 +27,7 @@ from isthmus.policies.plugin import PolicyInputs
 from isthmus.policies.status import policy_target_status
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.errors import FieldError, ResourceValidationError
-from isthmus.resources.registry import from_record, to_document
+from isthmus.resources.registry import Resource, from_record, to_document
 from isthmus.store.base import NotFound, Record
 from isthmus.xds import types
 
@@ -55,6 +56,17 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         if record is None:
             raise NotFound("Dataplane", mesh, name)
         return record
+
+    async def stored_policies(kind: str, mesh: str) -> tuple[Resource, ...]:
+        """The valid stored policies of a kind (one stored by an older version and no longer valid is left out:
+        the reconciler reports it)."""
+        found = []
+        for record in (await state.store.list(kind, mesh)).items:
+            try:
+                found.append(from_record(record, registry))
+            except ValidationError:
+                continue
+        return tuple(found)
 
     def overview(record: Record) -> dict[str, Any]:
         nid = node_id(record.mesh, record.name)
@@ -157,13 +169,20 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         outbounds: list[dict[str, Any]] = [
             {"port": o.port, "service": o.service, "policies": []} for o in spec.networking.outbound
         ]
+        # the stored policies, so that what was just applied shows before the mesh is generated again
+        stored = {p.resource_type.kind: await stored_policies(p.resource_type.kind, mesh) for p in plugins()}
         ctx = state.reconciler.contexts.get(mesh)
-        if ctx is not None:
-            for plugin in plugins():
-                kind = plugin.resource_type.kind
-                described = plugin.describe(PolicyInputs(ctx, dp, ctx.policies_of(kind)))
-                _attach(inbounds, described.get("inbounds", []), kind)
-                _attach(outbounds, described.get("outbounds", []), kind)
+        if ctx is None:
+            mesh_record = await state.store.get("Mesh", "", mesh)
+            if mesh_record is None:
+                raise NotFound("Mesh", "", mesh)
+            everything = [p for kind in stored.values() for p in kind]
+            ctx = build_mesh_context(from_record(mesh_record, registry), [dp], everything)
+        for plugin in plugins():
+            kind = plugin.resource_type.kind
+            described = plugin.describe(PolicyInputs(ctx, dp, stored[kind]))
+            _attach(inbounds, described.get("inbounds", []), kind)
+            _attach(outbounds, described.get("outbounds", []), kind)
         return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
 
     policy_plurals = sorted(t.plural for t in registry.policies() if not t.internal)
