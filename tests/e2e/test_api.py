@@ -61,6 +61,10 @@ def test_openapi_declares_the_real_error_responses(cp: ControlPlane) -> None:
     assert "Allow" in resource["get"]["responses"]["405"]["headers"]
     offset = next(p for p in spec["paths"]["/meshes"]["get"]["parameters"] if p["name"] == "offset")
     assert offset["schema"]["maximum"] == 1_000_000_000
+    assert {"401", "403", "413"} <= set(resource["put"]["responses"])
+    too_big = cp.http.put("/meshes/default/dataplanes/big", content=b"{" + b" " * (1 << 20) + b"}")
+    assert too_big.status_code == 413
+    assert set(too_big.json()) <= set(spec["components"]["schemas"]["Problem"]["properties"])
 
 
 @pytest.mark.parametrize(
