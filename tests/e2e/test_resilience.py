@@ -234,6 +234,42 @@ def test_fault_injection_aborts_about_half(env: Env) -> None:
         env.remove(paths)
 
 
+LONG_CLIENT = "web-" + "x" * 76  # 80 characters: its identity is far beyond what a regex on it could hold
+CLIENT_FAULTS = f"""
+type: MeshFaultInjection
+mesh: default
+name: per-client
+spec:
+  targetRef: {{kind: MeshService, name: solo}}
+  from:
+  - targetRef: {{kind: MeshService, name: we}}
+    default:
+      http:
+      - abort: {{httpStatus: 500, percentage: 100}}
+  - targetRef: {{kind: MeshService, name: {LONG_CLIENT}}}
+    default:
+      http:
+      - abort: {{httpStatus: 502, percentage: 100}}
+  - targetRef: {{kind: MeshService, name: web}}
+    default:
+      http:
+      - abort: {{httpStatus: 418, percentage: 100}}
+"""
+
+
+def test_fault_injection_for_one_client_only(env: Env) -> None:
+    """Only web's own fault applies to web: not the one for ``we`` (a prefix of web's identity) nor the one for
+    a long name; and Envoy accepts the inbound listener at all (it refused the old regex for a long name)."""
+    paths = env.apply(CLIENT_FAULTS)
+    try:
+        wait_for(lambda: env.get("solo").status_code == 418, 15, what="web's fault in effect")
+        counts = collections.Counter(env.get("solo").status_code for _ in range(50))
+        assert counts == {418: 50}, counts
+    finally:
+        env.remove(paths)
+        wait_for(lambda: env.get("solo").status_code == 200, 15, what="faults removed")
+
+
 RATE_LIMIT = """
 type: MeshRateLimit
 mesh: default

@@ -1,19 +1,30 @@
 """Inbound HTTP filters from policies: local rate limits (MeshRateLimit) and fault injection
-(MeshFaultInjection), placed after RBAC and before the router; and TCP connection rate limits."""
+(MeshFaultInjection), placed after RBAC and before the router; and TCP connection rate limits.
+
+A fault for particular clients acts only on requests whose ``x-forwarded-client-cert`` (set by the inbound from
+the peer certificate, ``By=..;Hash=..;URI=<uri>;URI=<uri>``) holds every URI of that client as a whole element.
+That test uses exact string matchers only (no regex: a regex holding a URI grows with it, and Envoy refuses one
+whose RE2 program is larger than 100, a URI of ~66 characters), in a filter-level matcher that skips the fault
+filter for other requests.
+"""
 
 from __future__ import annotations
 
-import re
+from typing import TypeAlias
 
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2
-from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as tcp_rl_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from isthmus.ir.model import InboundListener
 from isthmus.ir.traffic import FaultInjection, LocalRateLimit
@@ -23,6 +34,9 @@ FAULT = "envoy.filters.http.fault"
 HTTP_RATE_LIMIT = "envoy.filters.http.local_ratelimit"
 TCP_RATE_LIMIT = "envoy.filters.network.local_ratelimit"
 XFCC = "x-forwarded-client-cert"
+XFCC_SEPARATORS = (";", ",")  # between the fields of one element, between elements
+
+Predicate: TypeAlias = matcher_pb2.Matcher.MatcherList.Predicate
 
 
 def _percent(value: float) -> percent_pb2.FractionalPercent:
@@ -49,16 +63,71 @@ def _fault(f: FaultInjection) -> fault_pb2.HTTPFault:
     if f.response_bandwidth_kbps is not None:
         out.response_rate_limit.fixed_limit.limit_kbps = f.response_bandwidth_kbps
         out.response_rate_limit.percentage.CopyFrom(_percent(f.response_bandwidth_percent))
-    for uri in f.clients:  # only this client: every one of its identities is in the forwarded certificate
-        out.headers.append(
-            route_components_pb2.HeaderMatcher(
-                name=XFCC,
-                string_match=string_pb2.StringMatcher(
-                    safe_regex=regex_pb2.RegexMatcher(regex=f"(.*[;,])?URI={re.escape(uri)}([;,].*)?")
-                ),
+    return out
+
+
+def _header_is(header: str, match: xds_string_pb2.StringMatcher) -> Predicate:
+    return Predicate(
+        single_predicate=Predicate.SinglePredicate(
+            input=xds_extension_pb2.TypedExtensionConfig(
+                name=header,
+                typed_config=pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header)),
+            ),
+            value_match=match,
+        )
+    )
+
+
+def element_forms(element: str) -> list[xds_string_pb2.StringMatcher]:
+    """String matchers that together accept exactly the values holding ``element`` between separators (or at
+    an end): what the regex ``(.*[;,])?<element>([;,].*)?`` accepts, with no regex. ``URI=spiffe://m/svc`` is
+    not found in ``URI=spiffe://m/svc2``."""
+    M = xds_string_pb2.StringMatcher
+    out = [M(exact=element)]
+    for after in XFCC_SEPARATORS:
+        out.append(M(prefix=element + after))
+    for before in XFCC_SEPARATORS:
+        out.append(M(suffix=before + element))
+        out.extend(M(contains=before + element + after) for after in XFCC_SEPARATORS)
+    return out
+
+
+def _clients_predicate(clients: tuple[str, ...]) -> Predicate:
+    """The request comes from a client holding every one of ``clients`` (URIs) in its certificate."""
+    per_uri = [
+        Predicate(
+            or_matcher=Predicate.PredicateList(
+                predicate=[_header_is(XFCC, m) for m in element_forms(f"URI={uri}")]
             )
         )
-    return out
+        for uri in clients
+    ]
+    if len(per_uri) == 1:
+        return per_uri[0]
+    return Predicate(and_matcher=Predicate.PredicateList(predicate=per_uri))
+
+
+def _only_for_clients(
+    fault: fault_pb2.HTTPFault, clients: tuple[str, ...]
+) -> extension_matcher_pb2.ExtensionWithMatcher:
+    """The fault filter, skipped for requests that do not come from ``clients``."""
+    skip = xds_extension_pb2.TypedExtensionConfig(
+        name="skip", typed_config=pack(skip_action_pb2.SkipFilter())
+    )
+    matcher = matcher_pb2.Matcher(
+        matcher_list=matcher_pb2.Matcher.MatcherList(
+            matchers=[
+                matcher_pb2.Matcher.MatcherList.FieldMatcher(
+                    predicate=Predicate(not_matcher=_clients_predicate(clients)),
+                    on_match=matcher_pb2.Matcher.OnMatch(action=skip),
+                )
+            ]
+        )
+    )
+    return extension_matcher_pb2.ExtensionWithMatcher(
+        xds_matcher=matcher,
+        extension_config=extension_pb2.TypedExtensionConfig(name=FAULT, typed_config=pack(fault)),
+    )
 
 
 def _rate_limit(r: LocalRateLimit, stat_prefix: str) -> http_rl_pb2.LocalRateLimit:
@@ -85,7 +154,9 @@ def http_filters(ir: InboundListener) -> list[hcm_pb2.HttpFilter]:
         config = _rate_limit(ir.rate_limit, f"inbound_{ir.port}_rate_limit")
         out.append(hcm_pb2.HttpFilter(name=HTTP_RATE_LIMIT, typed_config=pack(config)))
     for f in ir.faults:
-        out.append(hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(_fault(f))))
+        fault = _fault(f)
+        config = pack(_only_for_clients(fault, f.clients) if f.clients else fault)
+        out.append(hcm_pb2.HttpFilter(name=FAULT, typed_config=config))
     return out
 
 

@@ -31,6 +31,10 @@ EXTENSION_MODULES: tuple[str, ...] = tuple(
         "config.rbac.v3.rbac",
         "config.route.v3.route",
         "config.route.v3.scoped_route",
+        # filter-level matchers (Isthmus wraps client-specific fault filters in one)
+        "extensions.common.matching.v3.extension_matcher",
+        "extensions.filters.common.matcher.action.v3.skip_action",
+        "type.matcher.v3.http_inputs",
         # HTTP filters
         "extensions.filters.http.adaptive_concurrency.v3.adaptive_concurrency",
         "extensions.filters.http.admission_control.v3.admission_control",
