@@ -139,7 +139,10 @@ def install(app: FastAPI) -> None:
                 return problem(405, "Method Not Allowed", headers={"Allow": ", ".join(allowed)})
             return problem(404, "Not Found", f"no such path: {request.scope['path']}")
         fields = [
-            {"field": field_path(e.get("loc", ())), "reason": str(e.get("msg", "invalid"))}
+            {
+                "field": field_path(e.get("loc", ())),
+                "reason": str(e.get("msg", "invalid")).removeprefix("Value error, "),
+            }
             for e in exc.errors()
         ]
         return problem(400, "Bad request", "; ".join(f"{f['field']}: {f['reason']}" for f in fields), fields)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from google.protobuf import json_format
-from pydantic import StringConstraints, ValidationError
+from pydantic import AfterValidator, ValidationError, WithJsonSchema
 
 from isthmus.context.mesh_context import build_mesh_context
 from isthmus.cp.api.errors import ApiError, error_responses
@@ -33,7 +34,21 @@ from isthmus.xds import types
 
 REDACTED = "[redacted]"
 HTTP_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # a method or header name (RFC 9110 token)
-HeaderItem = Annotated[str, StringConstraints(pattern=HTTP_TOKEN.removesuffix("$") + "[:=]")]
+HEADER_ITEM = HTTP_TOKEN.removesuffix("$") + "[:=]"
+
+
+def _header_item(value: str) -> str:
+    if not re.match(HEADER_ITEM, value):
+        raise ValueError(
+            "expected NAME:VALUE or NAME=VALUE, NAME made of letters, digits and !#$%&'*+.^_`|~-"
+        )
+    return value
+
+
+# The pattern is declared in the OpenAPI document; the check gives the reason in words.
+HeaderItem = Annotated[
+    str, AfterValidator(_header_item), WithJsonSchema({"type": "string", "pattern": HEADER_ITEM})
+]
 
 
 def _iso(value: Any) -> str | None:
