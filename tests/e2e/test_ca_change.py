@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -426,3 +427,36 @@ def test_no_get_endpoint_serves_a_private_key(deployment: Deployment) -> None:
         s["tlsCertificate"]["privateKey"] == {"inlineString": "[redacted]"} for s in identity
     )
     assert served >= 8
+
+
+def test_a_provided_ca_the_control_plane_cannot_use_is_refused(deployment: Deployment) -> None:
+    """Apply-time checks run on the control plane: an unreadable file or a key of another certificate is a 400
+    naming the field, and the stored Mesh is unchanged."""
+    d = deployment
+    http = d.cp.http
+    before = http.get("/meshes/default").json()
+    wrong_key = d.tmp / "other.key"
+    wrong_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cases = [
+        (
+            d.mesh("ca-2").replace(str(d.cert_file), str(d.tmp / "missing.crt")),
+            "mtls.backends[1].conf.cert.file",
+            "cannot read",
+        ),
+        (
+            d.mesh("ca-2").replace(str(d.key_file), str(wrong_key)),
+            "mtls.backends[1].conf.key",
+            "does not match the certificate",
+        ),
+    ]
+    for text, field, reason in cases:
+        resp = http.put("/meshes/default", json=yaml.safe_load(text))
+        assert resp.status_code == 400, resp.text
+        [problem] = resp.json()["invalid_parameters"]
+        assert problem["field"] == field and reason in problem["reason"], problem
+    after = http.get("/meshes/default").json()
+    assert after["modificationTime"] == before["modificationTime"]
