@@ -19,6 +19,23 @@ TOP_LEVEL_KINDS = (
     TargetRefKind.DATAPLANE,
 )
 TO_KINDS = (TargetRefKind.MESH, TargetRefKind.MESH_SERVICE)
+UINT32_MAX = 4_294_967_295  # counts, thresholds and token numbers end up in Envoy's uint32 fields
+
+
+def check_decimal(value: float | str | None, low: float, high: float) -> float | str | None:
+    """A Kuma decimal given as a number or a string (``0.5``, ``"1.9"``): ValueError unless it is a finite
+    number between ``low`` and ``high``."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not low <= number <= high:  # NaN fails too
+        raise ValueError(f"must be a number between {low:g} and {high:g}")
+    return value
+
+
 FROM_KINDS = (TargetRefKind.MESH,)
 
 

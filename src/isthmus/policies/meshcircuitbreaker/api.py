@@ -3,9 +3,9 @@ local application (``from``/``rules``)."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import From, Rule, To, mesh_ref, target_ref_problems
+from isthmus.policies.sections import UINT32_MAX, From, Rule, To, check_decimal, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration
 
@@ -13,26 +13,31 @@ Count = int
 
 
 class ConnectionLimits(Model):
-    max_connections: int | None = Field(default=None, alias="maxConnections", ge=0)
-    max_connection_pools: int | None = Field(default=None, alias="maxConnectionPools", ge=0)
-    max_pending_requests: int | None = Field(default=None, alias="maxPendingRequests", ge=0)
-    max_requests: int | None = Field(default=None, alias="maxRequests", ge=0)
-    max_retries: int | None = Field(default=None, alias="maxRetries", ge=0)
+    max_connections: int | None = Field(default=None, alias="maxConnections", ge=0, le=UINT32_MAX)
+    max_connection_pools: int | None = Field(default=None, alias="maxConnectionPools", ge=0, le=UINT32_MAX)
+    max_pending_requests: int | None = Field(default=None, alias="maxPendingRequests", ge=0, le=UINT32_MAX)
+    max_requests: int | None = Field(default=None, alias="maxRequests", ge=0, le=UINT32_MAX)
+    max_retries: int | None = Field(default=None, alias="maxRetries", ge=0, le=UINT32_MAX)
 
 
 class Consecutive(Model):
-    consecutive: int | None = Field(default=None, ge=0)
+    consecutive: int | None = Field(default=None, ge=0, le=UINT32_MAX)
 
 
 class SuccessRate(Model):
-    minimum_hosts: int | None = Field(default=None, alias="minimumHosts", ge=0)
-    request_volume: int | None = Field(default=None, alias="requestVolume", ge=0)
+    minimum_hosts: int | None = Field(default=None, alias="minimumHosts", ge=0, le=UINT32_MAX)
+    request_volume: int | None = Field(default=None, alias="requestVolume", ge=0, le=UINT32_MAX)
     standard_deviation_factor: float | str | None = Field(default=None, alias="standardDeviationFactor")
+
+    @field_validator("standard_deviation_factor")
+    @classmethod
+    def _factor(cls, v: float | str | None) -> float | str | None:
+        return check_decimal(v, 0, UINT32_MAX / 1000)  # Envoy takes it in thousandths, as a uint32
 
 
 class FailurePercentage(Model):
-    request_volume: int | None = Field(default=None, alias="requestVolume", ge=0)
-    minimum_hosts: int | None = Field(default=None, alias="minimumHosts", ge=0)
+    request_volume: int | None = Field(default=None, alias="requestVolume", ge=0, le=UINT32_MAX)
+    minimum_hosts: int | None = Field(default=None, alias="minimumHosts", ge=0, le=UINT32_MAX)
     threshold: int | None = Field(default=None, ge=0, le=100)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator, model_validator
 
 from isthmus.policies.sections import From, Rule, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef, TargetRefKind
 from isthmus.resources.duration import Duration
 
+MAX_KBPS = 2**64 - 1  # Envoy's limit_kbps is a uint64
 CLIENT_KINDS = (
     TargetRefKind.MESH,
     TargetRefKind.MESH_SUBSET,
@@ -27,7 +30,7 @@ def _percentage(value: float | str) -> float:
 
 
 class Abort(Model):
-    http_status: int = Field(alias="httpStatus", ge=100, le=599)
+    http_status: int = Field(alias="httpStatus", ge=200, le=599)  # Envoy aborts with [200, 600) only
     percentage: float | str
 
     @field_validator("percentage")
@@ -49,6 +52,15 @@ class Delay(Model):
 class ResponseBandwidth(Model):
     limit: str = Field(pattern=r"^\d+\s*(kbps|Kbps|mbps|Mbps|gbps|Gbps)$")
     percentage: float | str
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: str) -> str:
+        number, unit = re.fullmatch(r"(\d+)\s*([a-zA-Z])bps", v).groups()  # type: ignore[union-attr]
+        kbps = int(number) * {"k": 1, "m": 1000, "g": 1_000_000}[unit.lower()]
+        if not 1 <= kbps <= MAX_KBPS:
+            raise ValueError(f"must be between 1kbps and {MAX_KBPS}kbps")
+        return v
 
     @field_validator("percentage")
     @classmethod

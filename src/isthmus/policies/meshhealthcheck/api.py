@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import To, mesh_ref, target_ref_problems
+from isthmus.policies.sections import UINT32_MAX, To, check_decimal, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration
 
@@ -44,8 +44,8 @@ class Tcp(Model):
 class Conf(Model):
     interval: Duration | None = None
     timeout: Duration | None = None
-    unhealthy_threshold: int | None = Field(default=None, alias="unhealthyThreshold", ge=1)
-    healthy_threshold: int | None = Field(default=None, alias="healthyThreshold", ge=1)
+    unhealthy_threshold: int | None = Field(default=None, alias="unhealthyThreshold", ge=1, le=UINT32_MAX)
+    healthy_threshold: int | None = Field(default=None, alias="healthyThreshold", ge=1, le=UINT32_MAX)
     initial_jitter: Duration | None = Field(default=None, alias="initialJitter")
     interval_jitter: Duration | None = Field(default=None, alias="intervalJitter")
     interval_jitter_percent: int | None = Field(default=None, alias="intervalJitterPercent", ge=0, le=100)
@@ -57,6 +57,11 @@ class Conf(Model):
     reuse_connection: bool | None = Field(default=None, alias="reuseConnection")
     tcp: Tcp | None = None
     http: Http | None = None
+
+    @field_validator("healthy_panic_threshold")
+    @classmethod
+    def _panic(cls, v: float | str | None) -> float | str | None:
+        return check_decimal(v, 0, 100)  # a percentage
 
 
 class MeshHealthCheckSpec(Model):

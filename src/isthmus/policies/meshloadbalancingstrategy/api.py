@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import To, mesh_ref, target_ref_problems
+from isthmus.policies.sections import UINT32_MAX, To, check_decimal, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration
 
@@ -70,8 +70,13 @@ class LbType(str, Enum):
 
 
 class LeastRequest(Model):
-    choice_count: int | None = Field(default=None, alias="choiceCount", ge=2)
+    choice_count: int | None = Field(default=None, alias="choiceCount", ge=2, le=UINT32_MAX)
     active_request_bias: float | str | None = Field(default=None, alias="activeRequestBias")
+
+    @field_validator("active_request_bias")
+    @classmethod
+    def _bias(cls, v: float | str | None) -> float | str | None:
+        return check_decimal(v, 0, 1e6)
 
 
 class RingHash(Model):
@@ -79,6 +84,14 @@ class RingHash(Model):
     min_ring_size: int | None = Field(default=None, alias="minRingSize", ge=1, le=8388608)
     max_ring_size: int | None = Field(default=None, alias="maxRingSize", ge=1, le=8388608)
     hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RingHash:
+        if self.min_ring_size and self.max_ring_size and self.min_ring_size > self.max_ring_size:
+            raise ValueError(
+                f"minRingSize: {self.min_ring_size} is larger than maxRingSize {self.max_ring_size}"
+            )
+        return self
 
 
 class Maglev(Model):

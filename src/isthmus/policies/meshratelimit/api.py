@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from isthmus.policies.sections import From, Rule, mesh_ref, target_ref_problems
+from isthmus.policies.sections import UINT32_MAX, From, Rule, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration, duration_ms
 
 
 class Rate(Model):
-    num: int = Field(ge=0)
+    num: int = Field(ge=0, le=UINT32_MAX)
     interval: Duration
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import To, mesh_ref, route_target_problems, target_ref_problems
+from isthmus.policies.sections import UINT32_MAX, To, mesh_ref, route_target_problems, target_ref_problems
 from isthmus.resources.common import Model, TargetRef, TargetRefKind
 from isthmus.resources.duration import Duration
 
@@ -40,7 +40,7 @@ class BackOff(Model):
 
 
 class Http(Model):
-    num_retries: int | None = Field(default=None, alias="numRetries", ge=0)
+    num_retries: int | None = Field(default=None, alias="numRetries", ge=0, le=UINT32_MAX)
     per_try_timeout: Duration | None = Field(default=None, alias="perTryTimeout")
     back_off: BackOff | None = Field(default=None, alias="backOff")
     retry_on: list[str] | None = Field(default=None, alias="retryOn")
@@ -60,7 +60,7 @@ class Http(Model):
 
 
 class Grpc(Model):
-    num_retries: int | None = Field(default=None, alias="numRetries", ge=0)
+    num_retries: int | None = Field(default=None, alias="numRetries", ge=0, le=UINT32_MAX)
     per_try_timeout: Duration | None = Field(default=None, alias="perTryTimeout")
     back_off: BackOff | None = Field(default=None, alias="backOff")
     retry_on: list[str] | None = Field(default=None, alias="retryOn")
@@ -75,7 +75,7 @@ class Grpc(Model):
 
 
 class Tcp(Model):
-    max_connect_attempt: int | None = Field(default=None, alias="maxConnectAttempt", ge=1)
+    max_connect_attempt: int | None = Field(default=None, alias="maxConnectAttempt", ge=1, le=UINT32_MAX)
 
 
 class Conf(Model):

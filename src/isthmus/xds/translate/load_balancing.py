@@ -9,6 +9,7 @@ from envoy.config.route.v3 import route_components_pb2
 from isthmus.ir.traffic import LoadBalancer
 from isthmus.xds.translate.common import duration_ms
 
+ENVOY_MIN_RING = 1024  # Envoy's default minimum_ring_size; it refuses a maximum below the minimum
 _POLICIES = {
     "RoundRobin": cluster_pb2.Cluster.ROUND_ROBIN,
     "LeastRequest": cluster_pb2.Cluster.LEAST_REQUEST,
@@ -30,10 +31,13 @@ def cluster(out: cluster_pb2.Cluster, lb: LoadBalancer | None) -> None:
             out.least_request_lb_config.active_request_bias.runtime_key = "upstream.least_request.bias"
     if lb.type == "RingHash":
         ring = out.ring_hash_lb_config
-        if lb.min_ring_size is not None:
-            ring.minimum_ring_size.value = lb.min_ring_size
-        if lb.max_ring_size is not None:
-            ring.maximum_ring_size.value = lb.max_ring_size
+        low, high = lb.min_ring_size, lb.max_ring_size
+        if high is not None and (low if low is not None else ENVOY_MIN_RING) > high:
+            low = high  # a maximum below Envoy's default minimum, or bounds crossed by merged policies
+        if low is not None:
+            ring.minimum_ring_size.value = low
+        if high is not None:
+            ring.maximum_ring_size.value = high
         if lb.hash_function == "MurmurHash2":
             ring.hash_function = cluster_pb2.Cluster.RingHashLbConfig.MURMUR_HASH_2
     if lb.type == "Maglev" and lb.table_size is not None:

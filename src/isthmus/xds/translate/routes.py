@@ -11,6 +11,7 @@ presence match.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -20,7 +21,15 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
 from isthmus.ir.model import OutboundListener
-from isthmus.ir.traffic import HeaderModifier, HttpRoute, Mirror, Redirect, RouteMatch, ValueMatch
+from isthmus.ir.traffic import (
+    HeaderModifier,
+    HttpRoute,
+    Mirror,
+    Redirect,
+    RouteMatch,
+    ValueMatch,
+    WeightedBackend,
+)
 from isthmus.xds.translate import load_balancing, retries, timeouts
 
 HVO = base_pb2.HeaderValueOption
@@ -31,6 +40,21 @@ REDIRECT_CODES = {
     307: rc.RedirectAction.TEMPORARY_REDIRECT,
     308: rc.RedirectAction.PERMANENT_REDIRECT,
 }
+
+
+UINT32_MAX = 4_294_967_295
+
+
+def envoy_weights(backends: Sequence[WeightedBackend]) -> list[int]:
+    """The backends' weights as Envoy takes them: each a uint32 and their sum at most ``UINT32_MAX``. Larger
+    weights (a schema-valid ``weight`` is unbounded, and refs to the same cluster add up) are scaled down in
+    proportion, none below 1."""
+    weights = [b.weight for b in backends]
+    total = sum(weights)
+    if total <= UINT32_MAX:
+        return weights
+    budget = UINT32_MAX - len(weights)  # room for rounding each one up to at least 1
+    return [max(1, w * budget // total) for w in weights]
 
 
 def _regex(value: str) -> regex_pb2.RegexMatcher:
@@ -143,8 +167,8 @@ def _action(ir: OutboundListener, route: HttpRoute, match: RouteMatch | None) ->
         action = rc.RouteAction(
             weighted_clusters=rc.WeightedCluster(
                 clusters=[
-                    rc.WeightedCluster.ClusterWeight(name=b.cluster, weight={"value": b.weight})
-                    for b in backends
+                    rc.WeightedCluster.ClusterWeight(name=b.cluster, weight={"value": w})
+                    for b, w in zip(backends, envoy_weights(backends), strict=True)
                 ]
             )
         )
@@ -212,8 +236,8 @@ def tcp_proxy(stat_prefix: str, ir: OutboundListener) -> tcp_proxy_pb2.TcpProxy:
             stat_prefix=stat_prefix,
             weighted_clusters=tcp_proxy_pb2.TcpProxy.WeightedCluster(
                 clusters=[
-                    tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=b.cluster, weight=b.weight)
-                    for b in backends
+                    tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=b.cluster, weight=w)
+                    for b, w in zip(backends, envoy_weights(backends), strict=True)
                 ]
             ),
         )
