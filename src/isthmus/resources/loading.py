@@ -167,6 +167,8 @@ def _yaml_error(exc: yaml.YAMLError) -> ResourceValidationError:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     problem = " ".join(str(problem).split())
+    if "maximum nesting depth" in problem:  # libyaml's own limit (1000), met before ours on long flow runs
+        return _refuse(f"nested more than {MAX_DEPTH} levels deep{_where(mark)}")
     return _refuse(f"malformed YAML{_where(mark)}: {problem}")
 
 

@@ -35,15 +35,18 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
+        headers = {name.lower(): value for name, value in scope.get("headers", ())}
+        length = _integer(headers.get(b"content-length"))
         try:
             if length is not None and length > self.max_body_bytes:
-                await self._drain(receive, length)
+                if b"expect" not in headers:  # a client waiting for 100-continue has sent nothing
+                    await self._drain(receive, length)
                 await self._refuse(send, f"the request body is {length} bytes")
                 return
-            body = await self._read(receive)
+            body, finished = await self._read(receive)
             if body is None:
-                await self._drain(receive, 0)
+                if not finished:
+                    await self._drain(receive, 0)
                 await self._refuse(send, "the request body is larger than that")
                 return
         except _Disconnected:
@@ -64,8 +67,8 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 return
 
-    async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit."""
+    async def _read(self, receive: Receive) -> tuple[bytes | None, bool]:
+        """(the whole body, or None once it passes the limit; whether the client has sent all of it)."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -73,12 +76,13 @@ class BodyLimitMiddleware:
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
+            more = bool(message.get("more_body", False))
             size += len(chunk)
             if size > self.max_body_bytes:
-                return None
+                return None, not more
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            if not more:
+                return b"".join(chunks), True
 
     async def _refuse(self, send: Send, what: str) -> None:
         detail = f"{what}; the limit is {self.max_body_bytes} bytes"
@@ -97,14 +101,11 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def _integer(value: bytes | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
