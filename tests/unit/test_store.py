@@ -558,11 +558,11 @@ def test_open_store_sqlite_paths(spec: str, expected: str) -> None:
 
 async def test_open_store_sqlite_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
-    for spec in (f"sqlite:{path}", f"sqlite:///{path}"):
+    for i, spec in enumerate((f"sqlite:{path}", f"sqlite:///{path}")):
         store = open_store(spec)
         await store.start()
         try:
-            await store.write([Op(OpKind.UPSERT, DP, "default", "web")])
+            await store.write([Op(OpKind.UPSERT, DP, "default", "web", spec={"n": i})])
         finally:
             await store.close()
     with sqlite3.connect(path) as conn:

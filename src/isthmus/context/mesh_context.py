@@ -1,7 +1,15 @@
 """MeshContext: every input of one mesh, indexed once and shared by all of its proxies.
 
-The content hash covers exactly what proxy configuration depends on (the Mesh, its Dataplanes, its policies and
-the CA certificate), so a proxy whose mesh hash and certificate did not change is not regenerated.
+Hashes, so that the generation loop rebuilds only the proxies whose inputs changed:
+
+* ``hash`` covers every input of the mesh (the Mesh, its Dataplanes, its policies and the CA certificate);
+* ``config_hash`` covers what every proxy of the mesh depends on (the Mesh, its policies, the CA certificate);
+* ``service_digests`` has one digest per service over its endpoints (every inbound serving it, with tags,
+  protocol and readiness).
+
+A proxy's configuration is a function of ``config_hash``, its own Dataplane and the endpoints of the services
+its clusters point at (IR clusters name their ``service``), so a new instance of one service changes only the
+proxies that reach that service.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.mesh import MeshSpec
@@ -35,6 +43,8 @@ class MeshContext:
     endpoints: Mapping[str, tuple[ServiceEndpoint, ...]]  # service -> every inbound serving it
     ca_certificate: str  # PEM of the mesh CA ("" when mTLS is off)
     hash: str
+    config_hash: str = ""  # the Mesh, its policies and the CA: what every proxy depends on
+    service_digests: Mapping[str, str] = field(default_factory=dict)  # service -> digest of its endpoints
 
     def policies_of(self, kind: str) -> tuple[Resource, ...]:
         return self.policies.get(kind, ())
@@ -78,12 +88,12 @@ def build_mesh_context(
     by_kind: dict[str, list[Resource]] = {}
     for p in sorted(policies, key=lambda r: (r.type.kind, r.name)):
         by_kind.setdefault(p.type.kind, []).append(p)
-    content = {
+    config = {
         "mesh": mesh.digest,
-        "dataplanes": [d.digest for d in by_name.values()],
         "policies": [p.digest for ps in by_kind.values() for p in ps],
         "ca": ca_certificate,
     }
+    config_hash = _digest(config)
     return MeshContext(
         name=mesh.name,
         spec=spec,
@@ -91,5 +101,14 @@ def build_mesh_context(
         policies={k: tuple(v) for k, v in by_kind.items()},
         endpoints={k: tuple(v) for k, v in sorted(endpoints.items())},
         ca_certificate=ca_certificate,
-        hash=_digest(content),
+        hash=_digest([config_hash, [d.digest for d in by_name.values()]]),
+        config_hash=config_hash,
+        service_digests={k: _endpoints_digest(v) for k, v in endpoints.items()},
     )
+
+
+def _endpoints_digest(endpoints: Sequence[ServiceEndpoint]) -> str:
+    parts = sorted(
+        (e.address, e.port, e.protocol, e.ready, e.dataplane, sorted(e.tags.items())) for e in endpoints
+    )
+    return _digest(parts)

@@ -1,9 +1,25 @@
 """The generation loop: store change events -> mesh context -> per-proxy IR -> xDS snapshot -> cache.
 
 One task runs :meth:`Reconciler.run`. It coalesces bursts of events, rebuilds the context of each mesh that
-changed, and regenerates only the proxies whose inputs (mesh hash, certificate) changed. A proxy whose new
-configuration fails to translate or is inconsistent keeps its previous snapshot; the error is recorded for
-inspection and does not affect other proxies.
+changed, and regenerates only the proxies whose inputs changed: the mesh-wide configuration (Mesh, policies,
+CA), the proxy's own Dataplane, the endpoints of the services its clusters point at, and its certificate. A new
+instance of a service therefore regenerates only the proxies that reach that service, and a Dataplane written
+again unchanged (the store does not even publish an event for it) regenerates nothing.
+
+Nothing stored can stop the loop. Every step is contained:
+
+* a stored record that no longer validates (validation grows stricter over time) is reported, not parsed: a
+  Dataplane is left out (its proxy keeps its last configuration), a Mesh or a policy makes its whole mesh keep
+  its last good configuration (leaving a policy out could widen what traffic is allowed);
+* a failure while building one mesh's context (its CA, its context) leaves the other meshes served and that
+  mesh's proxies on their last good configuration;
+* a failure for one proxy (its certificate, its IR, its translation, a MeshProxyPatch that leaves a dangling
+  reference) keeps that proxy's last good snapshot;
+* anything unexpected is logged and the mesh is retried later; the loop itself only ends when cancelled.
+
+Errors are kept in :attr:`Reconciler.mesh_errors`, :attr:`Reconciler.record_errors` and
+:attr:`ProxyState.error`, shown by ``inspect``, and counted in the metrics of
+:mod:`isthmus.cp.generation_status`.
 """
 
 from __future__ import annotations
@@ -11,35 +27,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
 from isthmus.context.mesh_context import MeshContext, build_mesh_context
-from isthmus.cp.certificates import IssuedIdentity, WorkloadCertificates, ensure_mesh_ca
-from isthmus.ir.build import Identity, build_proxy_ir, node_id
+from isthmus.cp.certificates import IssuedIdentity, WorkloadCertificates, sds_versions
+from isthmus.cp.generation_status import GenerationError, GenerationMetrics
+from isthmus.ir.build import Identity, build_proxy_ir
 from isthmus.ir.model import ProxyIR
+from isthmus.pki.ca import CertificateAuthority
 from isthmus.resources.dataplane import DataplaneSpec
+from isthmus.resources.errors import from_pydantic
+from isthmus.resources.mesh import MeshSpec
 from isthmus.resources.registry import Registry, Resource, from_record
-from isthmus.store.base import ChangeEvent, ResourceStore
+from isthmus.store.base import ChangeEvent, Record, ResourceStore
 from isthmus.xds.cache import SnapshotCache
+from isthmus.xds.node import mesh_name_usable, node_id
 from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate_packed
 
 log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.02
+RETRY_SECONDS = (1.0, 30.0)  # first and longest wait before a failed mesh is generated again
+RecordKey = tuple[str, str, str]  # (type, mesh, name)
+InputsKey = tuple[object, ...]  # what a proxy's configuration was built (or failed to build) from
 
 
 @dataclass
 class ProxyState:
     mesh: str
     name: str
-    inputs_key: tuple[str, int]
+    inputs_key: InputsKey | None  # what its current configuration was built from; None: never built
     ir: ProxyIR | None
     snapshot: Snapshot | None
     error: str = ""
     generated_at: datetime | None = None
+    error_stage: str = ""
+    services: tuple[str, ...] = ()  # the services its clusters point at (sorted)
+
+
+class MeshFailed(Exception):
+    """A step that concerns the whole mesh failed; its proxies keep their last good configuration."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class Reconciler:
@@ -49,19 +87,36 @@ class Reconciler:
         registry: Registry,
         cache: SnapshotCache,
         certificates: WorkloadCertificates,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.cache = cache
         self.certificates = certificates
+        self.metrics = GenerationMetrics(metrics)
         self.contexts: dict[str, MeshContext] = {}
         self.proxies: dict[str, ProxyState] = {}
+        self.mesh_errors: dict[str, GenerationError] = {}
+        self.record_errors: dict[RecordKey, GenerationError] = {}
         self._ready = asyncio.Event()
         self.generations = 0
-        self._parsed: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], Resource]] = {}
+        self._parsed: dict[RecordKey, tuple[dict[str, Any], dict[str, str], Resource | GenerationError]] = {}
+        self._retry: dict[str, tuple[float, float]] = {}  # mesh -> (monotonic time due, last wait)
+        self._rotation_pass = float("-inf")  # when the last pass for due certificates started (monotonic)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    def error_for(self, mesh: str, name: str) -> GenerationError | None:
+        """Why the Dataplane's configuration is not current, if it is not: its mesh, its record or itself."""
+        if mesh in self.mesh_errors:
+            return self.mesh_errors[mesh]
+        if (bad := self.record_errors.get(("Dataplane", mesh, name))) is not None:
+            return bad
+        state = self.proxies.get(_nid(mesh, name))
+        if state is not None and state.error:
+            return GenerationError(state.error_stage or "generation", state.error, datetime.now(UTC))
+        return None
 
     # -- main loop -------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -72,11 +127,15 @@ class Reconciler:
             await self.sync_all()
             self._ready.set()
             while True:
-                dirty = await self._next_batch(queue)
-                if dirty is None:
-                    return
-                for mesh in sorted(dirty):
-                    await self.sync_mesh(mesh)
+                try:
+                    dirty = await self._next_batch(queue)
+                    if dirty is None:
+                        return
+                    for mesh in sorted(dirty):
+                        await (self.sync_all() if mesh == "" else self.sync_mesh(mesh))
+                except Exception:  # never let the generation loop die (CancelledError is not an Exception)
+                    log.exception("generation loop: unexpected error; continuing")
+                    await asyncio.sleep(RETRY_SECONDS[0])
 
     @staticmethod
     async def _drain(events: AsyncIterator[ChangeEvent], queue: asyncio.Queue[ChangeEvent | None]) -> None:
@@ -85,25 +144,38 @@ class Reconciler:
         queue.put_nowait(None)
 
     async def _next_batch(self, queue: asyncio.Queue[ChangeEvent | None]) -> set[str] | None:
-        """Meshes touched by the next burst of events, or every mesh when a certificate is due."""
-        timeout = None
+        """Meshes touched by the next burst of events, every mesh when a certificate is due, and the failed meshes
+        whose retry is due ("" stands for listing the meshes again). None when the store closed."""
+        now = time.monotonic()
+        deadlines = [at for at, _ in self._retry.values()]
         due = self.certificates.next_rotation()
         if due is not None:
-            timeout = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            at = now + (due - datetime.now(UTC)).total_seconds()
+            deadlines.append(max(at, self._rotation_pass + RETRY_SECONDS[0]))  # at most one pass a second
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        dirty: set[str] = set()
         try:
-            first = await asyncio.wait_for(queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                first = await queue.get()
         except TimeoutError:
-            return set(self.contexts)
-        if first is None:
-            return None
-        dirty = {self._mesh_of(first)}
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DEBOUNCE_SECONDS):
-                while True:
-                    ev = await queue.get()
-                    if ev is None:
-                        return None
-                    dirty.add(self._mesh_of(ev))
+            pass
+        else:
+            if first is None:
+                return None
+            dirty.add(self._mesh_of(first))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DEBOUNCE_SECONDS):
+                    while True:
+                        ev = await queue.get()
+                        if ev is None:
+                            return None
+                        dirty.add(self._mesh_of(ev))
+            dirty.discard("")  # a resource outside any mesh
+        now = time.monotonic()
+        if due is not None and due <= datetime.now(UTC) and now >= self._rotation_pass + RETRY_SECONDS[0]:
+            self._rotation_pass = now
+            dirty |= set(self.contexts)
+        dirty |= {m for m, (at, _) in self._retry.items() if at <= now}
         return dirty
 
     @staticmethod
@@ -112,83 +184,207 @@ class Reconciler:
 
     # -- generation ------------------------------------------------------------------------------------------
     async def sync_all(self) -> None:
-        page = await self.store.list("Mesh")
-        names = {r.name for r in page.items} | set(self.contexts)
+        try:
+            page = await self.store.list("Mesh")
+            names = {r.name for r in page.items} | set(self.contexts) | set(self.mesh_errors)
+            self._retry.pop("", None)
+        except Exception:
+            log.exception("listing the meshes failed; retrying")
+            self._schedule_retry("")
+            names = set(self.contexts) | set(self.mesh_errors)
         for name in sorted(names):
             await self.sync_mesh(name)
 
-    async def _load(self, kind: str, mesh: str) -> list[Resource]:
-        """The resources of a kind in a mesh; a record whose content did not change is not parsed again."""
-        page = await self.store.list(kind, mesh)
-        out = []
-        for record in page.items:
-            key = (record.type, record.mesh, record.name)
-            cached = self._parsed.get(key)
-            if cached is None or cached[0] != record.spec or cached[1] != record.labels:
-                cached = (record.spec, record.labels, from_record(record, self.registry))
-                self._parsed[key] = cached
-            out.append(cached[2])
-        if len(out) != sum(1 for k in self._parsed if k[0] == kind and k[1] == mesh):  # some were deleted
-            live = {(r.type, r.mesh, r.name) for r in page.items}
-            self._parsed = {
-                k: v for k, v in self._parsed.items() if k[0] != kind or k[1] != mesh or k in live
-            }
-        return out
-
     async def sync_mesh(self, mesh: str) -> None:
+        """Bring every proxy of ``mesh`` up to date. Never raises (except CancelledError)."""
+        started = time.monotonic()
+        try:
+            await self._sync_mesh(mesh)
+        except MeshFailed as exc:
+            self._mesh_failed(mesh, exc.stage, str(exc))
+            if exc.stage == "mesh_ca":  # the store may be unavailable for a moment
+                self._schedule_retry(mesh)
+        except Exception as exc:
+            log.exception("generating mesh %r failed", mesh)
+            self._mesh_failed(mesh, "sync", f"{type(exc).__name__}: {exc}")
+            self._schedule_retry(mesh)
+        else:
+            self._retry.pop(mesh, None)
+        finally:
+            self.metrics.seconds.observe(time.monotonic() - started)
+
+    def _mesh_failed(self, mesh: str, stage: str, message: str) -> None:
+        previous = self.mesh_errors.get(mesh)
+        if previous is None or previous.describe() != f"{stage}: {message}":
+            log.error("mesh %r is not generated (%s): %s; its proxies keep their last configuration", mesh, stage, message)  # fmt: skip
+        self.mesh_errors[mesh] = GenerationError(stage, message, datetime.now(UTC))
+        self.metrics.error(mesh, stage)
+        self.metrics.meshes_in_error.set(len(self.mesh_errors))
+
+    def _schedule_retry(self, mesh: str) -> None:
+        last = self._retry.get(mesh, (0.0, 0.0))[1]
+        wait = min(RETRY_SECONDS[1], last * 2) if last else RETRY_SECONDS[0]
+        self._retry[mesh] = (time.monotonic() + wait, wait)
+
+    async def _sync_mesh(self, mesh: str) -> None:
         record = await self.store.get("Mesh", "", mesh)
         if record is None:
-            self.contexts.pop(mesh, None)
-            self._parsed = {k: v for k, v in self._parsed.items() if k[1] != mesh}
-            for nid in [n for n, p in self.proxies.items() if p.mesh == mesh]:
-                self._drop(nid)
+            self._forget_mesh(mesh)
             return
-        mesh_res = from_record(record, self.registry)
-        dataplanes = await self._load("Dataplane", mesh)
+        if not mesh_name_usable(mesh):
+            raise MeshFailed(
+                "node_id", f"mesh name {mesh!r} contains '.', so its node ids could collide; rename the mesh"
+            )
+        mesh_res = self._parse(record)
+        if isinstance(mesh_res, GenerationError):
+            raise MeshFailed("load", f"stored Mesh {mesh!r} is not valid: {mesh_res.message}")
+        dataplanes, invalid = await self._load("Dataplane", mesh)
         policies: list[Resource] = []
+        bad: list[str] = []
         for ptype in self.registry.policies():
-            policies.extend(await self._load(ptype.kind, mesh))
-        ca = None
-        backend = mesh_res.spec.enabled_backend  # type: ignore[attr-defined]
+            found, failed = await self._load(ptype.kind, mesh)
+            policies.extend(found)
+            bad.extend(self.record_errors[(ptype.kind, mesh, name)].message for name in failed)
+        if bad:
+            raise MeshFailed("load", "stored policies are not valid: " + "; ".join(bad))
+        spec = mesh_res.spec
+        assert isinstance(spec, MeshSpec)
+        backend = spec.enabled_backend
+        ca: CertificateAuthority | None = None
+        lifetime: timedelta | None = None
         if backend is not None:
-            ca = await ensure_mesh_ca(self.store, mesh, backend.name)
-        ctx = build_mesh_context(mesh_res, dataplanes, policies, ca.cert_pem.decode() if ca else "")
+            try:
+                lifetime = backend.cert_lifetime
+            except Exception as exc:
+                raise MeshFailed("certificate", f"dpCert.rotation.expiration: {exc}") from None
+        try:  # the signing CA and the trust bundle (both CAs while the mesh's CA changes)
+            trust = await self.certificates.mesh_trust(
+                self.store, mesh, spec, sds_versions(self.proxies.items(), mesh)
+            )
+            ca = trust.signing_ca if trust else None
+        except Exception as exc:
+            log.exception("the CA of mesh %r could not be loaded or created", mesh)
+            raise MeshFailed("mesh_ca", f"{type(exc).__name__}: {exc}") from None
+        try:
+            ctx = build_mesh_context(mesh_res, dataplanes, policies, trust.bundle_pem if trust else "")
+        except Exception as exc:
+            log.exception("the context of mesh %r could not be built", mesh)
+            raise MeshFailed("mesh_context", f"{type(exc).__name__}: {exc}") from None
         self.contexts[mesh] = ctx
-        live = set()
+        if self.mesh_errors.pop(mesh, None) is not None:
+            log.info("mesh %r is generated again", mesh)
+            self.metrics.meshes_in_error.set(len(self.mesh_errors))
         for i, dp in enumerate(ctx.dataplanes.values()):
-            nid = node_id(mesh, dp.name)
-            live.add(nid)
-            issued = None
-            if ca is not None and backend is not None:
-                issued = self.certificates.identity(
-                    nid,
-                    ca=ca,
-                    mesh=mesh,
-                    services=tuple(dp.spec.services),  # type: ignore[attr-defined]
-                    tags=_tag_values(dp),
-                    lifetime=backend.cert_lifetime,
-                )
-            self._generate(ctx, dp, nid, issued)
+            self._proxy(ctx, dp, ca, lifetime)
             if i % 50 == 49:
                 await asyncio.sleep(0)  # let the ADS streams breathe during large regenerations
-        for nid in [n for n, p in self.proxies.items() if p.mesh == mesh and n not in live]:
+        # a proxy whose record is not valid any more keeps its last snapshot; a removed one is forgotten
+        keep = set(ctx.dataplanes) | set(invalid)
+        for nid in [n for n, p in self.proxies.items() if p.mesh == mesh and p.name not in keep]:
             self._drop(nid)
+        self.metrics.set_proxies_in_error(
+            mesh, sum(1 for p in self.proxies.values() if p.mesh == mesh and p.error)
+        )
+
+    def _forget_mesh(self, mesh: str) -> None:
+        self.contexts.pop(mesh, None)
+        self.certificates.forget_mesh(mesh)
+        self._parsed = {k: v for k, v in self._parsed.items() if k[1] != mesh}
+        self.record_errors = {k: v for k, v in self.record_errors.items() if k[1] != mesh}
+        for nid in [n for n, p in self.proxies.items() if p.mesh == mesh]:
+            self._drop(nid)
+        self._retry.pop(mesh, None)
+        if self.mesh_errors.pop(mesh, None) is not None:
+            self.metrics.meshes_in_error.set(len(self.mesh_errors))
+        self.metrics.forget_mesh(mesh)
+
+    def _parse(self, record: Record) -> Resource | GenerationError:
+        """The record as a resource, or why it is not valid any more (remembered per content)."""
+        key = (record.type, record.mesh, record.name)
+        cached = self._parsed.get(key)
+        if cached is None or cached[0] != record.spec or cached[1] != record.labels:
+            result: Resource | GenerationError
+            try:
+                result = from_record(record, self.registry)
+                self.record_errors.pop(key, None)
+            except Exception as exc:
+                if isinstance(exc, ValidationError):
+                    prefix = "" if record.type in ("Mesh", "Dataplane") else "spec"
+                    exc = from_pydantic(exc, prefix)
+                reason = " ".join(str(exc).split())
+                message = f"{record.type} {record.name!r} is not valid any more: {reason}"
+                result = GenerationError("load", message, datetime.now(UTC))
+                self.record_errors[key] = result
+                log.error(
+                    "stored %s %r in mesh %r skipped: %s", record.type, record.name, record.mesh, reason
+                )
+            cached = (record.spec, record.labels, result)
+            self._parsed[key] = cached
+        if isinstance(cached[2], GenerationError):
+            self.metrics.error(record.mesh or record.name, "load")
+        return cached[2]
+
+    async def _load(self, kind: str, mesh: str) -> tuple[list[Resource], list[str]]:
+        """The valid resources of a kind in a mesh, and the names of those that are not valid (their errors are
+        in :attr:`record_errors`)."""
+        page = await self.store.list(kind, mesh)
+        good: list[Resource] = []
+        bad: list[str] = []
+        for record in page.items:
+            parsed = self._parse(record)
+            if isinstance(parsed, GenerationError):
+                bad.append(record.name)
+            else:
+                good.append(parsed)
+        if len(page.items) != sum(
+            1 for k in self._parsed if k[0] == kind and k[1] == mesh
+        ):  # some were deleted
+            live = {(r.type, r.mesh, r.name) for r in page.items}
+            for k in [k for k in self._parsed if k[0] == kind and k[1] == mesh and k not in live]:
+                del self._parsed[k]
+                self.record_errors.pop(k, None)
+        return good, bad
 
     def _drop(self, nid: str) -> None:
         self.proxies.pop(nid, None)
         self.cache.clear(nid)
         self.certificates.forget(nid)
 
-    def _generate(self, ctx: MeshContext, dp: Resource, nid: str, issued: IssuedIdentity | None) -> None:
-        key = (ctx.hash, issued.certificate.serial if issued else 0)
+    def _proxy(
+        self, ctx: MeshContext, dp: Resource, ca: CertificateAuthority | None, lifetime: timedelta | None
+    ) -> None:
+        """Regenerate one proxy if its inputs changed; a failure keeps its last good snapshot."""
+        nid = node_id(ctx.name, dp.name)
         state = self.proxies.get(nid)
+        issued: IssuedIdentity | None = None
+        if ca is not None and lifetime is not None:
+            try:
+                spec = dp.spec
+                assert isinstance(spec, DataplaneSpec)
+                issued = self.certificates.identity(
+                    nid,
+                    ca=ca,
+                    mesh=ctx.name,
+                    services=tuple(spec.services),
+                    tags=_tag_values(dp),
+                    lifetime=lifetime,
+                )
+            except Exception as exc:
+                self._proxy_failed(ctx, dp, nid, state, _failed_key(ctx, dp, None), "certificate", exc)
+                return
+        if state is not None and state.error:
+            key = _failed_key(ctx, dp, issued)  # retried when anything in the mesh changes
+        else:
+            key = _inputs_key(ctx, dp, state.services if state is not None else (), issued)
         if state is not None and state.inputs_key == key:
             return
         identity = None
         if issued is not None:
             identity = Identity(issued.certificate.cert_pem.decode(), issued.certificate.key_pem.decode())
+        stage = "ir"
         try:
             ir = build_proxy_ir(ctx, dp.name, identity)
+            stage = "translate"
             snapshot = Snapshot.of_resources(translate_packed(ir))
             # Generated resources are consistent by construction (every golden case and protocol test checks
             # it); user-supplied MeshProxyPatch modifications can reference anything, so those are checked here.
@@ -196,15 +392,65 @@ class Reconciler:
             if problems:
                 raise ValueError("inconsistent snapshot: " + "; ".join(problems))
         except Exception as exc:  # a bad input must not break the other proxies
-            log.exception("generating config for %s failed", nid)
-            previous = state.snapshot if state else None
-            self.proxies[nid] = ProxyState(
-                ctx.name, dp.name, key, state.ir if state else None, previous, str(exc)
-            )
+            self._proxy_failed(ctx, dp, nid, state, _failed_key(ctx, dp, issued), stage, exc)
             return
-        self.proxies[nid] = ProxyState(ctx.name, dp.name, key, ir, snapshot, "", datetime.now(UTC))
+        services = tuple(sorted({c.service for c in ir.clusters if c.service}))
+        key = _inputs_key(ctx, dp, services, issued)
+        self.proxies[nid] = ProxyState(
+            ctx.name, dp.name, key, ir, snapshot, "", datetime.now(UTC), "", services
+        )
         self.cache.set_snapshot(nid, snapshot)
         self.generations += 1
+        self.metrics.generated.inc()
+
+    def _proxy_failed(
+        self,
+        ctx: MeshContext,
+        dp: Resource,
+        nid: str,
+        state: ProxyState | None,
+        key: InputsKey,
+        stage: str,
+        exc: Exception,
+    ) -> None:
+        message = (
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}" if stage == "certificate" else str(exc)
+        )
+        if state is None or state.error != message:
+            log.error(
+                "generating config for %s failed (%s): %s; it keeps its last configuration",
+                nid,
+                stage,
+                message,
+            )
+            log.debug("generating config for %s failed", nid, exc_info=exc)
+        self.metrics.error(ctx.name, stage)
+        self.proxies[nid] = ProxyState(
+            ctx.name,
+            dp.name,
+            key,  # the same failing inputs are not tried again
+            state.ir if state else None,
+            state.snapshot if state else None,
+            message,
+            state.generated_at if state else None,
+            stage,
+            state.services if state else (),
+        )
+
+
+def _nid(mesh: str, name: str) -> str:
+    return f"{mesh}.{name}"
+
+
+def _inputs_key(
+    ctx: MeshContext, dp: Resource, services: tuple[str, ...], issued: IssuedIdentity | None
+) -> InputsKey:
+    endpoints = tuple((s, ctx.service_digests.get(s, "")) for s in services)
+    return (ctx.config_hash, dp.digest, endpoints, issued.certificate.serial if issued else 0)
+
+
+def _failed_key(ctx: MeshContext, dp: Resource, issued: IssuedIdentity | None) -> InputsKey:
+    return ("failed", ctx.hash, dp.digest, issued.certificate.serial if issued else 0)
 
 
 def _tag_values(dp: Resource) -> dict[str, tuple[str, ...]]:

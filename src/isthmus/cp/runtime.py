@@ -110,7 +110,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     cache = SnapshotCache()
     insights = Insights()
     certificates = WorkloadCertificates(sds_acks(insights))  # a CA switch advances on ACKs
-    reconciler = Reconciler(store, registry, cache, certificates)
+    reconciler = Reconciler(store, registry, cache, certificates, metrics=metrics)
     tokens = TokenService(store)
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token

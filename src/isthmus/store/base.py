@@ -8,7 +8,8 @@ concurrency: a write that names an ``expected_version`` that is no longer curren
 Global-scoped resources (``Mesh``, ``Secret`` of the control plane, ...) use ``mesh == ""``.
 
 :meth:`ResourceStore.write` applies a batch of operations atomically: either all of them happen or none does.
-After a successful write the store publishes one :class:`ChangeEvent` per operation to every subscriber.
+After a successful write the store publishes one :class:`ChangeEvent` per operation to every subscriber; an
+update (or upsert) that leaves spec and labels unchanged is a no-op: no new version, no event.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def check_page_args(offset: int, limit: int | None) -> None:
 @dataclass(frozen=True)
 class BatchEffect:
     """What a batch does: the final state of every touched key (``None`` = deleted), one result per op (new
-    record, ``None`` for deletes) and one event per op."""
+    record, ``None`` for deletes) and one event per op that changed something (a create or update that leaves
+    spec and labels as they are is a no-op: no new version, no event)."""
 
     changes: dict[Key, Record | None]
     results: list[Record | None]
@@ -109,6 +110,10 @@ def apply_ops(current: Mapping[Key, Record], ops: Sequence[Op], now: datetime) -
 
         spec = json.loads(dump_json(op, "spec", op.spec))
         labels = json.loads(dump_json(op, "labels", op.labels))
+        if existing is not None and existing.spec == spec and existing.labels == labels:
+            # Unchanged: no new version, no event (agents register their unchanged Dataplane at every start).
+            results.append(copy_record(existing))
+            continue
         if existing is None:
             record = Record(op.type, op.mesh, op.name, spec, labels, 1, now, now)
             events.append(ChangeEvent(EventKind.CREATED, op.type, op.mesh, op.name, 1))

@@ -21,7 +21,6 @@ from isthmus.cp.api.models import (
 )
 from isthmus.cp.api.resources import OffsetQuery, SizeQuery, one_of
 from isthmus.cp.state import ControlPlaneState
-from isthmus.ir.build import node_id
 from isthmus.policies.catalog import plugins
 from isthmus.policies.explain import ExplainError, explain
 from isthmus.policies.plugin import PolicyInputs
@@ -83,8 +82,17 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 continue
         return tuple(found)
 
+    def config_error(mesh: str, name: str) -> str | None:
+        """Why the proxy's configuration is not current (its mesh, its stored record, or its own generation)."""
+        error = state.reconciler.error_for(mesh, name)
+        if error is None:
+            return None
+        if mesh in state.reconciler.mesh_errors:
+            return f"mesh {mesh!r} is not generated ({error.stage}): {error.message}; last configuration kept"
+        return f"{error.stage}: {error.message}"
+
     def overview(record: Record) -> dict[str, Any]:
-        nid = node_id(record.mesh, record.name)
+        nid = f"{record.mesh}.{record.name}"  # (a stored mesh with a '.' is not served: see configError)
         insight = state.insights.document(nid)
         issued = state.certificates.get(nid)
         insight["mTLS"] = (
@@ -97,8 +105,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             if issued
             else None
         )
-        proxy = state.reconciler.proxies.get(nid)
-        insight["configError"] = proxy.error if proxy and proxy.error else None
+        insight["configError"] = config_error(record.mesh, record.name)
         doc = to_document(record, registry)
         return {
             "type": "DataplaneOverview",
@@ -142,9 +149,8 @@ def build_router(state: ControlPlaneState) -> APIRouter:
     )
     async def config(mesh: str, name: str) -> dict[str, Any]:
         await dataplane_record(mesh, name)
-        nid = node_id(mesh, name)
+        nid = f"{mesh}.{name}"
         snapshot = state.cache.get_snapshot(nid)
-        proxy = state.reconciler.proxies.get(nid)
         xds: dict[str, list[dict[str, Any]]] = {}
         versions: dict[str, str] = {}
         if snapshot is not None:
@@ -158,7 +164,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             "nodeId": nid,
             "xds": xds,
             "versions": versions,
-            "error": proxy.error if proxy and proxy.error else None,
+            "error": config_error(mesh, name),
         }
 
     @router.get(
