@@ -79,7 +79,8 @@ def stored(cp: ControlPlane) -> dict[str, int]:
 
 
 def assert_alive(cp: ControlPlane) -> None:
-    assert cp.proc is not None and cp.proc.proc is not None and cp.proc.proc.poll() is None, cp.proc.log()
+    assert cp.proc is not None and cp.proc.proc is not None
+    assert cp.proc.proc.poll() is None, cp.proc.log()
     assert cp.http.get("/").status_code == 200
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from isthmus.policies.sections import mesh_ref, target_ref_problems
-from isthmus.resources.common import Model, TargetRef
+from isthmus.resources.common import FreeValue, Model, Tags, TargetRef
+from isthmus.resources.errors import ResourceValidationError
+from isthmus.resources.loading import load_yaml
 
 
 class ResourceOp(str, Enum):
@@ -30,7 +30,7 @@ class FilterOp(str, Enum):
 class JsonPatch(Model):
     op: str
     path: str
-    value: Any = None
+    value: FreeValue = None
     from_: str | None = Field(default=None, alias="from")
 
     @field_validator("op")
@@ -53,8 +53,8 @@ class Match(Model):
     origin: str | None = None
     listener_name: str | None = Field(default=None, alias="listenerName")
     route_configuration_name: str | None = Field(default=None, alias="routeConfigurationName")
-    tags: dict[str, str] | None = None
-    listener_tags: dict[str, str] | None = Field(default=None, alias="listenerTags")
+    tags: Tags | None = None
+    listener_tags: Tags | None = Field(default=None, alias="listenerTags")
 
 
 class _Modification(Model):
@@ -67,8 +67,8 @@ class _Modification(Model):
     def _yaml(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                parsed = yaml.safe_load(v)
-            except yaml.YAMLError as exc:
+                parsed = load_yaml(v)  # no aliases, bounded nesting, plain JSON values
+            except ResourceValidationError as exc:
                 raise ValueError(f"is not valid YAML: {exc}") from None
             if not isinstance(parsed, dict):
                 raise ValueError("must be a YAML object (an Envoy resource or some of its fields)")

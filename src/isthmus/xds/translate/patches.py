@@ -14,13 +14,14 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import json_format
 
+from isthmus.resources.errors import ResourceValidationError
+from isthmus.resources.loading import load_yaml
 from isthmus.xds import types
 from isthmus.xds.translate import known_types
 
@@ -41,8 +42,8 @@ def _check_types(data: Any) -> None:
 
 def _parse(value: str, cls: Any) -> Any:
     try:
-        data = yaml.safe_load(value) if value else {}
-    except yaml.YAMLError as exc:
+        data = load_yaml(value) if value else {}
+    except ResourceValidationError as exc:
         raise PatchError(f"value is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
     _check_types(data)
     try:
