@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from isthmus.policies.sections import UINT32_MAX, To, check_decimal, mesh_ref, target_ref_problems
-from isthmus.resources.common import Model, TargetRef
+from isthmus.resources.common import FreeForm, Model, TargetRef
 from isthmus.resources.duration import Duration
 
 
@@ -108,7 +107,7 @@ class LoadBalancer(Model):
 
 class Conf(Model):
     load_balancer: LoadBalancer | None = Field(default=None, alias="loadBalancer")
-    locality_awareness: dict[str, Any] | None = Field(default=None, alias="localityAwareness")
+    locality_awareness: FreeForm | None = Field(default=None, alias="localityAwareness")
     hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
 
 
