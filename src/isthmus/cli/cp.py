@@ -11,6 +11,7 @@ import typer
 from isthmus.auth import DP_AUTH_MODES
 from isthmus.cp.runtime import CpOptions, run_control_plane, split_address
 from isthmus.cp.tls import TlsError
+from isthmus.resources.duration import parse_duration
 
 app = typer.Typer(help="Control plane: REST API and xDS server.", no_args_is_help=True)
 
@@ -61,6 +62,9 @@ def run(
         False, "--no-api-localhost-is-admin", help="Same as --api-localhost-is-admin=false"
     ),
     max_xds_streams: int = typer.Option(10_000, help="Concurrent ADS streams at most (more are refused)"),
+    dataplane_cleanup_age: str = typer.Option(
+        "72h", help="Remove a Dataplane whose agent has been gone (no ADS stream) this long; 0 keeps them"
+    ),
 ) -> None:
     """Run the control plane until SIGINT/SIGTERM."""
     if dp_auth not in DP_AUTH_MODES:
@@ -72,6 +76,10 @@ def run(
         localhost_is_admin = False
     if max_xds_streams < 1:
         raise _fail(f"--max-xds-streams: {max_xds_streams} must be at least 1")
+    try:
+        cleanup_age = parse_duration(dataplane_cleanup_age)
+    except ValueError as exc:
+        raise _fail(f"--dataplane-cleanup-age: {exc}") from None
     if store not in ("memory", "sqlite") and not store.startswith("sqlite:"):
         raise _fail(f"--store: {store!r} is not one of memory, sqlite, sqlite:PATH")
     if (tls_cert_file is None) != (tls_key_file is None):
@@ -98,6 +106,7 @@ def run(
         dp_auth=dp_auth,
         api_localhost_is_admin=localhost_is_admin,
         max_xds_streams=max_xds_streams,
+        dataplane_cleanup_age=cleanup_age,
     )
     try:
         asyncio.run(run_control_plane(options))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,10 @@ class NodeInsight:
     def online(self) -> bool:
         return bool(self.open_streams)
 
+    def last_disconnect(self) -> datetime | None:
+        times = [s.disconnect_time for s in self.subscriptions if s.disconnect_time is not None]
+        return max(times) if times else None
+
 
 class Insights:
     """Implements the ADS server's callbacks (cheap, synchronous) and renders Kuma-like insight documents."""
@@ -106,6 +111,30 @@ class Insights:
         sub = self._sub(node_id, stream_id)
         if sub is not None:
             sub.nacks += 1
+
+    # bounded state ------------------------------------------------------------------------------------------
+    def last_seen(self, node_id: str, now: datetime | None = None) -> datetime | None:
+        """``now`` if the node has a stream open, else when its last stream closed; None if this process has
+        not seen it."""
+        n = self.nodes.get(node_id)
+        if n is None:
+            return None
+        if n.online:
+            return now or _now()
+        return n.last_disconnect() or (n.subscriptions[-1].connect_time if n.subscriptions else None)
+
+    def prune(self, offline_before: datetime, keep: Callable[[str], bool] = lambda _: False) -> list[str]:
+        """Forget the nodes offline since before ``offline_before`` for which ``keep(node_id)`` is false (the
+        Dataplanes that exist are kept, however long they are offline). Returns the node ids forgotten."""
+        gone = []
+        for node_id, n in list(self.nodes.items()):
+            if n.online or keep(node_id):
+                continue
+            seen = self.last_seen(node_id)
+            if seen is None or seen < offline_before:
+                gone.append(node_id)
+                del self.nodes[node_id]
+        return gone
 
     # rendering ----------------------------------------------------------------------------------------------
     def document(self, node_id: str) -> dict[str, Any]:

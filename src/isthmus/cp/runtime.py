@@ -16,6 +16,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
@@ -28,6 +29,7 @@ from isthmus.auth.xds import XdsAuthenticator
 from isthmus.catalog import default_registry
 from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates, sds_acks
+from isthmus.cp.cleanup import DEFAULT_DATAPLANE_CLEANUP_AGE, Housekeeping
 from isthmus.cp.insights import Insights
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
@@ -55,6 +57,8 @@ class CpOptions:
     # The certificate to present on xDS and HTTPS (with its key); None: one issued from DATA_DIR/tls/ca.crt
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Dataplanes whose agent has been gone longer than this are removed (Kuma's 72h); 0 turns it off
+    dataplane_cleanup_age: timedelta = DEFAULT_DATAPLANE_CLEANUP_AGE
 
     def store_spec(self) -> str:
         if self.store == "sqlite":
@@ -155,6 +159,13 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         async with asyncio.TaskGroup() as tg:
             generation = tg.create_task(reconciler.run(), name="reconciler")
             await reconciler.wait_ready()
+            housekeeping = Housekeeping(
+                store,
+                insights,
+                reconciler.proxies.__contains__,
+                dataplane_cleanup_age=options.dataplane_cleanup_age,
+            )
+            cleanup = tg.create_task(housekeeping.run(), name="housekeeping")
             log.info(
                 "xDS (ADS, TLS) on %s, REST API on %s and (HTTPS) %s",
                 state.xds_address,
@@ -171,6 +182,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             server.should_exit = tls_server.should_exit = True
             await asyncio.wait((api, api_tls))
             generation.cancel()
+            cleanup.cancel()
     finally:
         tls_socket.close()
         await ads.stop(grace=1.0)

@@ -24,6 +24,8 @@ class SnapshotCache:
         self._generations: dict[str, int] = {}
         self._counter = itertools.count(1)
         self._events: dict[str, asyncio.Event] = {}  # set (and dropped) at the next change of the node
+        # streams waiting on the node's event; the event is dropped when the last one stops waiting
+        self._waiters: dict[str, int] = {}
 
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> bool:
         """Store ``snapshot`` and wake the node's streams. Returns False, and does nothing, when its versions equal
@@ -42,7 +44,8 @@ class SnapshotCache:
         return self._snapshots.get(node_id)
 
     def clear(self, node_id: str) -> None:
-        """Forget a proxy. Its connected streams keep what they sent; Envoy keeps serving its last config."""
+        """Forget a proxy (its Dataplane is gone). Its connected streams keep what they sent; Envoy keeps serving
+        its last config. Nothing of the node stays in the cache once no stream waits on it."""
         self._snapshots.pop(node_id, None)
         self._generations.pop(node_id, None)
         event = self._events.pop(node_id, None)
@@ -62,5 +65,17 @@ class SnapshotCache:
             event = self._events.get(node_id)
             if event is None:
                 event = self._events[node_id] = asyncio.Event()
-            await event.wait()
+            self._waiters[node_id] = self._waiters.get(node_id, 0) + 1
+            try:
+                await event.wait()
+            finally:
+                left = self._waiters.pop(node_id) - 1
+                if left:
+                    self._waiters[node_id] = left
+                elif self._events.get(node_id) is event:
+                    del self._events[node_id]  # nobody waits any more (a stream of a stranger that left)
         return current
+
+    def tracked_nodes(self) -> set[str]:
+        """Every node id the cache holds anything for (snapshots, generations, wake-ups)."""
+        return self._snapshots.keys() | self._generations.keys() | self._events.keys() | self._waiters.keys()
