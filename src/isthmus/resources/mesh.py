@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import Enum
-from pydantic import Field, field_validator, model_validator
+from typing import TYPE_CHECKING
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from isthmus.resources.common import FreeForm, Model, ResourceName
 from isthmus.resources.duration import Duration
+
+if TYPE_CHECKING:
+    from isthmus.resources.provided_ca import ProvidedCaConf
 
 DEFAULT_CERT_LIFETIME = timedelta(hours=24)
 
@@ -48,12 +53,24 @@ class CaBackend(Model):
     mode: MtlsMode = MtlsMode.STRICT
     root_chain: FreeForm | None = Field(default=None, alias="rootChain")
 
-    @field_validator("type")
-    @classmethod
-    def _supported(cls, value: CaBackendType) -> CaBackendType:
-        if value is CaBackendType.PROVIDED:
-            raise ValueError("CA backend type 'provided' is not supported yet; use 'builtin'")
-        return value
+    @model_validator(mode="after")
+    def _provided_conf(self, info: ValidationInfo) -> CaBackend:
+        """A provided backend's ``conf`` is Kuma's ``{cert: <data source>, key: <data source>}``; the files and
+        the CA itself are checked only when the control plane accepts the Mesh (see ``provided_ca``)."""
+        if self.type is CaBackendType.PROVIDED:
+            from isthmus.resources.provided_ca import check_provided_conf
+
+            check_provided_conf(self.conf, info.context)
+        return self
+
+    @property
+    def provided_conf(self) -> ProvidedCaConf:
+        """The parsed ``conf`` of a ``provided`` backend (ValueError for another type)."""
+        from isthmus.resources.provided_ca import check_provided_conf
+
+        if self.type is not CaBackendType.PROVIDED:
+            raise ValueError(f"backend {self.name!r} is of type {self.type.value}, not provided")
+        return check_provided_conf(self.conf, None)
 
     @property
     def cert_lifetime(self) -> timedelta:

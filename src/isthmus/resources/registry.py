@@ -111,8 +111,13 @@ def parse_document(
     expect_type: ResourceType | None = None,
     expect_mesh: str | None = None,
     expect_name: str | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> Resource:
-    """Validate one Universal document. Every problem is reported with its field path."""
+    """Validate one Universal document. Every problem is reported with its field path.
+
+    ``context`` is passed to the spec's validators, with the resource's ``name`` added; the REST API gives
+    ``{"on_control_plane": True}`` for checks that only make sense on the control plane's machine (a provided
+    CA's files)."""
     if not isinstance(doc, Mapping):
         raise ResourceValidationError([FieldError("", "a resource must be a YAML/JSON object")])
     check_plain(doc)  # plain JSON within the nesting limit, whoever built it
@@ -165,7 +170,7 @@ def parse_document(
             raw_spec = {}
     spec: Model | None = None
     try:
-        spec = rtype.spec_model.model_validate(raw_spec)
+        spec = rtype.spec_model.model_validate(raw_spec, context={**context, "name": name} if context else None)
     except ValidationError as exc:
         errors.extend(from_pydantic(exc, prefix).errors)
     if errors or spec is None:
