@@ -1,9 +1,10 @@
 """The control-plane process: store, generation loop, gRPC ADS and the REST API in one asyncio loop.
 
 Start-up: open the store -> start the ADS server -> start the generation loop and wait for its first full sync
--> serve the REST API. Shutdown (SIGINT/SIGTERM, via uvicorn): stop the API, cancel the generation loop, stop
-the ADS server with a grace period (Envoys keep their last config and reconnect to the next instance), close the
-store. Nothing is lost: every resource is in the store; certificates are re-issued on the next start.
+-> serve the REST API (HTTP and HTTPS). Shutdown (SIGINT/SIGTERM; a second one hurries): stop the API servers,
+cancel the generation loop, stop the ADS server with a grace period (Envoys keep their last config and reconnect
+to the next instance), close the store. Nothing is lost: every resource is in the store; certificates are
+re-issued on the next start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -80,12 +82,35 @@ def prepare_data_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-class _SecondaryServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the main one (which stops it)."""
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to :func:`_stop_on_signals` (two servers share one process)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals(*servers: uvicorn.Server) -> Iterator[None]:
+    """SIGINT/SIGTERM stop every server gracefully; a second signal stops them at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s: shutting down", sig.name)
+        for server in servers:
+            server.force_exit = server.should_exit
+            server.should_exit = True
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def _listen(address: str, what: str) -> socket.socket:
@@ -127,7 +152,12 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         authenticator=XdsAuthenticator(tokens, store) if options.dp_auth == "token" else None,
         max_streams=options.max_xds_streams,
     )
-    tls_socket = _listen(options.api_tls_address, "HTTPS API")
+    api_socket = _listen(options.api_address, "REST API")
+    try:
+        tls_socket = _listen(options.api_tls_address, "HTTPS API")
+    except OSError:
+        api_socket.close()
+        raise
     try:
         xds_port = await ads.start(options.xds_address, tls.grpc_credentials())
         xds_host = split_address(options.xds_address)[0]
@@ -147,7 +177,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         config = uvicorn.Config(
             app, host=api_host, port=api_port, log_level=options.log_level, access_log=False
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         tls_config = uvicorn.Config(
             app,
             log_level=options.log_level,
@@ -155,35 +185,37 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             ssl_certfile=str(tls.cert_file),
             ssl_keyfile=str(tls.key_file),
         )
-        tls_server = _SecondaryServer(tls_config)
-        async with asyncio.TaskGroup() as tg:
-            generation = tg.create_task(reconciler.run(), name="reconciler")
-            await reconciler.wait_ready()
-            housekeeping = Housekeeping(
-                store,
-                insights,
-                reconciler.proxies.__contains__,
-                dataplane_cleanup_age=options.dataplane_cleanup_age,
-            )
-            cleanup = tg.create_task(housekeeping.run(), name="housekeeping")
-            log.info(
-                "xDS (ADS, TLS) on %s, REST API on %s and (HTTPS) %s",
-                state.xds_address,
-                options.api_address,
-                options.api_tls_address,
-            )
-            api = tg.create_task(server.serve(), name="rest-api")
-            api_tls = tg.create_task(tls_server.serve(sockets=[tls_socket]), name="rest-api-tls")
-            if ready is not None:
-                while not (server.started and tls_server.started) and not (api.done() or api_tls.done()):
-                    await asyncio.sleep(0.02)
-                ready.set()
-            await asyncio.wait((api, api_tls), return_when=asyncio.FIRST_COMPLETED)
-            server.should_exit = tls_server.should_exit = True
-            await asyncio.wait((api, api_tls))
-            generation.cancel()
-            cleanup.cancel()
+        tls_server = _Server(tls_config)
+        with _stop_on_signals(server, tls_server):
+            async with asyncio.TaskGroup() as tg:
+                generation = tg.create_task(reconciler.run(), name="reconciler")
+                await reconciler.wait_ready()
+                housekeeping = Housekeeping(
+                    store,
+                    insights,
+                    reconciler.proxies.__contains__,
+                    dataplane_cleanup_age=options.dataplane_cleanup_age,
+                )
+                cleanup = tg.create_task(housekeeping.run(), name="housekeeping")
+                log.info(
+                    "xDS (ADS, TLS) on %s, REST API on %s and (HTTPS) %s",
+                    state.xds_address,
+                    options.api_address,
+                    options.api_tls_address,
+                )
+                api = tg.create_task(server.serve(sockets=[api_socket]), name="rest-api")
+                api_tls = tg.create_task(tls_server.serve(sockets=[tls_socket]), name="rest-api-tls")
+                if ready is not None:
+                    while not (server.started and tls_server.started) and not (api.done() or api_tls.done()):
+                        await asyncio.sleep(0.02)
+                    ready.set()
+                await asyncio.wait((api, api_tls), return_when=asyncio.FIRST_COMPLETED)
+                server.should_exit = tls_server.should_exit = True
+                await asyncio.wait((api, api_tls))
+                generation.cancel()
+                cleanup.cancel()
     finally:
+        api_socket.close()
         tls_socket.close()
         await ads.stop(grace=1.0)
         await store.close()
