@@ -101,6 +101,7 @@ ADDRESSES = rarely(
 DURATION_UNITS = ("ns", "us", "ms", "s", "m", "h", "d", "y")
 DURATIONS = rarely(
     st.one_of(
+        st.sampled_from(("0s", "1ms")),
         st.sampled_from(
             ("1s", "500ms", "10s", "1m", "1m30s", "1h", "24h", "100ms", "5s", "0s", "1.5s", "2d")
         ),
@@ -314,8 +315,8 @@ BY_MODEL_FIELD: dict[tuple[str, str], Strategy[Any]] = {
     ),
     ("Http", "expectedStatuses"): st.lists(st.integers(100, 599), max_size=3),
     ("Http", "path"): PATHS,
-    ("Tcp", "send"): _word(),
-    ("Tcp", "receive"): st.lists(_word(), max_size=2),
+    ("Tcp", "send"): st.one_of(_word(), st.just("")),
+    ("Tcp", "receive"): st.lists(st.one_of(_word(), st.just("")), max_size=2),
     ("ResponseBandwidth", "limit"): st.one_of(
         st.builds(lambda n, u: f"{n}{u}", st.integers(0, 10**7), st.sampled_from(("kbps", "Mbps", "gbps"))),
         st.sampled_from(("99999999999999gbps",)),

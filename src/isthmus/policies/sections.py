@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import Field
@@ -20,6 +21,46 @@ TOP_LEVEL_KINDS = (
 )
 TO_KINDS = (TargetRefKind.MESH, TargetRefKind.MESH_SERVICE)
 UINT32_MAX = 4_294_967_295  # counts, thresholds and token numbers end up in Envoy's uint32 fields
+
+
+# An RFC 7230 token: what an HTTP header name can be (so never a ':'-prefixed pseudo-header)
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def check_header_name(name: str) -> str:
+    """A header that a policy adds, sets or removes: a valid name, not a pseudo-header and not ``host``
+    (Envoy refuses to modify those)."""
+    if not HEADER_NAME_RE.match(name):
+        raise ValueError(f"{name[:60]!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+    if name.lower() == "host":
+        raise ValueError("the host header cannot be modified")
+    return name
+
+
+def check_header_value(value: str) -> str:
+    if any(c in value for c in "\0\r\n"):
+        raise ValueError("a header value must not contain NUL, CR or LF")
+    return value
+
+
+def conf_problem(spec: Any, check: Callable[[Any], str | None]) -> str | None:
+    """The first ``path: reason`` that ``check`` finds in the ``default`` of an item of the policy's ``to``,
+    ``from`` or ``rules`` (or in its top-level ``default``), with the item's path in front.
+
+    Checks across fields of a conf belong here, on the spec, and not in the conf models: confs from several
+    policies are merged field by field and the result is parsed again, so a conf-level rule such as "min below
+    max" could refuse a merge of policies that are each valid. Translation copes with crossed merged values."""
+    for attr, alias in (("to", "to"), ("from_", "from"), ("rules", "rules")):
+        for i, item in enumerate(getattr(spec, attr, None) or []):
+            problem = check(item.default)
+            if problem:
+                return f"{alias}[{i}].default.{problem}"
+    default = getattr(spec, "default", None)
+    if default is not None:
+        problem = check(default)
+        if problem:
+            return f"default.{problem}"
+    return None
 
 
 def check_decimal(value: float | str | None, low: float, high: float) -> float | str | None:

@@ -7,7 +7,7 @@ from pydantic import Field, field_validator, model_validator
 
 from isthmus.policies.sections import UINT32_MAX, From, Rule, To, check_decimal, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
-from isthmus.resources.duration import Duration
+from isthmus.resources.duration import PositiveDuration
 
 Count = int
 
@@ -51,8 +51,8 @@ class Detectors(Model):
 
 class OutlierDetection(Model):
     disabled: bool | None = None
-    interval: Duration | None = None
-    base_ejection_time: Duration | None = Field(default=None, alias="baseEjectionTime")
+    interval: PositiveDuration | None = None
+    base_ejection_time: PositiveDuration | None = Field(default=None, alias="baseEjectionTime")
     max_ejection_percent: int | None = Field(default=None, alias="maxEjectionPercent", ge=0, le=100)
     split_external_and_local_errors: bool | None = Field(default=None, alias="splitExternalAndLocalErrors")
     detectors: Detectors | None = None

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from isthmus.policies.sections import From, Rule, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef, TargetRefKind
-from isthmus.resources.duration import Duration
+from isthmus.resources.duration import PositiveDuration
 
 MAX_KBPS = 2**64 - 1  # Envoy's limit_kbps is a uint64
 CLIENT_KINDS = (
@@ -40,7 +40,7 @@ class Abort(Model):
 
 
 class Delay(Model):
-    value: Duration
+    value: PositiveDuration
     percentage: float | str
 
     @field_validator("percentage")

@@ -6,7 +6,14 @@ from enum import Enum
 
 from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import UINT32_MAX, To, check_decimal, mesh_ref, target_ref_problems
+from isthmus.policies.sections import (
+    UINT32_MAX,
+    To,
+    check_decimal,
+    conf_problem,
+    mesh_ref,
+    target_ref_problems,
+)
 from isthmus.resources.common import FreeForm, Model, TargetRef
 from isthmus.resources.duration import Duration
 
@@ -84,14 +91,6 @@ class RingHash(Model):
     max_ring_size: int | None = Field(default=None, alias="maxRingSize", ge=1, le=8388608)
     hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
 
-    @model_validator(mode="after")
-    def _sizes(self) -> RingHash:
-        if self.min_ring_size and self.max_ring_size and self.min_ring_size > self.max_ring_size:
-            raise ValueError(
-                f"minRingSize: {self.min_ring_size} is larger than maxRingSize {self.max_ring_size}"
-            )
-        return self
-
 
 class Maglev(Model):
     table_size: int | None = Field(default=None, alias="tableSize", ge=1, le=5000011)
@@ -111,13 +110,20 @@ class Conf(Model):
     hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
 
 
+def _ring_problem(conf: Conf) -> str | None:
+    ring = conf.load_balancer.ring_hash if conf.load_balancer else None
+    if ring and ring.min_ring_size and ring.max_ring_size and ring.min_ring_size > ring.max_ring_size:
+        return f"loadBalancer.ringHash.minRingSize: {ring.min_ring_size} is larger than maxRingSize {ring.max_ring_size}"
+    return None
+
+
 class MeshLoadBalancingStrategySpec(Model):
     target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
     to: list[To[Conf]] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _refs(self) -> MeshLoadBalancingStrategySpec:
-        problem = target_ref_problems(self.target_ref, self.to, None)
+        problem = target_ref_problems(self.target_ref, self.to, None) or conf_problem(self, _ring_problem)
         if problem:
             raise ValueError(problem)
         return self

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import UINT32_MAX, From, Rule, mesh_ref, target_ref_problems
+from isthmus.policies.sections import (
+    UINT32_MAX,
+    From,
+    Rule,
+    check_header_name,
+    check_header_value,
+    mesh_ref,
+    target_ref_problems,
+)
 from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration, duration_ms
 
 
 class Rate(Model):
-    num: int = Field(ge=0, le=UINT32_MAX)
+    num: int = Field(ge=1, le=UINT32_MAX)  # Envoy's token bucket refills at least one token
     interval: Duration
 
     @model_validator(mode="after")
@@ -23,6 +31,16 @@ class Rate(Model):
 class Header(Model):
     name: str = Field(min_length=1)
     value: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_header_name(v)
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str) -> str:
+        return check_header_value(v)
 
 
 class Headers(Model):

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from isthmus.policies.sections import UINT32_MAX, To, mesh_ref, route_target_problems, target_ref_problems
+from isthmus.policies.sections import (
+    UINT32_MAX,
+    To,
+    conf_problem,
+    mesh_ref,
+    route_target_problems,
+    target_ref_problems,
+)
 from isthmus.resources.common import Model, TargetRef, TargetRefKind
-from isthmus.resources.duration import Duration
+from isthmus.resources.duration import Duration, PositiveDuration, duration_ms
 
 # Kuma's retryOn values -> Envoy's retry_on conditions
 HTTP_RETRY_ON = {
@@ -35,8 +42,17 @@ GRPC_RETRY_ON = {
 
 
 class BackOff(Model):
-    base_interval: Duration | None = Field(default=None, alias="baseInterval")
-    max_interval: Duration | None = Field(default=None, alias="maxInterval")
+    base_interval: PositiveDuration | None = Field(default=None, alias="baseInterval")
+    max_interval: PositiveDuration | None = Field(default=None, alias="maxInterval")
+
+
+def _back_off_problem(conf: Conf) -> str | None:
+    for name, section in (("http", conf.http), ("grpc", conf.grpc)):
+        b = section.back_off if section is not None else None
+        if b and b.base_interval and b.max_interval:
+            if duration_ms(b.max_interval) < duration_ms(b.base_interval):
+                return f"{name}.backOff.maxInterval: {b.max_interval} is shorter than baseInterval {b.base_interval}"
+    return None
 
 
 class Http(Model):
@@ -99,6 +115,7 @@ class MeshRetrySpec(Model):
             problem = target_ref_problems(self.target_ref, self.to, None)
             if problem and problem.startswith("to: at least one"):
                 problem = "to: must have at least one item"
+        problem = problem or conf_problem(self, _back_off_problem)
         if problem:
             raise ValueError(problem)
         return self

@@ -6,7 +6,7 @@ from enum import Enum
 
 from pydantic import Field, model_validator
 
-from isthmus.policies.sections import From, Rule, mesh_ref, target_ref_problems
+from isthmus.policies.sections import From, Rule, conf_problem, mesh_ref, target_ref_problems
 from isthmus.resources.common import Model, TargetRef
 
 
@@ -25,7 +25,7 @@ ENVOY_VERSION = {
     TlsVersion.TLS12: "TLSv1_2",
     TlsVersion.TLS13: "TLSv1_3",
 }
-_RANK = {TlsVersion.TLS10: 0, TlsVersion.TLS11: 1, TlsVersion.TLS12: 2, TlsVersion.TLS13: 3}
+RANK = {TlsVersion.TLS10: 0, TlsVersion.TLS11: 1, TlsVersion.TLS12: 2, TlsVersion.TLS13: 3}
 
 
 class Cipher(str, Enum):
@@ -46,11 +46,13 @@ class Version(Model):
     min: TlsVersion | None = None
     max: TlsVersion | None = None
 
-    @model_validator(mode="after")
-    def _order(self) -> Version:
-        if self.min in _RANK and self.max in _RANK and _RANK[self.min] > _RANK[self.max]:  # type: ignore[index]
-            raise ValueError(f"min: {self.min.value} is newer than max {self.max.value}")  # type: ignore[union-attr]
-        return self
+
+def _version_problem(conf: Conf) -> str | None:
+    """min newer than max, in one policy (merged policies may cross them: translation keeps the newer min)."""
+    v = conf.tls_version
+    if v is not None and v.min in RANK and v.max in RANK and RANK[v.min] > RANK[v.max]:  # type: ignore[index]
+        return f"tlsVersion.min: {v.min.value} is newer than max {v.max.value}"  # type: ignore[union-attr]
+    return None
 
 
 class Conf(Model):
@@ -67,6 +69,7 @@ class MeshTLSSpec(Model):
     @model_validator(mode="after")
     def _refs(self) -> MeshTLSSpec:
         problem = target_ref_problems(self.target_ref, None, self.from_, rules=self.rules)
+        problem = problem or conf_problem(self, _version_problem)
         if problem:
             raise ValueError(
                 problem.replace(

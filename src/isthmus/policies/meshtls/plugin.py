@@ -8,7 +8,7 @@ from __future__ import annotations
 from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, TlsMode
 from isthmus.policies.engine import Resolved
-from isthmus.policies.meshtls.api import ENVOY_VERSION, Conf, MeshTLSSpec, Mode
+from isthmus.policies.meshtls.api import ENVOY_VERSION, RANK, Conf, MeshTLSSpec, Mode
 from isthmus.policies.plugin import ToFromPlugin, policy_type
 
 
@@ -22,10 +22,13 @@ class MeshTLSPlugin(ToFromPlugin):
             return inbound
         tls = inbound.tls
         if conf.tls_version is not None:
-            if conf.tls_version.min is not None:
-                tls = evolve(tls, min_version=ENVOY_VERSION[conf.tls_version.min])
-            if conf.tls_version.max is not None:
-                tls = evolve(tls, max_version=ENVOY_VERSION[conf.tls_version.max])
+            low, high = conf.tls_version.min, conf.tls_version.max
+            if low in RANK and high in RANK and RANK[low] > RANK[high]:  # type: ignore[index]
+                high = low  # crossed by merged policies (one policy cannot): the newer minimum wins
+            if low is not None:
+                tls = evolve(tls, min_version=ENVOY_VERSION[low])
+            if high is not None:
+                tls = evolve(tls, max_version=ENVOY_VERSION[high])
         if conf.tls_ciphers is not None:
             tls = evolve(tls, ciphers=tuple(c.value for c in conf.tls_ciphers))
         mode = inbound.tls_mode

@@ -91,10 +91,11 @@ def _health_check(h: HealthCheck, http2: bool) -> health_check_pb2.HealthCheck:
         out.http_health_check.CopyFrom(http)
     else:
         tcp = health_check_pb2.HealthCheck.TcpHealthCheck()
-        if h.tcp_send is not None:
+        if h.tcp_send:  # an empty payload is no payload (Envoy refuses an empty one)
             tcp.send.text = h.tcp_send.encode().hex()
         for text in h.tcp_receive:
-            tcp.receive.add().text = text.encode().hex()
+            if text:
+                tcp.receive.add().text = text.encode().hex()
         out.tcp_health_check.CopyFrom(tcp)
     return out
 

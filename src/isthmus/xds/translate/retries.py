@@ -21,8 +21,9 @@ def _policy(conf: HttpRetry) -> route_components_pb2.RetryPolicy:
         policy.per_try_timeout.CopyFrom(duration_ms(conf.per_try_timeout_ms))
     if conf.base_interval_ms is not None:
         policy.retry_back_off.base_interval.CopyFrom(duration_ms(conf.base_interval_ms))
-        if conf.max_interval_ms is not None:
-            policy.retry_back_off.max_interval.CopyFrom(duration_ms(conf.max_interval_ms))
+        if conf.max_interval_ms is not None:  # never below the base (merged policies may cross them)
+            longest = max(conf.max_interval_ms, conf.base_interval_ms)
+            policy.retry_back_off.max_interval.CopyFrom(duration_ms(longest))
     policy.retriable_status_codes.extend(conf.retriable_status_codes)
     if conf.retriable_methods:
         policy.retriable_request_headers.append(

@@ -63,5 +63,5 @@ def tcp_proxy(proxy: tcp_proxy_pb2.TcpProxy, t: Timeouts | None) -> None:
         return
     if t.idle_ms is not None:
         proxy.idle_timeout.CopyFrom(duration_ms(t.idle_ms))
-    if t.max_connection_duration_ms is not None:
+    if t.max_connection_duration_ms:  # 0s: no limit (Envoy's TCP proxy takes at least 1ms, or nothing)
         proxy.max_downstream_connection_duration.CopyFrom(duration_ms(t.max_connection_duration_ms))
