@@ -837,10 +837,13 @@ def mesh_documents(draw: st.DrawFn, max_dataplanes: int = 4, max_policies: int =
 
 
 def profile(**overrides: Any) -> Any:
-    """The settings profile chosen by ``ISTHMUS_HYPOTHESIS_PROFILE`` (default ``ci``, see conftest.py), with
-    ``overrides``, for ``@settings(...)``."""
+    """Settings for ``@settings(...)``: the profile chosen by ``ISTHMUS_HYPOTHESIS_PROFILE`` (default ``ci``, see
+    conftest.py) with ``overrides``; other profiles keep their own (larger) ``max_examples``."""
     import os
 
     from hypothesis import settings
 
-    return settings(settings.get_profile(os.environ.get("ISTHMUS_HYPOTHESIS_PROFILE", "ci")), **overrides)
+    name = os.environ.get("ISTHMUS_HYPOTHESIS_PROFILE", "ci")
+    if name != "ci":
+        overrides.pop("max_examples", None)
+    return settings(settings.get_profile(name), **overrides)

@@ -3,7 +3,7 @@
 Drawn meshes (every resource kind, see :func:`mesh_documents`) are generated as in test_generation.py; every
 proxy's resources are then checked by the real Envoy binary. Proxies with MeshProxyPatch modifications are left
 out: a patch is the user's own Envoy configuration, which Envoy may refuse (the proxy then NACKs and keeps its
-last good configuration; see the protocol tests). Each validation costs about a second, hence few examples.
+last good configuration; see the protocol tests). Each validation costs 0.1-1 s, hence fewer examples than the generation tests.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.property.strategies import mesh_documents, profile
 pytestmark = pytest.mark.slow
 
 
-@profile(max_examples=12)
+@profile(max_examples=60)
 @given(docs=mesh_documents(max_dataplanes=3, max_policies=6))
 def test_generated_configurations_pass_envoy_validate(docs: list[dict[str, Any]]) -> None:
     parsed = parse_all(docs)

@@ -109,7 +109,7 @@ def test_every_accepted_resource_generates(kind: str) -> None:
     """One drawn resource of ``kind`` in the base mesh (most drawn documents are valid; the invalid ones are
     skipped, and Hypothesis fails the test if too few are valid for it to run)."""
 
-    @profile(max_examples=30)
+    @profile(max_examples=80)
     @given(drawn=document(kind))
     def run(drawn: dict[str, Any]) -> None:
         docs = _with(BASE_DOCS, drawn)
@@ -121,7 +121,7 @@ def test_every_accepted_resource_generates(kind: str) -> None:
     run()
 
 
-@profile(max_examples=60)
+@profile(max_examples=200)
 @given(docs=mesh_documents())
 def test_any_accepted_mesh_generates(docs: list[dict[str, Any]]) -> None:
     """A whole drawn mesh: the Mesh, its Dataplanes and policies of every kind, interacting."""

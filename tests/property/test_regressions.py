@@ -173,6 +173,17 @@ CASES: list[tuple[str, list[dict[str, Any]], str | None]] = [
         None,
     ),
     (
+        "route-header-empty-prefix",
+        _policy(
+            "MeshHTTPRoute",
+            "targetRef: {kind: Mesh}\nto:\n- targetRef: {kind: MeshService, name: backend}\n  rules:\n"
+            "  - matches: [{headers: [{type: Prefix, name: x-a, value: ''}]}]\n"
+            "    default: {backendRefs: [{name: backend}]}",
+            "route-2",
+        ),
+        None,
+    ),
+    (
         "tls-versions-crossed-by-merge",
         _policy("MeshTLS", RULES + "{tlsVersion: {min: TLS13}}", "a")
         + _policy(

@@ -70,7 +70,8 @@ def _string_match(m: ValueMatch) -> string_pb2.StringMatcher:
 
 
 def _header_matcher(m: ValueMatch) -> rc.HeaderMatcher:
-    if m.type == "Present":
+    # every value starts with "": an empty prefix is a presence match (Envoy refuses an empty prefix)
+    if m.type == "Present" or (m.type == "Prefix" and not m.value):
         return rc.HeaderMatcher(name=m.name, present_match=True)
     if m.type == "Absent":
         return rc.HeaderMatcher(name=m.name, present_match=True, invert_match=True)
