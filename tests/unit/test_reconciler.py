@@ -439,6 +439,42 @@ async def test_loop_survives_unexpected_errors_and_retries_the_mesh() -> None:
     assert task.cancelled()  # CancelledError is never swallowed
 
 
+async def until(check: Any) -> None:
+    while not check():
+        await asyncio.sleep(0.02)
+
+
+async def test_loop_reads_again_only_what_events_name_and_follows_every_change(store: ResourceStore) -> None:
+    await put(
+        store, mesh_doc("m"), dp_doc("m", "web-1", "web"), dp_doc("m", "api-1", "api", outbounds=("web",))
+    )
+    rec, _ = reconciler(store)
+    task = asyncio.create_task(rec.run())
+    try:
+        await asyncio.wait_for(rec.wait_ready(), 30)
+        api = rec.cache.get_snapshot("m.api-1")
+        assert api is not None
+        await put(store, dp_doc("m", "web-2", "web", address="10.0.0.2"))
+        await until(lambda: rec.cache.get_snapshot("m.web-2") is not None)
+        await until(lambda: rec.cache.get_snapshot("m.api-1") is not api)  # a new endpoint of web
+        await put_raw(store, "Dataplane", "m", "owner", BAD_TAG_DP)
+        await until(lambda: ("Dataplane", "m", "owner") in rec.record_errors)
+        await store.write(
+            [Op(OpKind.DELETE, "Dataplane", "m", "web-2"), Op(OpKind.DELETE, "Dataplane", "m", "owner")]
+        )
+        await until(lambda: "m.web-2" not in rec.proxies and not rec.record_errors)
+        assert rec.cache.get_snapshot("m.web-2") is None
+        before = rec.cache.get_snapshot("m.web-1")
+        await put(store, timeout_doc("m", "t", 4))
+        await until(lambda: rec.cache.get_snapshot("m.web-1") is not before)
+        assert set(rec.proxies) == {"m.web-1", "m.api-1"}
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_restart_on_a_store_with_bad_records(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cp.db'}"
     first = SqlStore(url)

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = (1.0, 30.0)  # first and longest wait before a failed mesh is generated again
 RecordKey = tuple[str, str, str]  # (type, mesh, name)
+_Entry = tuple[dict[str, Any], dict[str, str], Resource | GenerationError]  # spec, labels, parsed
 InputsKey = tuple[object, ...]  # what a proxy's configuration was built (or failed to build) from
 
 
@@ -100,7 +101,10 @@ class Reconciler:
         self.record_errors: dict[RecordKey, GenerationError] = {}
         self._ready = asyncio.Event()
         self.generations = 0
-        self._parsed: dict[RecordKey, tuple[dict[str, Any], dict[str, str], Resource | GenerationError]] = {}
+        # mesh -> (type, name) -> (spec, labels, parsed): the records of each mesh as last read (the Mesh record
+        # itself under ("Mesh", mesh)); once a mesh was read in full, events say which records to read again
+        self._records: dict[str, dict[tuple[str, str], _Entry]] = {}
+        self._complete: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # mesh -> (monotonic time due, last wait)
         self._rotation_pass = float("-inf")  # when the last pass for due certificates started (monotonic)
 
@@ -124,15 +128,22 @@ class Reconciler:
         async with self.store.subscribe() as events, asyncio.TaskGroup() as tg:
             # the event iterator is drained by its own task: timeouts below must never cancel it
             tg.create_task(self._drain(events, queue))
+            started = time.monotonic()
             await self.sync_all()
+            log.info(
+                "first generation: %d proxies of %d meshes in %.2fs",
+                len(self.proxies),
+                len(self.contexts),
+                time.monotonic() - started,
+            )
             self._ready.set()
             while True:
                 try:
                     dirty = await self._next_batch(queue)
                     if dirty is None:
                         return
-                    for mesh in sorted(dirty):
-                        await (self.sync_all() if mesh == "" else self.sync_mesh(mesh))
+                    for mesh, changed in sorted(dirty.items()):
+                        await (self.sync_all() if mesh == "" else self.sync_mesh(mesh, changed))
                 except Exception:  # never let the generation loop die (CancelledError is not an Exception)
                     log.exception("generation loop: unexpected error; continuing")
                     await asyncio.sleep(RETRY_SECONDS[0])
@@ -143,9 +154,12 @@ class Reconciler:
             queue.put_nowait(ev)
         queue.put_nowait(None)
 
-    async def _next_batch(self, queue: asyncio.Queue[ChangeEvent | None]) -> set[str] | None:
-        """Meshes touched by the next burst of events, every mesh when a certificate is due, and the failed meshes
-        whose retry is due ("" stands for listing the meshes again). None when the store closed."""
+    async def _next_batch(
+        self, queue: asyncio.Queue[ChangeEvent | None]
+    ) -> dict[str, set[tuple[str, str]] | None] | None:
+        """The meshes to generate again, each with the (type, name) of its records that changed (None: read them
+        all again): those touched by the next burst of events, every mesh when a certificate is due, the failed
+        meshes whose retry is due ("" stands for listing the meshes again). None when the store closed."""
         now = time.monotonic()
         deadlines = [at for at, _ in self._retry.values()]
         due = self.certificates.next_rotation()
@@ -153,7 +167,16 @@ class Reconciler:
             at = now + (due - datetime.now(UTC)).total_seconds()
             deadlines.append(max(at, self._rotation_pass + RETRY_SECONDS[0]))  # at most one pass a second
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        dirty: set[str] = set()
+        dirty: dict[str, set[tuple[str, str]] | None] = {}
+
+        def add(ev: ChangeEvent) -> None:
+            if ev.type == "Mesh":
+                dirty.setdefault(ev.name, set())
+            elif ev.mesh:  # resources outside any mesh do not concern generation
+                changed = dirty.setdefault(ev.mesh, set())
+                if changed is not None:
+                    changed.add((ev.type, ev.name))
+
         try:
             async with asyncio.timeout(timeout):
                 first = await queue.get()
@@ -162,25 +185,23 @@ class Reconciler:
         else:
             if first is None:
                 return None
-            dirty.add(self._mesh_of(first))
+            add(first)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DEBOUNCE_SECONDS):
                     while True:
                         ev = await queue.get()
                         if ev is None:
                             return None
-                        dirty.add(self._mesh_of(ev))
-            dirty.discard("")  # a resource outside any mesh
+                        add(ev)
         now = time.monotonic()
         if due is not None and due <= datetime.now(UTC) and now >= self._rotation_pass + RETRY_SECONDS[0]:
             self._rotation_pass = now
-            dirty |= set(self.contexts)
-        dirty |= {m for m, (at, _) in self._retry.items() if at <= now}
+            for mesh in self.contexts:
+                dirty.setdefault(mesh, set())
+        for mesh, (at, _) in self._retry.items():
+            if at <= now:
+                dirty[mesh] = None
         return dirty
-
-    @staticmethod
-    def _mesh_of(ev: ChangeEvent) -> str:
-        return ev.name if ev.type == "Mesh" else ev.mesh
 
     # -- generation ------------------------------------------------------------------------------------------
     async def sync_all(self) -> None:
@@ -195,11 +216,12 @@ class Reconciler:
         for name in sorted(names):
             await self.sync_mesh(name)
 
-    async def sync_mesh(self, mesh: str) -> None:
-        """Bring every proxy of ``mesh`` up to date. Never raises (except CancelledError)."""
+    async def sync_mesh(self, mesh: str, changed: set[tuple[str, str]] | None = None) -> None:
+        """Bring every proxy of ``mesh`` up to date; ``changed``: the (type, name) of the records that changed
+        since the last call, None to read every record of the mesh again. Never raises (except CancelledError)."""
         started = time.monotonic()
         try:
-            await self._sync_mesh(mesh)
+            await self._sync_mesh(mesh, changed)
         except MeshFailed as exc:
             self._mesh_failed(mesh, exc.stage, str(exc))
             if exc.stage == "mesh_ca":  # the store may be unavailable for a moment
@@ -226,7 +248,7 @@ class Reconciler:
         wait = min(RETRY_SECONDS[1], last * 2) if last else RETRY_SECONDS[0]
         self._retry[mesh] = (time.monotonic() + wait, wait)
 
-    async def _sync_mesh(self, mesh: str) -> None:
+    async def _sync_mesh(self, mesh: str, changed: set[tuple[str, str]] | None) -> None:
         record = await self.store.get("Mesh", "", mesh)
         if record is None:
             self._forget_mesh(mesh)
@@ -238,13 +260,27 @@ class Reconciler:
         mesh_res = self._parse(record)
         if isinstance(mesh_res, GenerationError):
             raise MeshFailed("load", f"stored Mesh {mesh!r} is not valid: {mesh_res.message}")
-        dataplanes, invalid = await self._load("Dataplane", mesh)
+        if changed is None or mesh not in self._complete:
+            await self._load_all(mesh)
+        else:
+            await self._load_changed(mesh, changed)
+        dataplanes: list[Resource] = []
         policies: list[Resource] = []
+        invalid: list[str] = []
         bad: list[str] = []
-        for ptype in self.registry.policies():
-            found, failed = await self._load(ptype.kind, mesh)
-            policies.extend(found)
-            bad.extend(self.record_errors[(ptype.kind, mesh, name)].message for name in failed)
+        for (kind, name), (_, _, parsed) in sorted(self._records.get(mesh, {}).items()):
+            if kind == "Mesh":
+                continue
+            if isinstance(parsed, GenerationError):
+                if kind == "Dataplane":
+                    invalid.append(name)
+                else:
+                    bad.append(parsed.message)
+                self.metrics.error(mesh, "load")
+            elif kind == "Dataplane":
+                dataplanes.append(parsed)
+            else:
+                policies.append(parsed)
         if bad:
             raise MeshFailed("load", "stored policies are not valid: " + "; ".join(bad))
         spec = mesh_res.spec
@@ -289,7 +325,9 @@ class Reconciler:
     def _forget_mesh(self, mesh: str) -> None:
         self.contexts.pop(mesh, None)
         self.certificates.forget_mesh(mesh)
-        self._parsed = {k: v for k, v in self._parsed.items() if k[1] != mesh}
+        self._records.pop(mesh, None)
+        self._complete.discard(mesh)
+        self.record_errors.pop(("Mesh", "", mesh), None)
         self.record_errors = {k: v for k, v in self.record_errors.items() if k[1] != mesh}
         for nid in [n for n, p in self.proxies.items() if p.mesh == mesh]:
             self._drop(nid)
@@ -298,11 +336,17 @@ class Reconciler:
             self.metrics.meshes_in_error.set(len(self.mesh_errors))
         self.metrics.forget_mesh(mesh)
 
+    def _tracked(self, kind: str) -> bool:
+        return kind == "Dataplane" or ((rtype := self.registry.kind(kind)) is not None and rtype.is_policy)
+
     def _parse(self, record: Record) -> Resource | GenerationError:
         """The record as a resource, or why it is not valid any more (remembered per content)."""
-        key = (record.type, record.mesh, record.name)
-        cached = self._parsed.get(key)
+        mesh = record.name if record.type == "Mesh" else record.mesh
+        records = self._records.setdefault(mesh, {})
+        local = (record.type, record.name)
+        cached = records.get(local)
         if cached is None or cached[0] != record.spec or cached[1] != record.labels:
+            key = (record.type, record.mesh, record.name)
             result: Resource | GenerationError
             try:
                 result = from_record(record, self.registry)
@@ -315,35 +359,35 @@ class Reconciler:
                 message = f"{record.type} {record.name!r} is not valid any more: {reason}"
                 result = GenerationError("load", message, datetime.now(UTC))
                 self.record_errors[key] = result
-                log.error(
-                    "stored %s %r in mesh %r skipped: %s", record.type, record.name, record.mesh, reason
-                )
-            cached = (record.spec, record.labels, result)
-            self._parsed[key] = cached
-        if isinstance(cached[2], GenerationError):
-            self.metrics.error(record.mesh or record.name, "load")
+                log.error("stored %s %r in mesh %r skipped: %s", record.type, record.name, mesh, reason)
+            cached = records[local] = (record.spec, record.labels, result)
         return cached[2]
 
-    async def _load(self, kind: str, mesh: str) -> tuple[list[Resource], list[str]]:
-        """The valid resources of a kind in a mesh, and the names of those that are not valid (their errors are
-        in :attr:`record_errors`)."""
-        page = await self.store.list(kind, mesh)
-        good: list[Resource] = []
-        bad: list[str] = []
-        for record in page.items:
-            parsed = self._parse(record)
-            if isinstance(parsed, GenerationError):
-                bad.append(record.name)
+    def _forget_record(self, kind: str, mesh: str, name: str) -> None:
+        self._records.get(mesh, {}).pop((kind, name), None)
+        self.record_errors.pop((kind, mesh, name), None)
+
+    async def _load_all(self, mesh: str) -> None:
+        """Read every Dataplane and policy of the mesh."""
+        for kind in ["Dataplane", *(t.kind for t in self.registry.policies())]:
+            page = await self.store.list(kind, mesh)
+            for record in page.items:
+                self._parse(record)
+            live = {r.name for r in page.items}
+            for k, name in [k for k in self._records.get(mesh, {}) if k[0] == kind and k[1] not in live]:
+                self._forget_record(k, mesh, name)
+        self._complete.add(mesh)
+
+    async def _load_changed(self, mesh: str, changed: set[tuple[str, str]]) -> None:
+        """Read again the records the events named (the latest state: a record changed twice is read once)."""
+        for kind, name in sorted(changed):
+            if not self._tracked(kind):
+                continue
+            record = await self.store.get(kind, mesh, name)
+            if record is None:
+                self._forget_record(kind, mesh, name)
             else:
-                good.append(parsed)
-        if len(page.items) != sum(
-            1 for k in self._parsed if k[0] == kind and k[1] == mesh
-        ):  # some were deleted
-            live = {(r.type, r.mesh, r.name) for r in page.items}
-            for k in [k for k in self._parsed if k[0] == kind and k[1] == mesh and k not in live]:
-                del self._parsed[k]
-                self.record_errors.pop(k, None)
-        return good, bad
+                self._parse(record)
 
     def _drop(self, nid: str) -> None:
         self.proxies.pop(nid, None)
