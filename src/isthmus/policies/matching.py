@@ -50,8 +50,16 @@ def selects_inbound(ref: TargetRef, dataplane: Resource, inbound: Inbound) -> bo
     return False
 
 
+def target_ref_of(policy: Resource) -> TargetRef:
+    """The top-level ``targetRef`` of a policy (every policy spec has one; Kuma's default is ``Mesh``)."""
+    ref = getattr(policy.spec, "target_ref", None)
+    if not isinstance(ref, TargetRef):
+        raise TypeError(f"{policy.type.kind} {policy.name!r} has no top-level targetRef")
+    return ref
+
+
 def policy_rank(policy: Resource) -> tuple[int, int]:
-    ref: TargetRef = policy.spec.target_ref  # type: ignore[attr-defined]
+    ref = target_ref_of(policy)
     sub = 0
     if ref.kind is TargetRefKind.DATAPLANE:
         sub = (2 if ref.name else 0) + (1 if ref.section_name else 0)
@@ -67,8 +75,4 @@ def sort_policies(policies: Iterable[Resource]) -> list[Resource]:
 def matched_for_inbound(
     policies: Iterable[Resource], dataplane: Resource, inbound: Inbound
 ) -> list[Resource]:
-    return sort_policies(
-        p
-        for p in policies
-        if selects_inbound(p.spec.target_ref, dataplane, inbound)  # type: ignore[attr-defined]
-    )
+    return sort_policies(p for p in policies if selects_inbound(target_ref_of(p), dataplane, inbound))

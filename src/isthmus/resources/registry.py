@@ -7,6 +7,7 @@ policies).  The store keeps only the spec as a dict.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -43,18 +44,30 @@ class ResourceType:
     short_name: str = ""
 
 
+SpecT = TypeVar("SpecT", bound=Model)
+OtherSpecT = TypeVar("OtherSpecT", bound=Model)
+
+
 @dataclass(frozen=True)
-class Resource:
-    """A validated resource: meta plus a frozen spec model."""
+class Resource(Generic[SpecT]):
+    """A validated resource: meta plus a frozen spec model (``Resource[DataplaneSpec]`` and so on)."""
 
     type: ResourceType
     mesh: str
     name: str
-    spec: Model
+    spec: SpecT
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def spec_dict(self) -> dict[str, Any]:
         return self.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def narrow(self, model: builtins.type[OtherSpecT]) -> Resource[OtherSpecT]:
+        """This resource typed by its spec model; TypeError when the spec is of another model."""
+        if not isinstance(self.spec, model):
+            raise TypeError(
+                f"{self.type.kind} {self.name!r}: spec is {type(self.spec).__name__}, not {model.__name__}"
+            )
+        return cast("Resource[OtherSpecT]", self)
 
     @cached_property
     def digest(self) -> str:
@@ -170,7 +183,9 @@ def parse_document(
             raw_spec = {}
     spec: Model | None = None
     try:
-        spec = rtype.spec_model.model_validate(raw_spec, context={**context, "name": name} if context else None)
+        spec = rtype.spec_model.model_validate(
+            raw_spec, context={**context, "name": name} if context else None
+        )
     except ValidationError as exc:
         errors.extend(from_pydantic(exc, prefix).errors)
     if errors or spec is None:

@@ -14,7 +14,7 @@ from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, ProxyIR
 from isthmus.ir.traffic import FaultInjection
 from isthmus.policies.engine import dataplane_spec, resolve_from
-from isthmus.policies.matching import selects_inbound, sort_policies
+from isthmus.policies.matching import selects_inbound, sort_policies, target_ref_of
 from isthmus.policies.meshfaultinjection.api import Conf, MeshFaultInjectionSpec
 from isthmus.policies.meshtrafficpermission.plugin import identity_uri
 from isthmus.policies.plugin import (
@@ -77,13 +77,10 @@ class MeshFaultInjectionPlugin(ToFromPlugin):
             inbound = inbound_of(inputs, listener)
             specific: list[FaultInjection] = []
             ordered = sort_policies(
-                p
-                for p in inputs.policies
-                if selects_inbound(p.spec.target_ref, inputs.dataplane, inbound)  # type: ignore[attr-defined]
+                p for p in inputs.policies if selects_inbound(target_ref_of(p), inputs.dataplane, inbound)
             )
             for policy in reversed(ordered):  # most specific policy first
-                spec = policy.spec
-                assert isinstance(spec, MeshFaultInjectionSpec)
+                spec = policy.narrow(MeshFaultInjectionSpec).spec
                 for item in spec.from_ or []:
                     if item.target_ref.kind is not TargetRefKind.MESH:
                         specific += faults(item.default, client_uris(inputs.ctx.name, item.target_ref))
@@ -106,8 +103,8 @@ class MeshFaultInjectionPlugin(ToFromPlugin):
                     "from": item.target_ref.model_dump(by_alias=True, exclude_none=True, mode="json"),
                 }
                 for p in inputs.policies
-                if selects_inbound(p.spec.target_ref, inputs.dataplane, inbound)  # type: ignore[attr-defined]
-                for item in (p.spec.from_ or [])  # type: ignore[attr-defined]
+                if selects_inbound(target_ref_of(p), inputs.dataplane, inbound)
+                for item in (p.narrow(MeshFaultInjectionSpec).spec.from_ or [])
                 if item.target_ref.kind is not TargetRefKind.MESH
             ]
         return described
