@@ -362,19 +362,28 @@ def _constraints(metadata: list[Any]) -> dict[str, Any]:
 
 
 def _validator_leaf(metadata: list[Any]) -> Strategy[Any] | None:
-    """Leaves for the project's annotated string types, recognised by their validator's module/name."""
+    """Leaves for the project's annotated types, recognised by their validator's name (durations by module)."""
     for m in metadata:
         func = getattr(m, "func", None)
         if func is None:
             continue
-        where = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
-        if "duration" in where:
+        if "duration" in getattr(func, "__module__", ""):
             return DURATIONS
-        if "tag" in where.lower():
-            return tags()
-        if "name" in where.lower():
-            return NAMES
+        leaf = VALIDATOR_LEAVES.get(getattr(func, "__name__", ""))
+        if leaf is not None:
+            return leaf
     return None
+
+
+VALIDATOR_LEAVES: dict[str, Strategy[Any]] = {
+    "_check_tags": tags(),
+    "check_tag_value": SERVICE,
+    "check_name": NAMES,
+    "check_mesh_name": MESH_NAME,
+    "check_ip": ADDRESSES,
+    "check_cidr": st.sampled_from(("10.0.0.0/8", "127.0.0.1/32", "::/0", "fd00::/8", "10.0.0.1/8")),
+    "_check_labels": st.dictionaries(_word(), _word(), max_size=2),
+}
 
 
 def _integers(c: dict[str, Any]) -> Strategy[int]:
