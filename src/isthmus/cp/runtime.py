@@ -115,11 +115,20 @@ def _stop_on_signals(*servers: uvicorn.Server) -> Iterator[None]:
 
 def _listen(address: str, what: str) -> socket.socket:
     host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0 (socket.create_server's): asyncio sets TCP_NODELAY on accepted connections only
+    # then, and without it every response on a kept-alive connection waits ~40 ms (Nagle and delayed ACKs)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=2048)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
     except OSError as exc:
+        sock.close()
         raise OSError(f"cannot bind the {what} to {address}: {exc.strerror or exc}") from None
+    return sock
 
 
 async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = None) -> None:
