@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from isthmus.xds.translate.patches import PatchError
 from tests.property.envoy import validate_all
 from tests.property.pipeline import generate, parse_all
 from tests.property.test_generation import BASE_DOCS, _with
@@ -28,6 +29,15 @@ to:
   rules:
   - matches: [{path: {type: PathPrefix, value: /a}}]
     default: """
+
+_FILTER = "{backendRefs: [{name: backend}], filters: [{type: RequestHeaderModifier, "
+
+
+def _dataplane(**networking: Any) -> dict[str, Any]:
+    """The base mesh's web-1 with more ``networking`` fields."""
+    [web] = [d for d in BASE_DOCS if d["name"] == "web-1"]
+    return {**web, "networking": {**web["networking"], **networking}}
+
 
 # (id, documents added to the base mesh, the field a refusal must name, or None if it must be accepted)
 CASES: list[tuple[str, list[dict[str, Any]], str | None]] = [
@@ -198,6 +208,80 @@ CASES: list[tuple[str, list[dict[str, Any]], str | None]] = [
         _policy("MeshTLS", RULES + "{tlsVersion: {min: TLS13, max: TLS12}}"),
         "spec.rules[0].default.tlsVersion.min",
     ),
+    (
+        "dataplane-inbound-outbound-same-port",
+        [_dataplane(outbound=[{"port": 20001, "tags": {"kuma.io/service": "backend"}}])],
+        "networking.outbound[0].port",
+    ),
+    (
+        "dataplane-outbound-admin-same-port",
+        [_dataplane(admin={"port": 10001})],
+        "networking.admin.port",
+    ),
+    (
+        "route-set-pseudo-header",
+        _policy(
+            "MeshHTTPRoute", ROUTE + _FILTER + "requestHeaderModifier: {set: [{name: ':path', value: /x}]}}]}"
+        ),
+        "spec.to[0].rules[0].default.filters[0].requestHeaderModifier.set[0].name",
+    ),
+    (
+        "route-set-host-header",
+        _policy(
+            "MeshHTTPRoute", ROUTE + _FILTER + "requestHeaderModifier: {set: [{name: host, value: x}]}}]}"
+        ),
+        "spec.to[0].rules[0].default.filters[0].requestHeaderModifier.set[0].name",
+    ),
+    (
+        "route-remove-authority",
+        _policy("MeshHTTPRoute", ROUTE + _FILTER + "requestHeaderModifier: {remove: [':authority']}}]}"),
+        "spec.to[0].rules[0].default.filters[0].requestHeaderModifier.remove[0]",
+    ),
+    (
+        "route-response-header-newline",
+        _policy(
+            "MeshHTTPRoute",
+            ROUTE + "{backendRefs: [{name: backend}], filters: [{type: ResponseHeaderModifier, "
+            'responseHeaderModifier: {add: [{name: x-a, value: "a\\nb"}]}}]}',
+        ),
+        "spec.to[0].rules[0].default.filters[0].responseHeaderModifier.add[0].value",
+    ),
+    (
+        "route-rewrite-path-newline",
+        _policy(
+            "MeshHTTPRoute",
+            ROUTE + "{backendRefs: [{name: backend}], filters: [{type: URLRewrite, "
+            'urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: "/b\\n"}}}]}',
+        ),
+        "spec.to[0].rules[0].default.filters[0].urlRewrite.path.replacePrefixMatch",
+    ),
+    (
+        "route-redirect-path-nul",
+        _policy(
+            "MeshHTTPRoute",
+            ROUTE + "{filters: [{type: RequestRedirect, "
+            'requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: "/b\\0"}}}]}',
+        ),
+        "spec.to[0].rules[0].default.filters[0].requestRedirect.path.replaceFullPath",
+    ),
+    (
+        "route-header-modifiers-valid",
+        _policy(
+            "MeshHTTPRoute",
+            ROUTE + _FILTER + "requestHeaderModifier: {set: [{name: X-Set, value: 'a b'}], "
+            "add: [{name: x-add, value: ''}], remove: [x-remove]}}]}",
+        ),
+        None,
+    ),
+    (
+        "proxy-patch-through-a-number",
+        _policy(
+            "MeshProxyPatch",
+            "targetRef: {kind: Mesh}\ndefault:\n  appendModifications:\n  - cluster:\n      operation: Patch\n"
+            "      jsonPatches: [{op: add, path: /api, value: 179}, {op: add, path: /api/v1, value: 179}]",
+        ),
+        "spec.default.appendModifications[0].cluster.jsonPatches[1].path",
+    ),
 ]
 
 
@@ -217,3 +301,21 @@ def test_found_input(docs: list[dict[str, Any]], field: str | None, tmp_path: Pa
     configs = {o.name: o.resources for o in outcomes if o.resources is not None}
     assert len(configs) == len(parsed.dataplanes)
     assert validate_all(configs, tmp_path) == {}
+
+
+def test_patch_through_a_resource_value_is_a_contained_patch_error() -> None:
+    """A jsonPatches path through a plain value of the resource (``/name`` is a string) is only known at
+    generation: a PatchError naming the path (contained by the reconciler), not a TypeError."""
+    docs = _with(
+        BASE_DOCS,
+        _policy(
+            "MeshProxyPatch",
+            "targetRef: {kind: Mesh}\ndefault:\n  appendModifications:\n  - cluster:\n      operation: Patch\n"
+            "      jsonPatches: [{op: add, path: /name/x, value: 1}]",
+        )[0],
+    )
+    parsed = parse_all(docs)
+    assert parsed.refused == [] and parsed.mesh is not None
+    outcomes = generate(parsed.mesh, parsed.dataplanes, parsed.policies)
+    assert outcomes and all(isinstance(o.error, PatchError) for o in outcomes)
+    assert all("jsonPatches add: /name/x: /name is" in str(o.error) for o in outcomes)

@@ -134,6 +134,56 @@ def test_duplicate_inbound_port() -> None:
     assert "already used by inbound[0]" in reason
 
 
+OUT = {"port": 10001, "tags": {"kuma.io/service": "backend"}}
+
+
+@pytest.mark.parametrize(
+    ("networking", "field", "reason"),
+    [
+        ({"outbound": [OUT]}, "networking.outbound[0].port", "port 10001 is already used by inbound[0]"),
+        (
+            {"outbound": [{**OUT, "port": 10003}, {**OUT, "port": 10002}, {**OUT, "port": 10002}]},
+            "networking.outbound[2].port",
+            "port 10002 is already used by outbound[1]",
+        ),
+        (
+            {"address": "10.0.0.1", "outbound": [{**OUT, "address": "10.0.0.1"}]},
+            "networking.outbound[0].port",
+            "port 10001 is already used by inbound[0]",
+        ),
+        (
+            {"address": "10.0.0.1", "outbound": [{**OUT, "address": "0.0.0.0"}]},
+            "networking.outbound[0].port",
+            "port 10001 is already used by inbound[0]",
+        ),
+        (
+            {"address": "10.0.0.1", "outbound": [{**OUT, "port": 9901}], "admin": {"port": 9901}},
+            "networking.admin.port",
+            "port 9901 is already used by outbound[0]",
+        ),
+        ({"admin": {"port": 10001}}, "networking.admin.port", "port 10001 is already used by inbound[0]"),
+        (
+            {
+                "address": "10.0.0.1",
+                "inbound": [{"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": "web"}}],
+                "admin": {"port": 8080},
+            },
+            "networking.admin.port",
+            "application's port of inbound[0]",
+        ),
+    ],
+)
+def test_listeners_sharing_an_address_and_port(networking: dict[str, Any], field: str, reason: str) -> None:
+    [(got_field, got_reason)] = errors_of(dataplane(**networking))
+    assert got_field == field
+    assert reason in got_reason
+
+
+def test_same_port_on_other_addresses_is_accepted() -> None:
+    doc = dataplane(address="10.0.0.1", outbound=[OUT, {**OUT, "address": "127.0.0.2"}], admin={"port": 9901})
+    parse_document(doc, REG)
+
+
 def test_missing_service_tag() -> None:
     [(field, reason)] = errors_of(dataplane(inbound=[{"port": 1, "tags": {"version": "v1"}}]))
     assert field == "networking.inbound[0].tags"

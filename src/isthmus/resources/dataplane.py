@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import Enum
 from typing import Any, Literal
 
@@ -30,6 +31,9 @@ def _ports_in(value: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ValueError(f"{key}: must be a port number between 1 and 65535")
     return value
+
+
+LOOPBACK = "127.0.0.1"  # where outbounds listen by default, and the admin API
 
 
 class InboundState(str, Enum):
@@ -148,25 +152,48 @@ class Networking(Model):
 
     @model_validator(mode="after")
     def _unique_ports(self) -> Networking:
-        seen: dict[tuple[str, int], int] = {}
-        for i, inbound in enumerate(self.inbound):
-            key = (inbound.address or self.address, inbound.port)
-            if key in seen:
-                raise ValueError(
-                    f"inbound[{i}].port: port {inbound.port} is already used by inbound[{seen[key]}]"
-                )
-            seen[key] = i
-        seen_out: dict[tuple[str, int], int] = {}
-        for i, outbound in enumerate(self.outbound):
-            key = (outbound.address or "127.0.0.1", outbound.port)
-            if key in seen_out:
-                raise ValueError(
-                    f"outbound[{i}].port: port {outbound.port} is already used by outbound[{seen_out[key]}]"
-                )
-            seen_out[key] = i
+        problem = _port_clash(self)
+        if problem:
+            raise ValueError(problem)
         if not self.inbound and self.gateway is None:
             raise ValueError("inbound: a Dataplane needs at least one inbound (or a gateway section)")
         return self
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether two listening addresses collide: the same address, or either one a wildcard."""
+    first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    return first == second or first.is_unspecified or second.is_unspecified
+
+
+def _port_clash(net: Networking) -> str | None:
+    """``field.port: reason`` for the first socket Envoy (or the admin API) would bind twice, or None.
+
+    Envoy refuses a whole listener update when two listeners share an address and port, so inbounds
+    (``inbound.address`` or ``networking.address``), outbounds (``outbound.address`` or 127.0.0.1) and the admin
+    API (127.0.0.1 ``admin.port``, which must also differ from the application's own port, as in Kuma) are
+    checked against each other. Two addresses collide when equal or when either one is a wildcard."""
+    used: list[tuple[str, int, str]] = []  # (address, port, the listener's field)
+    sockets = [
+        (inbound.address or net.address, inbound.port, f"inbound[{i}]")
+        for i, inbound in enumerate(net.inbound)
+    ]
+    sockets += [(out.address or LOOPBACK, out.port, f"outbound[{i}]") for i, out in enumerate(net.outbound)]
+    for address, port, field in sockets:
+        for other_address, other_port, other in used:
+            if port == other_port and _overlap(address, other_address):
+                return f"{field}.port: port {port} is already used by {other}"
+        used.append((address, port, field))
+    admin = net.admin.port if net.admin is not None else None
+    if admin is not None:
+        for address, port, field in used:
+            if port == admin and _overlap(LOOPBACK, address):
+                return f"admin.port: port {admin} is already used by {field} (the admin API listens on {LOOPBACK})"
+        for i, inbound in enumerate(net.inbound):
+            app_address = inbound.service_address or LOOPBACK
+            if (inbound.service_port or inbound.port) == admin and _overlap(LOOPBACK, app_address):
+                return f"admin.port: port {admin} is the application's port of inbound[{i}] on {app_address}"
+    return None
 
 
 class DataplaneSpec(Model):

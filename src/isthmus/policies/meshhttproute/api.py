@@ -9,10 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from isthmus.policies.regex import regex_problem
-from isthmus.policies.sections import TOP_LEVEL_KINDS, mesh_ref, target_ref_problems
+from isthmus.policies.sections import (
+    TOP_LEVEL_KINDS,
+    check_header_name,
+    check_header_value,
+    mesh_ref,
+    target_ref_problems,
+)
 from isthmus.resources.common import Model, Port, Tags, TargetRef, TargetRefKind
 
 PathMatchType = Literal["Exact", "PathPrefix", "RegularExpression"]
@@ -25,6 +31,8 @@ FilterType = Literal[
 TO_KINDS = (TargetRefKind.MESH_SERVICE,)
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 NonEmpty = Annotated[str, Field(min_length=1)]
+# a header a filter sets, adds or removes: Envoy refuses to modify ':'-prefixed pseudo-headers and host
+HeaderName = Annotated[str, Field(min_length=1), AfterValidator(check_header_name)]
 
 
 def _hostname(value: str | None) -> str | None:
@@ -105,14 +113,14 @@ class BackendRef(Model):
 
 # -- filters ------------------------------------------------------------------------------------------------------
 class HeaderKeyValue(Model):
-    name: NonEmpty
-    value: str
+    name: HeaderName
+    value: Annotated[str, AfterValidator(check_header_value)]
 
 
 class HeaderModifier(Model):
     set: list[HeaderKeyValue] | None = Field(default=None, max_length=16)
     add: list[HeaderKeyValue] | None = Field(default=None, max_length=16)
-    remove: list[NonEmpty] | None = Field(default=None, max_length=16)
+    remove: list[HeaderName] | None = Field(default=None, max_length=16)
 
     @model_validator(mode="after")
     def _names(self) -> HeaderModifier:
@@ -142,6 +150,8 @@ class PathRewrite(Model):
             raise ValueError(f"{own}: must be set with type {self.type}")
         if not value.startswith("/"):
             raise ValueError(f"{own}: must start with '/'")
+        if any(c in value for c in "\0\r\n"):  # Envoy's rewrite and redirect paths: ^[^\0\n\r]*$
+            raise ValueError(f"{own}: must not contain NUL, CR or LF")
         if (
             self.replace_prefix_match if self.type == "ReplaceFullPath" else self.replace_full_path
         ) is not None:

@@ -112,7 +112,7 @@ class Modification(Model):
     def _one(self) -> Modification:
         from isthmus.policies.regex import regex_problem
         from isthmus.xds.translate.known_types import unknown_type_urls
-        from isthmus.xds.translate.patches import PatchError, check_value, regex_fields
+        from isthmus.xds.translate.patches import PatchError, check_value, json_patch_problem, regex_fields
 
         fields = {"cluster": "cluster", "listener": "listener", "network_filter": "networkFilter",
                   "http_filter": "httpFilter", "virtual_host": "virtualHost"}  # fmt: skip
@@ -135,6 +135,10 @@ class Modification(Model):
         for i, patch in enumerate(mod.json_patches or []):
             for where, _, reason in unknown_type_urls(patch.value):
                 raise ValueError(f"{kind}.jsonPatches[{i}].value: {where}: {reason}")
+        ops = [{"op": p.op, "path": p.path, "value": p.value} for p in mod.json_patches or []]
+        failure = json_patch_problem(ops)  # what fails whatever the resource, e.g. a path through a number
+        if failure is not None:
+            raise ValueError(f"{kind}.jsonPatches[{failure[0]}].path: {failure[1]}")
         return self
 
 

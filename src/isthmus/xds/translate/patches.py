@@ -87,9 +87,26 @@ def _json_patch(msg: Any, ops: Sequence[dict[str, Any]]) -> Any:
     _check_types(doc)
     try:
         json_format.ParseDict(doc, out)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
         raise PatchError(f"jsonPatches produce an invalid {msg.DESCRIPTOR.name}: {exc}") from None
     return out
+
+
+class _Unknown(dict[str, Any]):
+    """An object of a resource that is not known yet (when a policy is applied): only what earlier patches of
+    the same list put in it is known. It may really be a list, so an index it is given stays unknown."""
+
+
+def json_patch_problem(ops: Sequence[dict[str, Any]]) -> tuple[int, str] | None:
+    """``(index, reason)`` of the first of a modification's ``jsonPatches`` that fails whatever the resource it
+    edits (e.g. a path through a number an earlier patch added), or None. Run when a policy is applied."""
+    doc: Any = _Unknown()
+    for index, op in enumerate(ops):
+        try:
+            doc = _apply_op(doc, op)
+        except PatchError as exc:
+            return index, str(exc)
+    return None
 
 
 def _pointer(path: str) -> list[str]:
@@ -98,36 +115,74 @@ def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
+def _location(parts: Sequence[str]) -> str:
+    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts) if parts else "the root"
+
+
+def _index(part: str, size: int, kind: str, path: str, where: str, end: bool) -> int:
+    """A list index of a JSON pointer: digits (``-`` for the end when ``end``), within the list."""
+    if end and part == "-":
+        return size
+    top = size if end else size - 1
+    if not (part.isascii() and part.isdigit()) or int(part) > top:
+        raise PatchError(
+            f"jsonPatches {kind}: {path}: {part!r} is not an index of the list at {where} ({size} items)"
+        )
+    return int(part)
+
+
 def _apply_op(doc: Any, op: dict[str, Any]) -> Any:
+    """``doc`` with one RFC 6902 operation (add, remove, replace) applied in place; missing objects on the way
+    are created. Every failure is a PatchError naming the operation and its path."""
     kind = op.get("op")
-    parts = _pointer(str(op.get("path", "")))
-    parent: Any = doc
-    for part in parts[:-1]:
-        parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
-    last = parts[-1]
-    if kind in ("add", "replace"):
-        value = op.get("value")
-        if isinstance(parent, list):
-            index = len(parent) if last == "-" else int(last)
-            if kind == "add":
-                parent.insert(index, value)
-            else:
-                parent[index] = value
-        else:
-            if kind == "replace" and last not in parent:
-                raise PatchError(f"jsonPatches replace: {op['path']} does not exist")
-            parent[last] = value
-    elif kind == "remove":
-        try:
-            if isinstance(parent, list):
-                parent.pop(int(last))
-            else:
-                del parent[last]
-        except (KeyError, IndexError, ValueError):
-            raise PatchError(f"jsonPatches remove: {op.get('path')} does not exist") from None
-    else:
+    if kind not in ("add", "remove", "replace"):
         raise PatchError(f"jsonPatches op {kind!r} is not supported (add, remove, replace)")
+    path = str(op.get("path", ""))
+    parts = _pointer(path)
+    parent: Any = doc
+    for depth, part in enumerate(parts[:-1]):
+        where = _location(parts[:depth])
+        if isinstance(parent, list):
+            parent = parent[_index(part, len(parent), kind, path, where, end=False)]
+        elif isinstance(parent, dict):
+            if part not in parent:
+                parent[part] = _Unknown() if isinstance(parent, _Unknown) else {}
+            parent = parent[part]
+        else:
+            raise PatchError(_through_value(kind, path, where, parent))
+    last, where = parts[-1], _location(parts[:-1])
+    value = copy.deepcopy(op.get("value"))
+    if isinstance(parent, list):
+        index = _index(last, len(parent), kind, path, where, end=kind == "add")
+        if kind == "add":
+            parent.insert(index, value)
+        elif kind == "replace":
+            parent[index] = value
+        else:
+            parent.pop(index)
+    elif isinstance(parent, _Unknown) and kind != "replace" and (last == "-" or last.isdigit()):
+        # perhaps a list, whose items shift: what is known of its items is no more
+        for key in [k for k in parent if k == "-" or k.isdigit()]:
+            del parent[key]
+    elif isinstance(parent, dict):
+        if kind == "remove":
+            if last in parent:
+                del parent[last]
+            elif not isinstance(parent, _Unknown):
+                raise PatchError(f"jsonPatches remove: {path} does not exist")
+        elif kind == "replace" and last not in parent and not isinstance(parent, _Unknown):
+            raise PatchError(f"jsonPatches replace: {path} does not exist")
+        else:
+            parent[last] = value
+    else:
+        raise PatchError(_through_value(kind, path, where, parent))
     return doc
+
+
+def _through_value(kind: str, path: str, where: str, value: Any) -> str:
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"jsonPatches {kind}: {path}: {where} is {shown}, not an object or a list"
 
 
 def _edit(msg: Any, mod: dict[str, Any]) -> Any:
