@@ -120,11 +120,13 @@ def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict:
     raise TimeoutError(want)
 
 
-def start_cp(api: int, xds: int, data_dir: Path) -> subprocess.Popen:
-    """``isthmus cp run`` with its defaults: SQLite store, TLS on xDS, data-plane tokens required."""
+def start_cp(api: int, xds: int, data_dir: Path, plain: bool, dp_auth: str = "token") -> subprocess.Popen:
+    """``isthmus cp run`` with its defaults: SQLite store, TLS on xDS, data-plane tokens required (``plain``:
+    the options of a control plane from before TLS and tokens, to measure an older version the same way)."""
+    secure = [] if plain else ["--api-tls-address", f"127.0.0.1:{free_port()}", "--dp-auth", dp_auth]
     return subprocess.Popen(
         [sys.executable, "-m", "isthmus.cli", "cp", "run", "--data-dir", str(data_dir),
-         "--api-address", f"127.0.0.1:{api}", "--api-tls-address", f"127.0.0.1:{free_port()}",
+         "--store", f"sqlite:{data_dir / 'isthmus.db'}", "--api-address", f"127.0.0.1:{api}", *secure,
          "--xds-address", f"127.0.0.1:{xds}", "--log-level", "warning"],
     )  # fmt: skip
 
@@ -151,7 +153,7 @@ def register_all(api: int, docs: list[dict], tokens: list[str], concurrency: int
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(base_url=f"http://127.0.0.1:{api}", timeout=60)
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         client.put(f"/meshes/bench/dataplanes/{doc['name']}", json=doc, headers=headers).raise_for_status()
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -173,11 +175,11 @@ def dataplane_tokens(api: int, names: list[str], concurrency: int) -> list[str]:
         return list(pool.map(issue, names))
 
 
-def run_size(n: int, rounds: int, concurrency: int, reregister: bool) -> dict:
+def run_size(n: int, rounds: int, concurrency: int, reregister: bool, plain: bool, dp_auth: str) -> dict:
     api, xds = free_port(), free_port()
     tmp = tempfile.TemporaryDirectory()
     data_dir = Path(tmp.name) / "cp"
-    cp = start_cp(api, xds, data_dir)
+    cp = start_cp(api, xds, data_dir, plain, dp_auth)
     http = httpx.Client(base_url=f"http://127.0.0.1:{api}", timeout=30)
     sim = None
     try:
@@ -187,14 +189,18 @@ def run_size(n: int, rounds: int, concurrency: int, reregister: bool) -> dict:
         http.put("/meshes/bench/meshtrafficpermissions/bench-policy", json=policy(0)).raise_for_status()
         services = max(1, n // 10)
         docs = [dataplane(i, services)[0] for i in range(n)]
-        tokens = dataplane_tokens(api, [d["name"] for d in docs], concurrency)
+        tokens = (
+            [""] * n
+            if plain or dp_auth == "none"
+            else dataplane_tokens(api, [d["name"] for d in docs], concurrency)
+        )
         plan = [[f"bench.dp-{i}", "bench", dataplane(i, services)[1], tokens[i]] for i in range(n)]
         with open(Path(tmp.name) / "plan.json", "w") as f:
             json.dump(plan, f)
         # as agents do: register the Dataplane, then start Envoy (the simulator is started beforehand, idle)
         sim = subprocess.Popen(
             [sys.executable, str(HERE / "ads_clients.py"), "--xds", f"127.0.0.1:{xds}", "--plan", f.name,
-             "--ca-file", str(data_dir / "tls" / "ca.crt")],
+             *([] if plain else ["--ca-file", str(data_dir / "tls" / "ca.crt")])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         time.sleep(1.0 + n / 1000)
@@ -239,7 +245,7 @@ def run_size(n: int, rounds: int, concurrency: int, reregister: bool) -> dict:
         cp.terminate()
         cp.wait(30)
         t_restart = time.time()
-        cp = start_cp(api, xds, data_dir)
+        cp = start_cp(api, xds, data_dir, plain, dp_auth)
         progress(f"N={n}: restarted (control plane pid {cp.pid})")
         wait_api(http, 120)
         api_seconds = time.time() - t_restart
@@ -277,9 +283,18 @@ def main() -> None:
         action="store_true",
         help="after the restart, every agent also PUTs its unchanged Dataplane again (agents do not: worst case)",
     )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="no TLS and no data-plane tokens: for control planes from before them (a baseline of an older version)",
+    )
+    ap.add_argument("--dp-auth", default="token", help="token (the default) | none: passed to isthmus cp run")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = [run_size(n, args.rounds, args.concurrency, args.restart_reregister) for n in sizes]
+    rows = [
+        run_size(n, args.rounds, args.concurrency, args.restart_reregister, args.plain, args.dp_auth)
+        for n in sizes
+    ]
     base = rows[0]["p99"] or 1e-9
     print(
         f"\nControl plane: policy apply -> every client ACKed (median of {args.rounds} rounds), {os.cpu_count()} cores"

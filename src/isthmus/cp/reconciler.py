@@ -228,6 +228,7 @@ class Reconciler:
                 self._schedule_retry(mesh)
         except Exception as exc:
             log.exception("generating mesh %r failed", mesh)
+            self._complete.discard(mesh)  # records named by events may not have been read: read them all next
             self._mesh_failed(mesh, "sync", f"{type(exc).__name__}: {exc}")
             self._schedule_retry(mesh)
         else:

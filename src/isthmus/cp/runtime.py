@@ -33,10 +33,12 @@ from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates, sds_acks
 from isthmus.cp.cleanup import DEFAULT_DATAPLANE_CLEANUP_AGE, Housekeeping
 from isthmus.cp.insights import Insights
+from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.store import open_store
+from isthmus.store.base import ResourceStore
 from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.metrics import XdsMetrics
 from isthmus.xds.server import AdsServer
@@ -113,6 +115,13 @@ def _stop_on_signals(*servers: uvicorn.Server) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def xds_authenticator(store: ResourceStore) -> XdsAuthenticator:
+    """Checks of ADS streams' tokens, reading the store through a 1 s cache (a restart reconnects every data
+    plane at once; see :mod:`isthmus.cp.read_cache`)."""
+    reads = CachedReads(store)
+    return XdsAuthenticator(TokenService(reads), reads)
+
+
 def _listen(address: str, what: str) -> socket.socket:
     host, port = split_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -158,7 +167,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         callbacks=insights,
         metrics=XdsMetrics(metrics),
         nack_backoff=options.nack_backoff,
-        authenticator=XdsAuthenticator(tokens, store) if options.dp_auth == "token" else None,
+        authenticator=xds_authenticator(store) if options.dp_auth == "token" else None,
         max_streams=options.max_xds_streams,
     )
     api_socket = _listen(options.api_address, "REST API")
