@@ -184,8 +184,11 @@ def _ref(kind: str, **fields: Strategy[Any]) -> Strategy[dict[str, Any]]:
     return st.fixed_dictionaries({"kind": st.just(kind), **fields})
 
 
-def _extras() -> dict[str, Strategy[Any]]:
-    return {"proxyTypes": st.lists(st.sampled_from(("Sidecar", "Gateway")), max_size=2)}
+def _extras(where: str) -> dict[str, Strategy[Any]]:
+    """proxyTypes selects proxies: top level only, never empty (Kuma's validator)."""
+    if where in ("to", "from"):
+        return {}
+    return {"proxyTypes": st.lists(st.sampled_from(("Sidecar", "Gateway")), min_size=1, max_size=2)}
 
 
 def target_refs(where: str, allowed: frozenset[str] | None = None) -> Strategy[dict[str, Any]]:
@@ -198,7 +201,7 @@ def target_refs(where: str, allowed: frozenset[str] | None = None) -> Strategy[d
 
 
 def _ref_options(where: str) -> list[tuple[str, Strategy[dict[str, Any]]]]:
-    mesh = st.fixed_dictionaries({"kind": st.just("Mesh")}, optional=_extras())
+    mesh = st.fixed_dictionaries({"kind": st.just("Mesh")}, optional=_extras(where))
     service = _ref("MeshService", name=SERVICE)
     subset = _ref("MeshSubset", tags=SUBSET_TAGS)
     service_subset = _ref("MeshServiceSubset", name=SERVICE, tags=SUBSET_TAGS)

@@ -6,10 +6,17 @@ Kuma's model (``../shared/research/kuma.md`` section 3.3):
 * ``to[]`` items configure outbound traffic to the destination their ``targetRef`` names (Mesh: every
   destination; MeshService: that service; MeshServiceSubset: that service's instances with the tags);
 * ``from[]`` items configure inbound traffic from the clients their ``targetRef`` names;
-* the matched items are ordered lowest priority first (:func:`isthmus.policies.matching.sort_policies`: the
-  top-level kind's specificity, then the name, the smaller name winning) and, within that, by the specificity of
-  the item's own ``targetRef``; their ``default`` blocks are merged in that order as JSON Merge Patches
-  (RFC 7396): the later, more specific one wins field by field, nested objects merge, lists are replaced.
+* the matched items are ordered lowest priority first and their ``default`` blocks are merged in that order as
+  JSON Merge Patches (RFC 7396): the later one wins field by field, nested objects merge, lists are replaced.
+
+Kuma has two orders for ``to`` items (MADR 066), one per kind of outbound:
+
+* outbounds addressed by ``kuma.io/service`` (Kuma 2.x's default, the only kind Isthmus has): the policies in
+  :func:`isthmus.policies.matching.sort_policies` order (top-level kind, then name, the smaller name last), each
+  policy's items in their ``to[]`` order; the item's own targetRef kind plays no part
+  (:func:`service_tag_to_key`). ``from`` items merge the same way (policy order, then index);
+* outbounds of real MeshService resources (not in Isthmus yet): top-level kind, then the item's targetRef kind,
+  then the name (:func:`real_resource_to_key`).
 
 The engine works on plain dicts (the ``default`` blocks as the user wrote them, camelCase), so every policy
 kind gets the same merge; each plug-in then validates the merged result into its own typed model.
@@ -21,7 +28,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from isthmus.policies.matching import policy_rank, selects_inbound, sort_policies, tags_match
+from isthmus.policies.matching import (
+    policy_rank,
+    selects_inbound,
+    selects_proxy_type,
+    sort_policies,
+    tags_match,
+)
 from isthmus.resources.common import KIND_ORDER, SERVICE_TAG, TargetRef, TargetRefKind
 from isthmus.resources.dataplane import DataplaneSpec, Inbound
 from isthmus.resources.registry import Resource
@@ -80,14 +93,29 @@ def dataplane_spec(dp: Resource) -> DataplaneSpec:
 
 def selects_proxy(ref: TargetRef, dp: Resource) -> bool:
     """A top-level targetRef selects a proxy when it selects any of its inbounds (Mesh and Dataplane always
-    apply, even to a proxy without inbounds)."""
+    apply, even to a proxy without inbounds; Mesh and MeshSubset only to the ``proxyTypes`` they name)."""
     if ref.kind is TargetRefKind.MESH:
-        return True
+        return selects_proxy_type(ref, dp)
     if ref.kind is TargetRefKind.DATAPLANE and ref.section_name is None:
         if ref.name is not None and ref.name != dp.name:
             return False
         return ref.labels is None or tags_match(ref.labels, dp.labels)
-    return any(selects_inbound(ref, dp, inbound) for inbound in dataplane_spec(dp).networking.inbound)
+    net = dataplane_spec(dp).networking
+    if net.gateway is not None and _selects_gateway_tags(ref, dp, net.gateway.tags):
+        return True
+    return any(selects_inbound(ref, dp, inbound) for inbound in net.inbound)
+
+
+def _selects_gateway_tags(ref: TargetRef, dp: Resource, tags: Mapping[str, str]) -> bool:
+    """Kuma selects a gateway proxy by the tags of its ``networking.gateway`` as it selects a sidecar by its
+    inbounds' tags."""
+    if ref.kind is TargetRefKind.MESH_SUBSET:
+        return selects_proxy_type(ref, dp) and tags_match(ref.tags, tags)
+    if ref.kind is TargetRefKind.MESH_SERVICE:
+        return tags.get(SERVICE_TAG) == ref.name
+    if ref.kind is TargetRefKind.MESH_SERVICE_SUBSET:
+        return tags.get(SERVICE_TAG) == ref.name and tags_match(ref.tags, tags)
+    return False
 
 
 def _top_ref(policy: Resource) -> TargetRef:
@@ -138,9 +166,33 @@ def _default_dict(item: Any) -> dict[str, Any]:
 Entry = tuple[tuple[Any, ...], Resource, str, Any]  # (sort key, policy, section, item)
 
 
+def service_tag_to_key(
+    policy: Resource, position: int, index: int, item_kind: TargetRefKind
+) -> tuple[Any, ...]:
+    """Merge order of a ``to`` item for an outbound addressed by ``kuma.io/service`` (Kuma 2.x's legacy to-rules):
+    the matched policies sorted by top-level targetRef (kind, then name: ``position`` is the policy's place in
+    descending name order), their ``to[]`` lists concatenated in index order. The item's own kind is ignored:
+    MADR 066's example (``aaa`` with ``to: Mesh``, ``bbb`` with ``to: MeshService backend``, both top-level Mesh)
+    gives ``merge(bbb, aaa)`` for backend, because ``aaa`` sorts last and wins."""
+    del item_kind  # not part of the legacy order
+    return (policy_rank(policy), position, index)
+
+
+def real_resource_to_key(
+    policy: Resource, position: int, index: int, item_kind: TargetRefKind
+) -> tuple[Any, ...]:
+    """Merge order of a ``to`` item for an outbound of a real resource (MeshService, MeshExternalService; Kuma's
+    ``ToRules.ResourceRules``, MADR 066): top-level kind, then the item's targetRef kind, then the name, so that
+    ``to: MeshService backend`` wins over ``to: Mesh`` whatever the policies are called. Isthmus has no
+    MeshService outbounds yet: this order is used only for the ``toResourceRules`` of ``_rules``."""
+    return (policy_rank(policy), KIND_ORDER[item_kind], position, index)
+
+
+ToOrder = Callable[[Resource, int, int, TargetRefKind], tuple[Any, ...]]
+
+
 def _merge(entries: list[Entry]) -> Resolved:
-    """Merge in Kuma's order: the top-level kind, then the item's own targetRef kind, then the name (the
-    lexicographically smaller name last, so it wins)."""
+    """Merge the entries sorted by their keys (lowest priority first; see the module docstring)."""
     entries.sort(key=lambda e: e[0])
     conf: dict[str, Any] = {}
     origins = []
@@ -151,20 +203,45 @@ def _merge(entries: list[Entry]) -> Resolved:
 
 
 def resolve_to(
-    policies: Iterable[Resource], dp: Resource, service: str, tags: Mapping[str, str] | None = None
+    policies: Iterable[Resource],
+    dp: Resource,
+    service: str,
+    tags: Mapping[str, str] | None = None,
+    *,
+    order: ToOrder | None = None,
 ) -> Resolved:
-    """The merged ``to`` configuration of one kind for the outbound of ``dp`` to ``service``."""
+    """The merged ``to`` configuration of one kind for the outbound of ``dp`` to ``service``, merged in
+    ``order`` (default: :func:`service_tag_to_key`, Kuma's order for ``kuma.io/service`` outbounds)."""
+    how = order or service_tag_to_key
     selected = [p for p in policies if selects_proxy(_top_ref(p), dp)]
-    key = ("to", service, tuple(sorted((tags or {}).items())), *(p.digest for p in selected))
-    return _memo(key, lambda: _resolve_to(selected, service, tags))
+    key = ("to", how.__name__, service, tuple(sorted((tags or {}).items())), *(p.digest for p in selected))
+    return _memo(key, lambda: _resolve_to(selected, service, tags, how))
 
 
-def _resolve_to(selected: list[Resource], service: str, tags: Mapping[str, str] | None) -> Resolved:
+def _resolve_to(
+    selected: list[Resource],
+    service: str,
+    tags: Mapping[str, str] | None,
+    order: ToOrder = service_tag_to_key,
+) -> Resolved:
     entries: list[Entry] = []
     for by_name, policy in _by_name(selected):
         for i, item in enumerate(_items(policy, "to")):
             if destination_matches(item.target_ref, service, tags):
-                key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
+                key = order(policy, by_name, i, item.target_ref.kind)
+                entries.append((key, policy, f"to[{i}]", item))
+    return _merge(entries)
+
+
+def resolve_to_mesh_resource(policies: Iterable[Resource], dp: Resource) -> Resolved:
+    """The merged ``to`` items of kind Mesh in the real-resource order (:func:`real_resource_to_key`): Kuma's
+    ``toResourceRules`` entry for the Mesh, the fallback of every real destination no item names."""
+    selected = [p for p in policies if selects_proxy(_top_ref(p), dp)]
+    entries: list[Entry] = []
+    for by_name, policy in _by_name(selected):
+        for i, item in enumerate(_items(policy, "to")):
+            if item.target_ref.kind is TargetRefKind.MESH:
+                key = real_resource_to_key(policy, by_name, i, item.target_ref.kind)
                 entries.append((key, policy, f"to[{i}]", item))
     return _merge(entries)
 
@@ -186,12 +263,10 @@ def _resolve_from(selected: list[Resource], client_tags: Mapping[str, str] | Non
     entries: list[Entry] = []
     for by_name, policy in _by_name(selected):
         for i, item in enumerate(_items(policy, "from")):
-            if client_matches(item.target_ref, client_tags):
-                key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], by_name, i)
-                entries.append((key, policy, f"from[{i}]", item))
-        for i, item in enumerate(_items(policy, "rules")):  # inbound rules: every client, like from Mesh
-            key = (policy_rank(policy), KIND_ORDER[TargetRefKind.MESH], by_name, i)
-            entries.append((key, policy, f"rules[{i}]", item))
+            if client_matches(item.target_ref, client_tags):  # Kuma: policy order, then index (kind ignored)
+                entries.append(((policy_rank(policy), by_name, 0, i), policy, f"from[{i}]", item))
+        for i, item in enumerate(_items(policy, "rules")):  # inbound rules: every client
+            entries.append(((policy_rank(policy), by_name, 1, i), policy, f"rules[{i}]", item))
     return _merge(entries)
 
 

@@ -5,14 +5,18 @@ Policies are returned lowest priority first, so that merging in order lets the m
    MeshServiceSubset);
 2. within ``Dataplane``: selected by labels < selected by name, and without ``sectionName`` < with it;
 3. ties are broken by name: the lexicographically smaller name comes last and wins.
+
+A top-level targetRef of kind Mesh or MeshSubset with ``proxyTypes`` selects only proxies of those types, as in
+Kuma: a Dataplane with a ``networking.gateway`` section is a ``Gateway``, any other a ``Sidecar``
+(:func:`proxy_type`). Without ``proxyTypes`` both types are selected. Other kinds refuse the field at apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from isthmus.resources.common import KIND_ORDER, SERVICE_TAG, TargetRef, TargetRefKind
-from isthmus.resources.dataplane import Inbound
+from isthmus.resources.common import KIND_ORDER, SERVICE_TAG, ProxyType, TargetRef, TargetRefKind
+from isthmus.resources.dataplane import DataplaneSpec, Inbound
 from isthmus.resources.registry import Resource
 
 
@@ -30,13 +34,28 @@ def inbound_section_names(inbound: Inbound) -> set[str]:
     return names
 
 
+def proxy_type(dataplane: Resource) -> ProxyType:
+    """A Dataplane with a ``networking.gateway`` section (delegated or builtin) is a Gateway proxy."""
+    spec = dataplane.spec
+    if isinstance(spec, DataplaneSpec) and spec.networking.gateway is not None:
+        return ProxyType.GATEWAY
+    return ProxyType.SIDECAR
+
+
+def selects_proxy_type(ref: TargetRef, dataplane: Resource) -> bool:
+    """``proxyTypes`` of a Mesh or MeshSubset targetRef: unset selects every proxy, else only those types."""
+    if ref.proxy_types is None or ref.kind not in (TargetRefKind.MESH, TargetRefKind.MESH_SUBSET):
+        return True
+    return proxy_type(dataplane) in ref.proxy_types
+
+
 def selects_inbound(ref: TargetRef, dataplane: Resource, inbound: Inbound) -> bool:
     """Does a top-level targetRef select this inbound of this data plane?"""
     kind = ref.kind
     if kind is TargetRefKind.MESH:
-        return True
+        return selects_proxy_type(ref, dataplane)
     if kind is TargetRefKind.MESH_SUBSET:
-        return tags_match(ref.tags, inbound.tags)
+        return selects_proxy_type(ref, dataplane) and tags_match(ref.tags, inbound.tags)
     if kind is TargetRefKind.MESH_SERVICE:
         return inbound.tags.get(SERVICE_TAG) == ref.name
     if kind is TargetRefKind.MESH_SERVICE_SUBSET:

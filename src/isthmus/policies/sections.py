@@ -101,6 +101,25 @@ class Rule(Model, Generic[ConfT]):
     default: ConfT
 
 
+PROXY_TYPE_KINDS = (TargetRefKind.MESH, TargetRefKind.MESH_SUBSET)
+
+
+def proxy_types_problem(ref: TargetRef, path: str, *, top_level: bool) -> str | None:
+    """``proxyTypes`` as Kuma's validator allows it: only with kind Mesh or MeshSubset, and not empty (the values,
+    Sidecar and Gateway, are checked by the model). It selects proxies, so Isthmus refuses it in ``to``/``from``
+    items, where Kuma accepts it and it has no effect."""
+    if ref.proxy_types is None:
+        return None
+    where = f"{path}.proxyTypes"
+    if ref.kind not in PROXY_TYPE_KINDS:
+        return f"{where}: must not be set with kind {ref.kind.value} (only with Mesh or MeshSubset)"
+    if not top_level:
+        return f"{where}: not supported in a to/from item (it has no effect there); set it on the top-level targetRef"
+    if not ref.proxy_types:
+        return f"{where}: must be left out or have at least one item (Sidecar, Gateway)"
+    return None
+
+
 def target_ref_problems(
     top: TargetRef,
     to: Sequence[Any] | None,
@@ -115,12 +134,21 @@ def target_ref_problems(
     """The first problem with a policy's targetRefs as ``field.path: reason``, or None."""
     for field, reason in top.structural_errors(top_kinds):
         return f"targetRef.{field}: {reason}"
+    problem = proxy_types_problem(top, "targetRef", top_level=True)
+    if problem:
+        return problem
     for i, to_item in enumerate(to or []):
         for field, reason in to_item.target_ref.structural_errors(to_kinds):
             return f"to[{i}].targetRef.{field}: {reason}"
+        problem = proxy_types_problem(to_item.target_ref, f"to[{i}].targetRef", top_level=False)
+        if problem:
+            return problem
     for i, from_item in enumerate(from_ or []):
         for field, reason in from_item.target_ref.structural_errors(from_kinds):
             return f"from[{i}].targetRef.{field}: {reason}"
+        problem = proxy_types_problem(from_item.target_ref, f"from[{i}].targetRef", top_level=False)
+        if problem:
+            return problem
     if from_ and rules:
         return "rules: cannot be used together with from"
     if require_section and not to and not from_ and not rules:

@@ -6,6 +6,7 @@ from enum import Enum
 
 from pydantic import Field, model_validator
 
+from isthmus.policies.sections import proxy_types_problem
 from isthmus.resources.common import Model, TargetRef, TargetRefKind
 
 TOP_LEVEL_KINDS = (
@@ -82,9 +83,13 @@ class MeshTrafficPermissionSpec(Model):
         problems: list[str] = []
         for field, reason in self.target_ref.structural_errors(TOP_LEVEL_KINDS):
             problems.append(f"targetRef.{field}: {reason}")
+        problems += filter(None, [proxy_types_problem(self.target_ref, "targetRef", top_level=True)])
         for i, item in enumerate(self.from_):
             for field, reason in item.target_ref.structural_errors(FROM_KINDS):
                 problems.append(f"from[{i}].targetRef.{field}: {reason}")
+            problems += filter(
+                None, [proxy_types_problem(item.target_ref, f"from[{i}].targetRef", top_level=False)]
+            )
         if not self.from_ and not self.rules:
             problems.append("from: at least one of from and rules must have an item")
         if problems:
