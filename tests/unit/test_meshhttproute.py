@@ -141,10 +141,6 @@ RULE_OK = "backendRefs: [{kind: MeshService, name: backend}]"
             "spec.to[0].rules[0].default.backendRefs[0].weight: Input should be greater than or equal to 0",
         ),
         (
-            "    - matches: [{path: {type: Exact, value: /}}]\n      default: {}",
-            "spec.to[0].rules[0].default.backendRefs: must have at least one item",
-        ),
-        (
             "    - matches: [{path: {type: Exact, value: /}}]\n"
             "      default: {backendRefs: [{kind: MeshService, name: backend, weight: 0}]}",
             "spec.to[0].rules[0].default.backendRefs: at least one weight must be greater than 0",

@@ -280,7 +280,9 @@ mesh: m
 name: reports-are-slow
 spec:
   targetRef: {kind: MeshHTTPRoute, name: slow-paths}
-  default: {http: {requestTimeout: 60s}}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {http: {requestTimeout: 60s}}
 """
     dps, pols, mesh = load(extra)
     ir = build_proxy_ir(build_mesh_context(mesh, dps, pols), "web-1", None)
@@ -298,8 +300,9 @@ spec:
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ({"targetRef": {"kind": "MeshHTTPRoute"}, "default": {}}, "spec.targetRef.name"),
-        ({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}}, "spec.default"),
+        ({"targetRef": {"kind": "MeshHTTPRoute"}, "to": []}, "spec.targetRef.name"),
+        ({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}}, "spec.to"),
+        ({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}, "default": {}}, "spec.default"),
         ({"targetRef": {"kind": "Mesh"}, "default": {}}, "spec.default"),
     ],
 )

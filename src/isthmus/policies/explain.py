@@ -84,6 +84,7 @@ def _cluster_view(cluster: Cluster | None) -> dict[str, Any]:
     if cluster is None:
         return {}
     return {
+        "service": cluster.service,  # where the requests go (a rule without backendRefs: the outbound's service)
         "connectTimeoutMs": cluster.connect_timeout_ms,
         "subset": dict(cluster.subset),
         "timeouts": _plain(cluster.timeouts),

@@ -10,8 +10,8 @@ only turns the merged ``default`` into IR fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
@@ -19,7 +19,7 @@ from isthmus.context.mesh_context import MeshContext
 from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR
 from isthmus.ir.traffic import HttpRoute
-from isthmus.policies.engine import Resolved
+from isthmus.policies.engine import EMPTY, Origin, Resolved, merge_patch
 from isthmus.resources.common import Model
 from isthmus.resources.registry import Resource, ResourceType
 
@@ -142,6 +142,63 @@ def _targets_route(policy: Resource) -> bool:
     return ref is not None and ref.kind is TargetRefKind.MESH_HTTP_ROUTE
 
 
+def route_policy_name(route_name: str) -> str:
+    """The MeshHTTPRoute a generated route came from (route names are ``<policy>/to[i]/rules[j]``)."""
+    return route_name.split("/", 1)[0]
+
+
+def resolve_route_items(policies: Iterable[Resource], route_name: str) -> Resolved:
+    """The merged ``to`` items of the policies attached to the MeshHTTPRoute a route came from
+    (``targetRef: {kind: MeshHTTPRoute, name}``; their ``to`` items are of kind Mesh, every destination of the
+    route), in Kuma's order: by policy name, the lexicographically smaller name last and winning, then the item
+    order within a policy."""
+    from isthmus.policies.matching import target_ref_of
+
+    owner = route_policy_name(route_name)
+    attached = sorted(
+        (p for p in policies if _targets_route(p) and target_ref_of(p).name == owner),
+        key=lambda p: p.name,
+        reverse=True,
+    )
+    key = (owner, *(p.digest for p in attached))
+    found = _ROUTE_MEMO.get(key)
+    if found is not None:
+        return found
+    conf: dict[str, Any] = {}
+    origins: list[Origin] = []
+    for policy in attached:
+        for i, item in enumerate(getattr(policy.spec, "to", None) or []):
+            dumped = item.default.model_dump(by_alias=True, exclude_none=True, mode="json")
+            conf = merge_patch(conf, dumped)
+            origins.append(Origin(policy.type.kind, policy.name, f"to[{i}]"))
+    found = Resolved(conf, tuple(origins)) if origins else EMPTY
+    if len(_ROUTE_MEMO) >= _IDENTITY_LIMIT:
+        _ROUTE_MEMO.clear()
+    _ROUTE_MEMO[key] = found
+    return found
+
+
+def route_resolution(policies: Iterable[Resource], route_name: str, outbound: Resolved) -> Resolved:
+    """What a route generated from a MeshHTTPRoute gets: the outbound's resolution with the merged items of the
+    policies attached to that MeshHTTPRoute on top. ``outbound`` itself (the same object) when none is."""
+    own = resolve_route_items(policies, route_name)
+    if own.empty:
+        return outbound
+    key = (id(outbound), id(own))
+    hit = _COMBINED.get(key)
+    if hit is not None and hit[0] is outbound and hit[1] is own:
+        return hit[2]
+    combined = Resolved(merge_patch(outbound.conf, own.conf), outbound.origins + own.origins)
+    if len(_COMBINED) >= _IDENTITY_LIMIT:
+        _COMBINED.clear()
+    _COMBINED[key] = (outbound, own, combined)
+    return combined
+
+
+_ROUTE_MEMO: dict[tuple[str, ...], Resolved] = {}
+_COMBINED: dict[tuple[int, int], tuple[Resolved, Resolved, Resolved]] = {}
+
+
 class ToFromPlugin:
     """Base of the policies with ``to`` (outbound) and/or ``from`` (inbound) sections and a typed ``default``.
 
@@ -169,8 +226,10 @@ class ToFromPlugin:
     def edit_route(
         self, route: HttpRoute, outbound: OutboundListener, conf: Any, resolved: Resolved
     ) -> HttpRoute:
-        """A policy with ``targetRef: {kind: MeshHTTPRoute, name}`` and a top-level ``default``, on each route
-        generated from that MeshHTTPRoute (``outbound`` already carries the outbound-level configuration)."""
+        """A policy attached to a MeshHTTPRoute (``targetRef: {kind: MeshHTTPRoute, name}``, ``to`` items of kind
+        Mesh), on each route generated from that MeshHTTPRoute. ``conf`` is the outbound's merged configuration
+        with the route's merged on top (Kuma computes a route's conf from every rule that includes it, the
+        route-level ones most specific), so the hook sets the route's values from ``conf`` alone."""
         return route
 
     # -- resolution ---------------------------------------------------------------------------------------------
@@ -187,6 +246,9 @@ class ToFromPlugin:
     def apply(self, ir: ProxyIR, inputs: PolicyInputs) -> ProxyIR:
         if not inputs.policies:
             return ir
+        route_policies = [p for p in inputs.policies if _targets_route(p)]
+        if route_policies:  # they configure routes only, never a whole outbound or inbound
+            inputs = replace(inputs, policies=tuple(p for p in inputs.policies if not _targets_route(p)))
         by_service: dict[str, tuple[Any, Resolved]] = {}
         for outbound in ir.outbounds:
             if outbound.service not in by_service:
@@ -219,29 +281,35 @@ class ToFromPlugin:
         ir = map_outbounds(ir, outbound_edit)
         ir = map_inbounds(ir, inbound_edit)
         ir = map_clusters(ir, cluster_edit)
-        route_policies = [p for p in inputs.policies if _targets_route(p)]
         if route_policies:
-            ir = map_outbounds(ir, lambda o: self._edit_routes(o, route_policies))
+            ir = map_outbounds(ir, lambda o: self._edit_routes(o, by_service[o.service][1], route_policies))
         return ir
 
-    def _edit_routes(self, outbound: OutboundListener, policies: list[Resource]) -> OutboundListener:
-        from isthmus.policies.engine import resolve_route
-
+    def _edit_routes(
+        self, outbound: OutboundListener, outbound_resolved: Resolved, policies: list[Resource]
+    ) -> OutboundListener:
+        if not outbound.routes:
+            return outbound
         routes = []
         for route in outbound.routes:
-            resolved = resolve_route(policies, route.name)
-            conf = parse_conf(self.conf_model, resolved)
+            resolved = route_resolution(policies, route.name, outbound_resolved)
+            conf = parse_conf(self.conf_model, resolved) if resolved is not outbound_resolved else None
             routes.append(route if conf is None else self.edit_route(route, outbound, conf, resolved))
         return evolve(outbound, routes=tuple(routes))
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
+        """Per inbound and outbound: the merged configuration and its origins; per outbound also ``routes``, the
+        configuration of the policies attached to the MeshHTTPRoutes that make its routes (each route's own, which
+        Envoy gets merged over the outbound's)."""
         from isthmus.policies.engine import dataplane_spec, resolve_from, resolve_to
 
         dp = inputs.dataplane
+        route_policies = [p for p in inputs.policies if _targets_route(p)]
+        policies = [p for p in inputs.policies if not _targets_route(p)]
         net = dataplane_spec(dp).networking
         inbounds = []
         for inbound in net.inbound:
-            resolved = resolve_from(inputs.policies, dp, inbound)
+            resolved = resolve_from(policies, dp, inbound)
             if not resolved.empty:
                 inbounds.append(
                     {
@@ -253,14 +321,34 @@ class ToFromPlugin:
                 )
         outbounds = []
         for outbound in net.outbound:
-            resolved = resolve_to(inputs.policies, dp, outbound.service)
-            if not resolved.empty:
-                outbounds.append(
-                    {
-                        "port": outbound.port,
-                        "service": outbound.service,
-                        "conf": dict(resolved.conf),
-                        "origins": [o.as_dict() for o in resolved.origins],
-                    }
-                )
+            resolved = resolve_to(policies, dp, outbound.service)
+            routes = _describe_routes(inputs, outbound.service, route_policies) if route_policies else []
+            if resolved.empty and not routes:
+                continue
+            origins = [o.as_dict() for o in resolved.origins]
+            origins += [o for r in routes for o in r["origins"] if o not in origins]
+            entry: dict[str, Any] = {
+                "port": outbound.port,
+                "service": outbound.service,
+                "conf": dict(resolved.conf),
+                "origins": origins,
+            }
+            if routes:
+                entry["routes"] = routes
+            outbounds.append(entry)
         return {"inbounds": inbounds, "outbounds": outbounds}
+
+
+def _describe_routes(inputs: PolicyInputs, service: str, policies: list[Resource]) -> list[dict[str, Any]]:
+    """The routes of ``dp``'s outbound to ``service`` that have policies attached to their MeshHTTPRoute."""
+    from isthmus.policies.meshhttproute.plugin import resolve_rules
+
+    rules = resolve_rules(inputs.ctx.policies_of("MeshHTTPRoute"), inputs.dataplane, service) or ()
+    out = []
+    for rule in rules:
+        own = resolve_route_items(policies, rule.name)
+        if not own.empty:
+            out.append(
+                {"route": rule.name, "conf": dict(own.conf), "origins": [o.as_dict() for o in own.origins]}
+            )
+    return out

@@ -158,20 +158,47 @@ def target_ref_problems(
 
 def route_target_problems(
     top: TargetRef,
-    default: Model | None,
-    to: list[Any] | None,
-    from_: list[Any] | None,
-    rules: list[Any] | None,
+    to: Sequence[Any] | None,
+    from_: Sequence[Any] | None,
+    rules: Sequence[Any] | None,
 ) -> str | None:
-    """A policy attached to a MeshHTTPRoute (``targetRef: {kind: MeshHTTPRoute, name}``) has a top-level
-    ``default`` and no to/from/rules sections."""
+    """A policy attached to a MeshHTTPRoute, in Kuma's form: top-level ``targetRef: {kind: MeshHTTPRoute, name}``
+    and ``to`` items of kind ``Mesh`` (the destinations of that route's requests); no ``from`` or ``rules``."""
+    if top.labels is not None:
+        return "targetRef.labels: selecting MeshHTTPRoutes by labels is not supported yet (use name)"
     if not top.name:
         return "targetRef.name: must be set with kind MeshHTTPRoute"
-    for field in ("tags", "labels", "section_name"):
+    for field, alias in (("tags", "tags"), ("section_name", "sectionName"), ("proxy_types", "proxyTypes")):
         if getattr(top, field) is not None:
-            return f"targetRef.{field}: must not be set with kind MeshHTTPRoute"
-    if to or from_ or rules:
-        return "default: with targetRef kind MeshHTTPRoute use a top-level default, not to, from or rules"
-    if default is None:
-        return "default: required with targetRef kind MeshHTTPRoute"
+            return f"targetRef.{alias}: must not be set with kind MeshHTTPRoute"
+    for alias, items in (("from", from_), ("rules", rules)):
+        if items:
+            return f"{alias}: must not be set with targetRef kind MeshHTTPRoute (a route's requests are outbound: use to)"
+    if not to:
+        return "to: must have at least one item"
+    for i, item in enumerate(to):
+        for field, reason in item.target_ref.structural_errors((TargetRefKind.MESH,)):
+            return f"to[{i}].targetRef.{field}: {reason} (with top-level targetRef kind MeshHTTPRoute)"
     return None
+
+
+def refuse_unknown_forms(data: Any) -> Any:
+    """Before validating a ``to``-section policy's spec: a top-level ``default`` (not Kuma's form for these
+    policies) is refused with a pointer to Kuma's form, and a ``to`` item naming a kind Kuma has and Isthmus does
+    not yet is refused as such rather than as an unknown kind."""
+    if isinstance(data, dict):
+        if data.get("default") is not None:
+            raise ValueError(LEGACY_ROUTE_DEFAULT)
+        for i, item in enumerate(data.get("to") or []):
+            ref = item.get("targetRef") if isinstance(item, dict) else None
+            kind = ref.get("kind") if isinstance(ref, dict) else None
+            if kind in NOT_SUPPORTED_YET_KINDS:
+                raise ValueError(f"to[{i}].targetRef.kind: {kind} is not supported yet")
+    return data
+
+
+NOT_SUPPORTED_YET_KINDS = ("MeshExternalService", "MeshMultiZoneService")
+LEGACY_ROUTE_DEFAULT = (
+    "default: not a field of this policy; to configure the requests of a MeshHTTPRoute use Kuma's form, "
+    "targetRef: {kind: MeshHTTPRoute, name: ...} with to: [{targetRef: {kind: Mesh}, default: {...}}]"
+)

@@ -258,10 +258,9 @@ class Rule(Model):
         conf = self.default
         redirects = conf.of_type("RequestRedirect")
         rewrites = conf.of_type("URLRewrite")
-        if not conf.backend_refs and not redirects:
-            raise ValueError(
-                "default.backendRefs: must have at least one item (or use a RequestRedirect filter)"
-            )
+        # No backendRefs (only filters, or ``default: {}``): the requests go to the destination the ``to`` item
+        # names, as in Kuma. Kuma requires backendRefs (or a RequestRedirect) only on a MeshGateway's routes, a
+        # top-level kind this schema does not accept yet.
         if conf.backend_refs and not any(b.weight > 0 for b in conf.backend_refs):
             raise ValueError("default.backendRefs: at least one weight must be greater than 0")
         if redirects and rewrites:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, field_validator, model_validator
 
 from isthmus.policies.sections import (
@@ -9,6 +11,7 @@ from isthmus.policies.sections import (
     To,
     conf_problem,
     mesh_ref,
+    refuse_unknown_forms,
     route_target_problems,
     target_ref_problems,
 )
@@ -100,17 +103,30 @@ class Conf(Model):
     grpc: Grpc | None = None
 
 
+def _route_conf_problem(conf: Conf) -> str | None:
+    """Routes carry HTTP and gRPC retries; Kuma accepts ``tcp`` on a MeshHTTPRoute but never reads it there."""
+    if conf.tcp is not None:
+        return (
+            "tcp: cannot be set when the top-level targetRef is a MeshHTTPRoute "
+            "(a route's requests are HTTP: use http or grpc)"
+        )
+    return None
+
+
 class MeshRetrySpec(Model):
     target_ref: TargetRef = Field(default_factory=mesh_ref, alias="targetRef")
     to: list[To[Conf]] | None = None
-    default: Conf | None = None  # with targetRef kind MeshHTTPRoute
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return refuse_unknown_forms(data)
 
     @model_validator(mode="after")
     def _refs(self) -> MeshRetrySpec:
         if self.target_ref.kind is TargetRefKind.MESH_HTTP_ROUTE:
-            problem = route_target_problems(self.target_ref, self.default, self.to, None, None)
-        elif self.default is not None:
-            problem = "default: only with targetRef kind MeshHTTPRoute (use to)"
+            problem = route_target_problems(self.target_ref, self.to, None, None)
+            problem = problem or conf_problem(self, _route_conf_problem)
         else:
             problem = target_ref_problems(self.target_ref, self.to, None)
             if problem and problem.startswith("to: at least one"):

@@ -84,16 +84,9 @@ class MeshRetryPlugin(ToFromPlugin):
     def edit_route(
         self, route: HttpRoute, outbound: OutboundListener, conf: Conf, resolved: Resolved
     ) -> HttpRoute:
-        own = derived(retry, conf)
-        base = route.retry or outbound.retry or Retry()
-        return evolve(
-            route,
-            retry=Retry(
-                http=own.http or base.http,
-                grpc=own.grpc or base.grpc,
-                tcp_max_connect_attempts=own.tcp_max_connect_attempts or base.tcp_max_connect_attempts,
-            ),
-        )
+        """``conf`` is the outbound's configuration with the route's merged on top, field by field (Kuma's
+        per-route conf), so a route-level ``http.numRetries`` keeps the outbound's ``perTryTimeout``."""
+        return evolve(route, retry=derived(retry, conf))
 
 
 PLUGIN = MeshRetryPlugin()

@@ -54,11 +54,9 @@ class MeshTimeoutPlugin(ToFromPlugin):
     def edit_route(
         self, route: HttpRoute, outbound: OutboundListener, conf: Conf, resolved: Resolved
     ) -> HttpRoute:
-        """Route-level values override the outbound's, field by field."""
-        base = route.timeouts or outbound.timeouts or Timeouts()
-        own = derived(timeouts, conf)
-        merged = evolve(base, **{k: v for k, v in vars(own).items() if v is not None})
-        return evolve(route, timeouts=merged)
+        """``conf`` is the outbound's configuration with the route's on top: Kuma sets a route's timeout and idle
+        timeout from it (requestTimeout, streamIdleTimeout; the connection-level fields are refused there)."""
+        return evolve(route, timeouts=derived(timeouts, conf))
 
 
 PLUGIN = MeshTimeoutPlugin()
