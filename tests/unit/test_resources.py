@@ -49,12 +49,7 @@ mtls:
       caCert:
         RSAbits: 2048
         expiration: 10y
-networking:
-  outbound:
-    passthrough: false
-routing:
-  zoneEgress: true
-"""
+"""  # Kuma's networking.outbound.passthrough: false and routing.zoneEgress: true: see test_kuma_fields.py
 
 KUMA_MTP = """
 type: MeshTrafficPermission

@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from isthmus.resources.dataplane import DataplaneSpec
+from isthmus.resources.dataplane import DataplaneSpec, InboundState
 from isthmus.resources.mesh import MeshSpec
 from isthmus.resources.registry import Resource
 
@@ -75,6 +75,8 @@ def build_mesh_context(
         assert isinstance(dspec, DataplaneSpec)
         net = dspec.networking
         for inbound in net.inbound:
+            if inbound.state is InboundState.IGNORED:
+                continue  # Kuma: an Ignored inbound keeps its listener but is nobody's endpoint
             endpoints.setdefault(inbound.service, []).append(
                 ServiceEndpoint(
                     dataplane=dp.name,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from isthmus.resources.errors import ResourceValidationError
 from isthmus.resources.loading import check_plain
@@ -97,6 +98,29 @@ def _check_tags(tags: dict[str, str]) -> dict[str, str]:
     return tags
 
 
+def _check_selector(tags: dict[str, str]) -> dict[str, str]:
+    """Tags of a selector: at least one, and a value is a tag value or ``*`` (any non-empty value), as Kuma."""
+    if not tags:
+        raise ValueError("must have at least one tag")
+    _check_tags({k: "any" if v == "*" else v for k, v in tags.items()})
+    return tags
+
+
+STORED = "stored"
+"""Validation-context key set when a record is read back from the store (``registry.from_record``): fields that
+are refused at apply as "not supported yet" still load from records written before the refusal existed."""
+
+
+def applying(info: ValidationInfo) -> bool:
+    """Whether the document is being applied (refusals hold), not read back from the store."""
+    return not (isinstance(info.context, Mapping) and info.context.get(STORED))
+
+
+def not_supported(what: str, why: str = "") -> str:
+    """The reason for a field Isthmus refuses rather than accept and ignore."""
+    return f"{what} is not supported yet" + (f" ({why})" if why else "")
+
+
 def check_tag_value(value: str) -> str:
     """A value that ends up as a tag value (a service name, a section name)."""
     if len(value) > MAX_TAG_LENGTH:
@@ -165,6 +189,7 @@ ResourceName = Annotated[str, AfterValidator(check_name)]
 MeshName = Annotated[str, AfterValidator(check_mesh_name)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Tags = Annotated[dict[str, str], AfterValidator(_check_tags)]
+Selector = Annotated[dict[str, str], AfterValidator(_check_selector)]
 Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 IPAddress = Annotated[str, AfterValidator(check_ip)]
 Cidr = Annotated[str, AfterValidator(check_cidr)]
@@ -214,6 +239,25 @@ class TargetRef(Model):
     section_name: TagValue | None = Field(default=None, alias="sectionName")
     mesh: MeshName | None = None
     proxy_types: list[ProxyType] | None = Field(default=None, alias="proxyTypes")
+
+    @field_validator("mesh")
+    @classmethod
+    def _no_mesh(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Kuma reserves targetRef.mesh for future use and refuses it with every kind
+        if value is not None and applying(info):
+            kind = info.data.get("kind")
+            raise ValueError(f"must not be set with kind {getattr(kind, 'value', kind)}")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _no_namespace(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not applying(info):
+            return value
+        kind = info.data.get("kind")
+        if kind in (TargetRefKind.MESH, TargetRefKind.MESH_SUBSET, TargetRefKind.MESH_SERVICE_SUBSET):
+            raise ValueError(f"must not be set with kind {kind.value}")  # Kuma's rule for these kinds
+        raise ValueError(not_supported("namespace", "Isthmus resources have no namespaces"))
 
     def structural_errors(self, allowed: tuple[TargetRefKind, ...]) -> list[tuple[str, str]]:
         """(field, reason) pairs for a targetRef that is well-typed but makes no sense for its kind."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from enum import Enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from isthmus.resources.common import (
     PROTOCOL_TAG,
@@ -19,7 +19,12 @@ from isthmus.resources.common import (
     Port,
     Tags,
     TagValue,
+    applying,
+    not_supported,
 )
+
+if TYPE_CHECKING:
+    from isthmus.resources.mesh import DataplaneProxyConstraints
 
 
 def _ports_in(value: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -34,6 +39,17 @@ def _ports_in(value: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 LOOPBACK = "127.0.0.1"  # where outbounds listen by default, and the admin API
+
+
+def _no_kafka(tags: dict[str, str], info: ValidationInfo) -> None:
+    # Kuma proxies kafka as TCP with Envoy's Kafka broker filter for metrics; Isthmus's Envoy build lacks it
+    if tags.get(PROTOCOL_TAG) == "kafka" and applying(info):
+        raise ValueError(
+            f"tag {PROTOCOL_TAG!r}: "
+            + not_supported(
+                "kafka", "Kuma adds Envoy's Kafka broker filter, which Isthmus's Envoy lacks; use tcp"
+            )
+        )
 
 
 class InboundState(str, Enum):
@@ -55,13 +71,23 @@ class Inbound(Model):
 
     @field_validator("tags")
     @classmethod
-    def _required_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+    def _required_tags(cls, tags: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         if SERVICE_TAG not in tags:
             raise ValueError(f"tag {SERVICE_TAG!r} is required")
         proto = tags.get(PROTOCOL_TAG)
         if proto is not None and proto not in PROTOCOLS:
             raise ValueError(f"tag {PROTOCOL_TAG!r} must be one of {', '.join(PROTOCOLS)}, got {proto!r}")
+        _no_kafka(tags, info)
         return tags
+
+    @field_validator("service_probe")
+    @classmethod
+    def _service_probe(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is not None and applying(info):
+            raise ValueError(
+                not_supported("serviceProbe", "Kuma's health checks of the application through the proxy")
+            )
+        return value
 
     @property
     def service(self) -> str:
@@ -116,6 +142,13 @@ class Outbound(Model):
             raise ValueError(f"tags: tag {SERVICE_TAG!r} is required")
         return self
 
+    @field_validator("tags")
+    @classmethod
+    def _protocol(cls, tags: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        if tags is not None:
+            _no_kafka(tags, info)
+        return tags
+
     @property
     def service(self) -> str:
         if self.backend_ref is not None:
@@ -145,10 +178,13 @@ class Networking(Model):
 
     @field_validator("transparent_proxying")
     @classmethod
-    def _redirect_ports(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _redirect_ports(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         if value is None:
             return None
-        return _ports_in(value, ("redirectPortInbound", "redirectPortOutbound", "redirectPortInboundV6"))
+        _ports_in(value, ("redirectPortInbound", "redirectPortOutbound", "redirectPortInboundV6"))
+        if applying(info):
+            raise ValueError(not_supported("transparentProxying", "declare inbounds and outbounds"))
+        return value
 
     @model_validator(mode="after")
     def _unique_ports(self) -> Networking:
@@ -203,8 +239,50 @@ class DataplaneSpec(Model):
 
     @field_validator("probes")
     @classmethod
-    def _probe_port(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if value is None else _ports_in(value, ("port",))
+    def _probe_port(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        _ports_in(value, ("port",))
+        if applying(info):
+            raise ValueError(not_supported("probes", "Kuma's virtual probes, for Kubernetes"))
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value and applying(info):
+            raise ValueError(not_supported("metrics", "Kuma's legacy metrics backend of the proxy"))
+        return value
+
+    def tag_sets(self) -> list[tuple[str, dict[str, str]]]:
+        """(field, tags) for each inbound, then the gateway: the tag sets Kuma checks mesh constraints on."""
+        sets = [
+            (f"networking.inbound[{i}].tags", dict(b.tags)) for i, b in enumerate(self.networking.inbound)
+        ]
+        if self.networking.gateway is not None:
+            sets.append(("networking.gateway.tags", dict(self.networking.gateway.tags)))
+        return sets
+
+    def membership_problem(
+        self, mesh: str, constraints: DataplaneProxyConstraints | None
+    ) -> tuple[str, str] | None:
+        """(field, Kuma's message) when the mesh's ``constraints.dataplaneProxy`` keep this Dataplane out."""
+        if constraints is None:
+            return None
+        for field, tags in self.tag_sets():
+            shown = _tag_set(tags)
+            if constraints.requirements and not any(_matches(r.tags, tags) for r in constraints.requirements):
+                return field, (
+                    f'dataplane cannot be a member of mesh "{mesh}" because its tags "{shown}" does not '
+                    "fulfill any requirements defined on the Mesh"
+                )
+            for rule in constraints.restrictions:
+                if _matches(rule.tags, tags):
+                    return field, (
+                        f'dataplane cannot be a member of mesh "{mesh}" because its tags "{shown}" matches '
+                        f'restricted tags "{_tag_set(rule.tags)}" defined on the Mesh'
+                    )
+        return None
 
     @property
     def services(self) -> list[str]:
@@ -214,3 +292,12 @@ class DataplaneSpec(Model):
         if self.networking.gateway is not None:
             seen.setdefault(self.networking.gateway.tags.get("kuma.io/service", ""))
         return [s for s in seen if s]
+
+
+def _tag_set(tags: dict[str, str]) -> str:
+    return " ".join(sorted(f"{k}={v}" for k, v in tags.items()))
+
+
+def _matches(selector: dict[str, str], tags: dict[str, str]) -> bool:
+    """Kuma's membership match: every selector tag present with that value (``*``: any non-empty value)."""
+    return all(tags.get(k) == v or (v == "*" and bool(tags.get(k))) for k, v in selector.items())

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from isthmus.resources.common import FreeForm, Model, ResourceName
+from isthmus.resources.common import FreeForm, Model, ResourceName, Selector, applying, not_supported
 from isthmus.resources.duration import Duration
 
 if TYPE_CHECKING:
@@ -96,18 +96,83 @@ class Mtls(Model):
         return self
 
 
+class ConstraintRule(Model):
+    tags: Selector  # a value ``*`` matches any non-empty value
+
+
+class DataplaneProxyConstraints(Model):
+    """Kuma's mesh membership: a Dataplane joins only when every one of its tag sets (one per inbound, and the
+    gateway's tags) matches at least one requirement (when there are any) and no restriction."""
+
+    requirements: list[ConstraintRule] = Field(default_factory=list)
+    restrictions: list[ConstraintRule] = Field(default_factory=list)
+
+
+class Constraints(Model):
+    dataplane_proxy: DataplaneProxyConstraints | None = Field(default=None, alias="dataplaneProxy")
+
+
+class OutboundNetworking(Model):
+    passthrough: bool | None = None
+
+    @field_validator("passthrough")
+    @classmethod
+    def _passthrough(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        # Kuma's passthrough only decides what a transparent proxy does with traffic to unknown destinations;
+        # without transparent proxying such traffic never reaches the proxy, which is what true (the default) means
+        if value is False and applying(info):
+            raise ValueError(not_supported("false", "it needs transparent proxying"))
+        return value
+
+
+class MeshNetworking(Model):
+    outbound: OutboundNetworking | None = None
+
+
+class Routing(Model):
+    """Kuma's defaults (all false) are what Isthmus does; the other values are refused."""
+
+    locality_aware_load_balancing: bool | None = Field(default=None, alias="localityAwareLoadBalancing")
+    zone_egress: bool | None = Field(default=None, alias="zoneEgress")
+    default_forbid_mesh_external_service_access: bool | None = Field(
+        default=None, alias="defaultForbidMeshExternalServiceAccess"
+    )
+
+    @field_validator(
+        "locality_aware_load_balancing", "zone_egress", "default_forbid_mesh_external_service_access"
+    )
+    @classmethod
+    def _only_default(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and applying(info):
+            raise ValueError(not_supported("true"))
+        return value
+
+
 class MeshSpec(Model):
     mtls: Mtls | None = None
     logging: FreeForm | None = None
     tracing: FreeForm | None = None
     metrics: FreeForm | None = None
-    networking: FreeForm | None = None
-    routing: FreeForm | None = None
-    constraints: FreeForm | None = None
+    networking: MeshNetworking | None = None
+    routing: Routing | None = None
+    constraints: Constraints | None = None
     skip_creating_initial_policies: list[str] | None = Field(
         default=None, alias="skipCreatingInitialPolicies"
     )
     mesh_services: FreeForm | None = Field(default=None, alias="meshServices")
+
+    @field_validator("logging", "tracing", "metrics")
+    @classmethod
+    def _legacy_backends(
+        cls, value: dict[str, object] | None, info: ValidationInfo
+    ) -> dict[str, object] | None:
+        if value and applying(info):
+            raise ValueError(not_supported(f"{info.field_name}", "Kuma's legacy backends section"))
+        return value
+
+    @property
+    def dataplane_constraints(self) -> DataplaneProxyConstraints | None:
+        return self.constraints.dataplane_proxy if self.constraints is not None else None
 
     @property
     def enabled_backend(self) -> CaBackend | None:

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from pydantic import ValidationError
 
-from isthmus.resources.common import Model, labels_problem, mesh_name_problem, name_problem
+from isthmus.resources.common import STORED, Model, labels_problem, mesh_name_problem, name_problem
 from isthmus.resources.errors import FieldError, ResourceValidationError, from_pydantic
 from isthmus.resources.loading import check_plain, load_yaml_documents
 from isthmus.store.base import Record
@@ -197,7 +197,8 @@ def from_record(record: Record, registry: Registry) -> Resource:
     rtype = registry.kind(record.type)
     if rtype is None:
         raise KeyError(record.type)
-    spec = rtype.spec_model.model_validate(record.spec)
+    # STORED: fields refused at apply as "not supported yet" still load from records written before
+    spec = rtype.spec_model.model_validate(record.spec, context={STORED: True})
     return Resource(rtype, record.mesh, record.name, spec, dict(record.labels))
 
 

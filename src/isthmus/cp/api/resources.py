@@ -14,10 +14,19 @@ from isthmus.cp.api.errors import ApiError, error_responses
 from isthmus.cp.api.models import Empty, ResourceDocument, ResourcePage
 from isthmus.cp.state import ControlPlaneState
 from isthmus.policies.defaults import initial_policies
+from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.errors import FieldError, ResourceValidationError
 from isthmus.resources.loading import load_body
 from isthmus.resources.mesh import MeshSpec
-from isthmus.resources.registry import Registry, Resource, ResourceType, Scope, parse_document, to_document
+from isthmus.resources.registry import (
+    Registry,
+    Resource,
+    ResourceType,
+    Scope,
+    from_record,
+    parse_document,
+    to_document,
+)
 from isthmus.store.base import MAX_OFFSET, NotFound, Op, OpKind, Record
 
 MAX_PAGE = 1000
@@ -71,6 +80,16 @@ def _initial_policy_ops(mesh: Resource, registry: Registry) -> list[Op]:
         Op(OpKind.CREATE, kind, mesh.name, name, spec=policy)
         for kind, name, policy in initial_policies(mesh.name, spec.skip_creating_initial_policies, registry)
     ]
+
+
+def _check_membership(dataplane: DataplaneSpec, mesh: Resource, mesh_name: str) -> None:
+    """Kuma's mesh membership (``Mesh.constraints.dataplaneProxy``), checked when a Dataplane is created or
+    updated, as Kuma's dataplane manager does; Dataplanes already in the mesh stay when the Mesh changes."""
+    spec = mesh.spec
+    assert isinstance(spec, MeshSpec)
+    problem = dataplane.membership_problem(mesh_name, spec.dataplane_constraints)
+    if problem is not None:
+        raise ResourceValidationError([FieldError(*problem)])
 
 
 def one_of(words: Iterable[str]) -> str:
@@ -135,8 +154,11 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             expect_name=name,
             context={"on_control_plane": True},
         )
-        if rtype.scope is Scope.MESH and await state.store.get("Mesh", "", res.mesh) is None:
+        mesh_record = await state.store.get("Mesh", "", res.mesh) if rtype.scope is Scope.MESH else None
+        if rtype.scope is Scope.MESH and mesh_record is None:
             raise ResourceValidationError([FieldError("mesh", f"mesh {res.mesh!r} does not exist")])
+        if mesh_record is not None and isinstance(res.spec, DataplaneSpec):
+            _check_membership(res.spec, from_record(mesh_record, registry), res.mesh)
         existed = await state.store.get(rtype.kind, res.mesh, name) is not None
         ops = [
             Op(
