@@ -330,15 +330,19 @@ spec:
   - targetRef: {kind: MeshService, name: backend}
     rules:
     - matches: [{path: {type: PathPrefix, value: /delay}}]
-      default:
-        backendRefs: [{kind: MeshService, name: backend}]
+      default:  # no backendRefs (Kuma: only filters): the requests go to the original destination, backend
+        filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: x-custom-header, value: xyz}]}
 ---
 type: MeshTimeout
 mesh: default
 name: delays-are-cut-short
 spec:
   targetRef: {kind: MeshHTTPRoute, name: delays}
-  default: {http: {requestTimeout: 1s}}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {http: {requestTimeout: 1s}}
 """
 
 
