@@ -121,7 +121,7 @@ def test_records_stored_with_refused_fields_still_configure_their_proxies(cp: Co
         return body if any("Listener" in t for t in body.get("xds", {})) else None
 
     body = wait_for(generated, 30, what="old-1's configuration")
-    assert body["error"] is None
+    assert body is not None and body["error"] is None
     listeners = next(v for k, v in body["xds"].items() if k.endswith("Listener"))
     assert any(listener.get("name") == "inbound:127.0.0.1:20001" for listener in listeners)
     # applying the same document again is refused
