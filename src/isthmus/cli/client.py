@@ -263,3 +263,6 @@ class CpClient:
 
     def dataplane_policies(self, mesh: str, name: str) -> dict[str, Any]:
         return self._object(f"/meshes/{_seg(mesh)}/dataplanes/{_seg(name)}/_policies")
+
+    def dataplane_rules(self, mesh: str, name: str) -> dict[str, Any]:
+        return self._object(f"/meshes/{_seg(mesh)}/dataplanes/{_seg(name)}/_rules")

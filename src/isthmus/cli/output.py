@@ -347,6 +347,84 @@ def render_policies(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _matchers(matchers: Any, hashes: Mapping[str, str]) -> str:
+    """``kuma.io/service=backend, !version=v2``; a route rule's hash is shown as the route match it names."""
+    parts = []
+    for m in matchers or []:
+        if not isinstance(m, Mapping):
+            continue
+        key, value = str(m.get("key")), str(m.get("value"))
+        if key == "__rule-matches-hash__":
+            key, value = "route", hashes.get(value, value)
+        parts.append(f"{'!' if m.get('not') else ''}{key}={value}")
+    return ", ".join(parts) or "everything"
+
+
+def _origin_names(origins: Any) -> str:
+    names = []
+    for o in origins or []:
+        if not isinstance(o, Mapping):
+            continue
+        meta = o.get("resourceMeta", o)
+        name = str(meta.get("name", "?")) if isinstance(meta, Mapping) else "?"
+        names.append(f"{name}[{o['ruleIndex']}]" if "ruleIndex" in o else name)
+    return ", ".join(names)
+
+
+def _compact(conf: Any) -> str:
+    return json.dumps(conf, sort_keys=True, separators=(",", ":"))
+
+
+def render_rules(doc: Mapping[str, Any]) -> str:
+    """The human view of ``_rules`` (Kuma's InspectRules): per policy type, each rule's subset, merged conf and
+    the policies merged into it, lowest priority first."""
+    found = doc.get("resource")
+    resource: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    lines = [
+        f"Rules of {resource.get('type', 'Dataplane')} {resource.get('mesh', '?')}/{resource.get('name', '?')}"
+    ]
+    hashes = {}
+    for m in doc.get("httpMatches") or []:
+        if isinstance(m, Mapping):
+            hashes[str(m.get("hash"))] = _compact(m.get("match"))
+    rules = [r for r in doc.get("rules") or [] if isinstance(r, Mapping)]
+    if not rules:
+        lines.append("  no policy applies")
+    for rule in rules:
+        lines.append(f"  {rule.get('type', '?')}")
+        proxy = rule.get("proxyRule")
+        if isinstance(proxy, Mapping):
+            lines.append(f"    proxy: {_compact(proxy.get('conf'))}")
+            lines.append(f"      from: {_origin_names(proxy.get('origin'))}")
+        for to in rule.get("toRules") or []:
+            lines.append(f"    to {_matchers(to.get('matchers'), hashes)}: {_compact(to.get('conf'))}")
+            lines.append(f"      from: {_origin_names(to.get('origin'))}")
+        for res in rule.get("toResourceRules") or []:
+            meta = res.get("resourceMeta") or {}
+            confs = res.get("conf") or []
+            conf = _compact(confs[0] if len(confs) == 1 else confs)
+            lines.append(f"    to {meta.get('type', '?')} {meta.get('name', '?')} (resource rule): {conf}")
+            lines.append(f"      from: {_origin_names(res.get('origin'))}")
+        for entry in rule.get("fromRules") or []:
+            inbound = entry.get("inbound") or {}
+            for sub in entry.get("rules") or []:
+                who = _matchers(sub.get("matchers"), hashes)
+                lines.append(
+                    f"    inbound {inbound.get('port', '?')} from {who}: {_compact(sub.get('conf'))}"
+                )
+                lines.append(f"      from: {_origin_names(sub.get('origin'))}")
+        for entry in rule.get("inboundRules") or []:
+            inbound = entry.get("inbound") or {}
+            for sub in entry.get("rules") or []:
+                confs = sub.get("conf") or []
+                conf = _compact(confs[0] if len(confs) == 1 else confs)
+                lines.append(f"    inbound {inbound.get('port', '?')} rule: {conf}")
+                lines.append(f"      from: {_origin_names(sub.get('origin'))}")
+        for warning in rule.get("warnings") or []:
+            lines.append(f"    warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
 def _flat(value: Any) -> str:
     """One line for a nested mapping: ``a=1, http=(retries=3, on=5xx,reset)``; empty values are left out."""
     if value in (None, "", [], {}, ()):

@@ -306,13 +306,17 @@ def inspect(
     policies: bool = typer.Option(
         False, "--policies", help="Print the policies matched per inbound/outbound"
     ),
+    rules: bool = typer.Option(
+        False, "--rules", help="Print Kuma's rule view: to/from/inbound rules per policy type"
+    ),
     output: str | None = typer.Option(
         None, "--output", "-o", help="yaml | json (default: a summary; JSON for --config)"
     ),
     cp_address: str = _cp_address_option(),
     auth_token: str | None = _auth_token_option(),
 ) -> None:
-    """Show a dataplane's status and matched policies, or (--config) its Envoy configuration."""
+    """Show a dataplane's status and matched policies, (--config) its Envoy configuration or (--rules) Kuma's
+    rule view of it."""
 
     def body() -> None:
         from isthmus.cli import output as out
@@ -321,8 +325,11 @@ def inspect(
         rtype = resolve_kind(_registry(), kind)
         if rtype.kind != "Dataplane":
             raise CliError(f'inspect supports dataplanes only, not "{kind}"')
-        if config and policies:
-            raise CliError("--config and --policies cannot be used together")
+        chosen = [
+            flag for flag, on in (("--config", config), ("--policies", policies), ("--rules", rules)) if on
+        ]
+        if len(chosen) > 1:
+            raise CliError(f"{' and '.join(chosen)} cannot be used together")
         fmt = _check_format(output, ("yaml", "json")) if output is not None else None
         with _client(cp_address, auth_token) as client:
             if config:
@@ -330,6 +337,9 @@ def inspect(
             elif policies:
                 matched = client.dataplane_policies(mesh, name)
                 text = out.render(matched, fmt) if fmt else out.render_policies(matched)
+            elif rules:
+                found = client.dataplane_rules(mesh, name)
+                text = out.render(found, fmt) if fmt else out.render_rules(found)
             else:
                 overview = client.dataplane_overview(mesh, name)
                 matched = client.dataplane_policies(mesh, name)

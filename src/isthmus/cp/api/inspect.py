@@ -15,6 +15,7 @@ from isthmus.cp.api.models import (
     DataplaneOverview,
     DataplaneOverviewPage,
     Explanation,
+    InspectRules,
     PolicyStatus,
     ProxyConfig,
     ProxyPolicies,
@@ -24,6 +25,7 @@ from isthmus.cp.state import ControlPlaneState
 from isthmus.policies.catalog import plugins
 from isthmus.policies.explain import ExplainError, explain
 from isthmus.policies.plugin import PolicyInputs
+from isthmus.policies.rules_view import inspect_rules
 from isthmus.policies.status import policy_target_status
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.errors import FieldError, ResourceValidationError
@@ -205,6 +207,19 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             _attach(inbounds, described.get("inbounds", []), kind)
             _attach(outbounds, described.get("outbounds", []), kind)
         return {"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}
+
+    @router.get(
+        "/meshes/{mesh}/dataplanes/{name}/_rules",
+        tags=["inspect"],
+        response_model=None,
+        responses={200: {"model": InspectRules}, **error_responses(404)},
+    )
+    async def rules(mesh: str, name: str) -> dict[str, Any]:
+        """Kuma's rule view of a proxy (``kumactl inspect dataplane --type=rules``): per policy type, the to-rules,
+        from-rules and inbound rules with their subsets, merged confs and origins (route-level confs included)."""
+        dp = from_record(await dataplane_record(mesh, name), registry)
+        by_kind = {p.resource_type.kind: await stored_policies(p.resource_type.kind, mesh) for p in plugins()}
+        return inspect_rules(dp, by_kind)
 
     policy_plurals = sorted(t.plural for t in registry.policies() if not t.internal)
     policy_plural: Any = Path(

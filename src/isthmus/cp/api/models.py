@@ -108,3 +108,83 @@ class Explanation(BaseModel):
     mesh: str
     to: str
     request: dict[str, Any]
+
+
+# -- GET .../dataplanes/{name}/_rules: Kuma's InspectRules shape (kumactl inspect dataplane --type=rules) --------
+class RuleMeta(BaseModel):
+    type: str
+    mesh: str
+    name: str
+    labels: dict[str, str]
+
+
+class RuleMatcher(BaseModel):
+    key: str
+    value: str
+    negated: bool = Field(alias="not", description="whether the key:value pair must be absent")
+
+
+class SubsetRule(BaseModel):
+    matchers: list[RuleMatcher]
+    conf: dict[str, Any]
+    origin: list[RuleMeta] = Field(description="the policies merged into conf, in merge order")
+
+
+class RuleInbound(BaseModel):
+    name: str | None = None
+    tags: dict[str, str]
+    port: int
+
+
+class FromRule(BaseModel):
+    inbound: RuleInbound
+    rules: list[SubsetRule]
+
+
+class RuleOrigin(BaseModel):
+    resourceMeta: RuleMeta
+    ruleIndex: int = Field(description="index of the item in the policy's to/from/rules list")
+
+
+class InboundRule(BaseModel):
+    conf: list[dict[str, Any]]
+    match: dict[str, Any] | None = None
+    origin: list[RuleOrigin]
+
+
+class InboundRulesEntry(BaseModel):
+    inbound: RuleInbound
+    rules: list[InboundRule] = Field(description="in merge order")
+
+
+class ResourceRule(BaseModel):
+    resourceMeta: RuleMeta
+    resourceSectionName: str
+    conf: list[dict[str, Any]]
+    origin: list[RuleOrigin] = Field(description="the items merged into conf, in merge order")
+
+
+class ProxyRule(BaseModel):
+    conf: dict[str, Any]
+    origin: list[RuleMeta]
+
+
+class InspectRule(BaseModel):
+    type: str
+    toRules: list[SubsetRule]
+    toResourceRules: list[ResourceRule]
+    fromRules: list[FromRule]
+    inboundRules: list[InboundRulesEntry]
+    proxyRule: ProxyRule | None = None
+    warnings: list[str]
+
+
+class HttpMatch(BaseModel):
+    hash: str
+    match: list[dict[str, Any]]
+
+
+class InspectRules(BaseModel):
+    resource: RuleMeta
+    rules: list[InspectRule]
+    httpMatches: list[HttpMatch]
