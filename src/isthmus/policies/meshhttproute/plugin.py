@@ -29,11 +29,17 @@ from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, Endpoint, EndpointSet, OutboundListener, Protocol, ProxyIR
 from isthmus.ir.traffic import HeaderModifier as HeaderModifierIR
 from isthmus.ir.traffic import HttpRoute, Mirror, Redirect, RouteMatch, ValueMatch, WeightedBackend
-from isthmus.policies.engine import Origin, destination_matches, merge_patch, selects_proxy
-from isthmus.policies.matching import policy_rank, tags_match
+from isthmus.policies.engine import (
+    Origin,
+    destination_matches,
+    merge_patch,
+    selects_proxy,
+    service_tag_to_key,
+)
+from isthmus.policies.matching import tags_match
 from isthmus.policies.meshhttproute.api import BackendRef, HeaderModifier, Match, MeshHTTPRouteSpec, RuleConf
 from isthmus.policies.plugin import PolicyInputs, add_clusters, policy_type
-from isthmus.resources.common import KIND_ORDER, TargetRef, TargetRefKind
+from isthmus.resources.common import TargetRef, TargetRefKind
 from isthmus.resources.registry import Resource
 
 DEFAULT_ROUTE = "default"
@@ -50,13 +56,14 @@ def ordered_to_items(
     policies: Iterable[Resource], dp: Resource, service: str
 ) -> list[tuple[Resource, int, Any]]:
     """``(policy, index, to item)`` of the policies that select ``dp`` and whose ``to`` names ``service``,
-    lowest priority first: top-level kind, the ``to`` kind, then the name (the smaller name last, winning)."""
+    lowest priority first in Kuma's order for ``kuma.io/service`` outbounds (:func:`service_tag_to_key`: policy
+    order, then ``to[]`` index; the ``to`` kind plays no part)."""
     selected = [p for p in policies if selects_proxy(_top_ref(p), dp)]
     entries: list[tuple[tuple[Any, ...], Resource, int, Any]] = []
     for position, policy in enumerate(sorted(selected, key=lambda p: p.name, reverse=True)):
         for i, item in enumerate(getattr(policy.spec, "to", None) or []):
             if destination_matches(item.target_ref, service):
-                key = (policy_rank(policy), KIND_ORDER[item.target_ref.kind], position, i)
+                key = service_tag_to_key(policy, position, i, item.target_ref.kind)
                 entries.append((key, policy, i, item))
     entries.sort(key=lambda e: e[0])
     return [(policy, i, item) for _, policy, i, item in entries]
