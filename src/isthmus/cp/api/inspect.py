@@ -32,6 +32,7 @@ from isthmus.resources.errors import FieldError, ResourceValidationError
 from isthmus.resources.registry import Resource, from_record, to_document
 from isthmus.store.base import NotFound, Record
 from isthmus.xds import types
+from isthmus.xds.translate.secrets import redact_private_keys
 
 REDACTED = "[redacted]"
 HTTP_TOKEN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # a method or header name (RFC 9110 token)
@@ -57,10 +58,8 @@ def _iso(value: Any) -> str | None:
 
 
 def _redact(doc: dict[str, Any]) -> dict[str, Any]:
-    tls = doc.get("tlsCertificate")
-    if isinstance(tls, dict) and "privateKey" in tls:
-        tls["privateKey"] = {"inlineString": REDACTED}
-    return doc
+    redacted: dict[str, Any] = redact_private_keys(doc)  # no private key ever leaves through the API
+    return redacted
 
 
 def build_router(state: ControlPlaneState) -> APIRouter:
