@@ -166,6 +166,17 @@ def test_token_is_sent_as_grpc_initial_metadata() -> None:
     ]
 
 
+def test_hds_stream_goes_to_the_control_plane_like_ads() -> None:
+    # Kuma's service probes: the Health Discovery Service over the ADS cluster, with the same token
+    doc = bootstrap(token="tok")
+    assert doc["hds_config"] == {
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "set_node_on_first_message_only": True,
+        "grpc_services": doc["dynamic_resources"]["ads_config"]["grpc_services"],
+    }
+
+
 @pytest.mark.parametrize("token", ["", "two words", "line\nbreak", "caf\u00e9"])
 def test_bad_tokens_are_refused(token: str) -> None:
     with pytest.raises(ValueError, match="token"):

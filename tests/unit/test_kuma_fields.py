@@ -264,22 +264,7 @@ REFUSED_DATAPLANE_FIELDS = [
         "metrics",
         "metrics is not supported yet (Kuma's legacy metrics backend of the proxy)",
     ),
-    # kuma.io/docs "Health": serviceProbe on Universal
-    (
-        {
-            "inbound": {
-                "serviceProbe": {
-                    "interval": "10s",
-                    "timeout": "2s",
-                    "unhealthyThreshold": 3,
-                    "healthyThreshold": 1,
-                    "tcp": {},
-                }
-            }
-        },
-        "networking.inbound[0].serviceProbe",
-        "serviceProbe is not supported yet (Kuma's health checks of the application through the proxy)",
-    ),
+    # serviceProbe is acted on (Kuma's HDS): tests/unit/test_hds.py
     (
         {"inbound": {"tags": {"kuma.io/service": "kafka", "kuma.io/protocol": "kafka"}}},
         "networking.inbound[0].tags",

@@ -32,6 +32,7 @@ from isthmus.catalog import default_registry
 from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates, sds_acks
 from isthmus.cp.cleanup import DEFAULT_DATAPLANE_CLEANUP_AGE, Housekeeping
+from isthmus.cp.hds import HdsServer, HdsSettings
 from isthmus.cp.insights import Insights
 from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
@@ -162,14 +163,18 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token
         log.info("admin user token in %s", await write_admin_token(tokens, options.data_dir))
+    authenticator = xds_authenticator(store) if options.dp_auth == "token" else None
     ads = AdsServer(
         cache,
         callbacks=insights,
         metrics=XdsMetrics(metrics),
         nack_backoff=options.nack_backoff,
-        authenticator=xds_authenticator(store) if options.dp_auth == "token" else None,
+        authenticator=authenticator,
         max_streams=options.max_xds_streams,
     )
+    # Kuma's service probes (HDS) on the same port, authenticated like ADS
+    hds = HdsServer(store, HdsSettings(max_streams=options.max_xds_streams), authenticator=authenticator)
+    ads.add_servicer(hds.register)
     api_socket = _listen(options.api_address, "REST API")
     try:
         tls_socket = _listen(options.api_tls_address, "HTTPS API")
@@ -235,5 +240,6 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     finally:
         api_socket.close()
         tls_socket.close()
+        hds.stop()
         await ads.stop(grace=1.0)
         await store.close()

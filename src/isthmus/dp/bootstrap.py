@@ -8,7 +8,8 @@ connections and never gets a gRPC stream.
 The ADS connection uses TLS (ALPN ``h2``, TLS 1.2 or later). Given the control plane's CA, Envoy verifies the
 server certificate against it and requires the host it connects to among the certificate's SANs (an IP SAN for
 an IP, else a DNS SAN, also sent as SNI); without a CA it encrypts but does not verify. A data-plane token
-travels as the gRPC initial metadata ``authorization: Bearer <token>`` of the ADS stream.
+travels as the gRPC initial metadata ``authorization: Bearer <token>`` of the ADS stream. ``hds_config`` opens
+the Health Discovery Service stream (Kuma's service probes, :mod:`isthmus.cp.hds`) the same way.
 """
 
 from __future__ import annotations
@@ -133,9 +134,17 @@ def build_bootstrap(
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": ADS_CLUSTER}}
     if token is not None:
         grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
+    # Kuma's service probes: the Health Discovery Service on the control plane, over the same connection
+    hds_source = {
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "set_node_on_first_message_only": True,
+        "grpc_services": [dict(grpc_service)],
+    }
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": dict(metadata or {})},
         "admin": {"address": _socket_address(admin_address.strip("[]"), admin_port)},
+        "hds_config": hds_source,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

@@ -22,6 +22,7 @@ from isthmus.resources.common import (
     applying,
     not_supported,
 )
+from isthmus.resources.duration import PositiveDuration
 
 if TYPE_CHECKING:
     from isthmus.resources.mesh import DataplaneProxyConstraints
@@ -58,6 +59,25 @@ class InboundState(str, Enum):
     IGNORED = "Ignored"
 
 
+UINT32_MAX = 4_294_967_295  # Envoy's health-check thresholds are uint32
+
+
+class TcpProbe(Model):
+    """Kuma's ``serviceProbe.tcp``: an empty message (the probe is a TCP connect)."""
+
+
+class ServiceProbe(Model):
+    """Kuma's ``inbound.serviceProbe``: the control plane has the proxy check that the application accepts TCP
+    connections on ``serviceAddress:servicePort`` (Envoy's Health Discovery Service) and keeps the inbound's
+    ``state``/``health.ready`` up to date. Unset fields take the control plane's defaults."""
+
+    interval: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
+    unhealthy_threshold: int | None = Field(default=None, alias="unhealthyThreshold", ge=1, le=UINT32_MAX)
+    healthy_threshold: int | None = Field(default=None, alias="healthyThreshold", ge=1, le=UINT32_MAX)
+    tcp: TcpProbe | None = None
+
+
 class Inbound(Model):
     port: Port
     service_port: Port | None = Field(default=None, alias="servicePort")
@@ -67,7 +87,7 @@ class Inbound(Model):
     tags: Tags
     state: InboundState | None = None
     health: FreeForm | None = None
-    service_probe: FreeForm | None = Field(default=None, alias="serviceProbe")
+    service_probe: ServiceProbe | None = Field(default=None, alias="serviceProbe")
 
     @field_validator("tags")
     @classmethod
@@ -79,15 +99,6 @@ class Inbound(Model):
             raise ValueError(f"tag {PROTOCOL_TAG!r} must be one of {', '.join(PROTOCOLS)}, got {proto!r}")
         _no_kafka(tags, info)
         return tags
-
-    @field_validator("service_probe")
-    @classmethod
-    def _service_probe(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        if value is not None and applying(info):
-            raise ValueError(
-                not_supported("serviceProbe", "Kuma's health checks of the application through the proxy")
-            )
-        return value
 
     @property
     def service(self) -> str:

@@ -201,6 +201,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         # node id -> type URL -> (rejected version, end of back-off): carries a back-off over reconnects;
         # ordered oldest first, at most max_nack_records nodes
         self._recent_nacks: dict[str, dict[str, tuple[str, float]]] = {}
+        self._extra_servicers: list[Callable[[grpc.aio.Server], None]] = []
+
+    def add_servicer(self, register: Callable[[grpc.aio.Server], None]) -> None:
+        """Serve another gRPC service on the same port (e.g. HDS): ``register(server)`` runs in :meth:`start`."""
+        self._extra_servicers.append(register)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -208,6 +213,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         returns the bound port."""
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        for register in self._extra_servicers:
+            register(server)
         try:
             if credentials is not None:
                 port = int(server.add_secure_port(address, credentials))
