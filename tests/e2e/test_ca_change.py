@@ -9,6 +9,9 @@ the sidecars present certificates of ``ca-2`` and trust nothing else.
 
 from __future__ import annotations
 
+import base64
+import copy
+import os
 import re
 import socket
 import ssl
@@ -105,7 +108,7 @@ networking:
 """
 
 
-def corporate_ca(directory: Path) -> tuple[x509.Certificate, Path, Path]:
+def corporate_ca(directory: Path, mesh: str = "default") -> tuple[x509.Certificate, Path, Path]:
     """A CA as an organisation would bring it: RSA, self-signed, with the mesh's SPIFFE trust domain."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name(
@@ -139,11 +142,11 @@ def corporate_ca(directory: Path) -> tuple[x509.Certificate, Path, Path]:
             critical=True,
         )
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://default")]), critical=False
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{mesh}")]), critical=False
         )
         .sign(key, hashes.SHA256())
     )
-    cert_file, key_file = directory / "corp-ca.crt", directory / "corp-ca.key"
+    cert_file, key_file = directory / f"corp-ca-{mesh}.crt", directory / f"corp-ca-{mesh}.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
         key.private_bytes(
@@ -399,6 +402,9 @@ def test_no_get_endpoint_serves_a_private_key(deployment: Deployment) -> None:
     d = deployment
     http = d.cp.http
     wait_for(lambda: http.get("/meshes/default/dataplanes/server-1/_config").json()["xds"], 20, what="config")
+    put = http.put("/meshes/vault", json=inline_key_mesh(d.tmp))
+    assert put.status_code in (200, 201), put.text
+    assert "PRIVATE KEY" not in put.text  # nor in the PUT's response
     spec = http.get("/openapi.json").json()
     plurals = {t.plural for t in default_registry().all()} | {"secrets"}
     examples = {"mesh": "default", "name": "server-1"}
@@ -412,7 +418,7 @@ def test_no_get_endpoint_serves_a_private_key(deployment: Deployment) -> None:
                 url = url.replace("{" + param + "}", examples.get(param, "default"))
             urls.add(url)
     urls |= {f"/meshes/default/{p}/default.ca-builtin-cert-ca-1" for p in plurals}
-    urls |= {"/meshes/default", "/meshes/default/dataplanes/client-1/_config"}
+    urls |= {"/meshes/default", "/meshes/default/dataplanes/client-1/_config", "/meshes/vault", "/meshes"}
     served = 0
     for url in sorted(urls):
         resp = http.get(url)
@@ -427,6 +433,76 @@ def test_no_get_endpoint_serves_a_private_key(deployment: Deployment) -> None:
         s["tlsCertificate"]["privateKey"] == {"inlineString": "[redacted]"} for s in identity
     )
     assert served >= 8
+    listed = {m["name"]: m for m in http.get("/meshes").json()["items"]}
+    for mesh in (listed["vault"], http.get("/meshes/vault").json()):
+        keys = [b["conf"]["key"] for b in mesh["mtls"]["backends"]]
+        assert keys == [{"inlineString": "[redacted]"}, {"inline": "[redacted]"}], keys
+
+
+def inline_key_mesh(tmp: Path) -> dict[str, Any]:
+    """Mesh ``vault`` with two provided CA backends whose keys are inline: PEM text and base64."""
+    _, cert_file, key_file = corporate_ca(tmp, mesh="vault")
+    cert, key = cert_file.read_text(), key_file.read_text()
+    return {
+        "type": "Mesh",
+        "name": "vault",
+        "mtls": {
+            "enabledBackend": "text",
+            "backends": [
+                {
+                    "name": "text",
+                    "type": "provided",
+                    "conf": {"cert": {"inlineString": cert}, "key": {"inlineString": key}},
+                },
+                {
+                    "name": "b64",
+                    "type": "provided",
+                    "conf": {
+                        "cert": {"inlineString": cert},
+                        "key": {"inline": base64.b64encode(key.encode()).decode()},
+                    },
+                },
+            ],
+        },
+    }
+
+
+def test_a_redacted_key_keeps_the_stored_one_on_put(deployment: Deployment) -> None:
+    """GET -> edit -> PUT: a data source that is still ``[redacted]`` keeps the stored key (the control plane
+    checks the CA with it: a 200 means the key of the certificate was found); one with nothing stored to keep is
+    a 400 naming the field."""
+    http = deployment.cp.http
+    assert http.put("/meshes/vault", json=inline_key_mesh(deployment.tmp)).status_code in (200, 201)
+    doc = {k: v for k, v in http.get("/meshes/vault").json().items() if not k.endswith("Time")}
+    doc["labels"] = {"edited": "yes"}
+    resp = http.put("/meshes/vault", json=doc)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["labels"] == {"edited": "yes"} and "PRIVATE KEY" not in resp.text
+    assert [b["conf"]["key"] for b in resp.json()["mtls"]["backends"]] == [
+        {"inlineString": "[redacted]"},
+        {"inline": "[redacted]"},
+    ]
+    # the kept key is the stored one: with another certificate it no longer matches
+    other_cert, _, _ = corporate_ca(deployment.tmp, mesh="vault")
+    changed = copy.deepcopy(doc)
+    pem = other_cert.public_bytes(serialization.Encoding.PEM).decode()
+    changed["mtls"]["backends"][0]["conf"]["cert"] = {"inlineString": pem}
+    resp = http.put("/meshes/vault", json=changed)
+    assert resp.status_code == 400, resp.text
+    [problem] = resp.json()["invalid_parameters"]
+    assert problem["field"] == "mtls.backends[0].conf.key", problem
+    assert "does not match the certificate" in problem["reason"]
+    # a renamed backend has no stored key: the placeholder is refused, naming the field
+    renamed = copy.deepcopy(doc)
+    renamed["mtls"]["backends"][1]["name"] = "b64-new"
+    resp = http.put("/meshes/vault", json=renamed)
+    assert resp.status_code == 400, resp.text
+    [problem] = resp.json()["invalid_parameters"]
+    assert problem["field"] == "mtls.backends[1].conf.key.inline", problem
+    assert "placeholder" in problem["reason"] and "give the key itself" in problem["reason"]
+    resp = http.put("/meshes/vault-2", json={**doc, "name": "vault-2"})
+    assert resp.status_code == 400 and len(resp.json()["invalid_parameters"]) == 2, resp.text
+    assert http.get("/meshes/vault-2").status_code == 404
 
 
 def test_a_provided_ca_the_control_plane_cannot_use_is_refused(deployment: Deployment) -> None:
@@ -441,11 +517,30 @@ def test_a_provided_ca_the_control_plane_cannot_use_is_refused(deployment: Deplo
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    fifo = d.tmp / "ca.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
     cases = [
         (
             d.mesh("ca-2").replace(str(d.cert_file), str(d.tmp / "missing.crt")),
             "mtls.backends[1].conf.cert.file",
             "cannot read",
+        ),
+        # special files are refused without being read: a FIFO would block, /dev/zero never ends
+        (
+            d.mesh("ca-2").replace(str(d.cert_file), str(fifo)),
+            "mtls.backends[1].conf.cert.file",
+            "is a FIFO, not a regular file",
+        ),
+        (
+            d.mesh("ca-2").replace(str(d.key_file), "/dev/zero"),
+            "mtls.backends[1].conf.key.file",
+            "is a character device, not a regular file",
+        ),
+        (
+            d.mesh("ca-2").replace(str(d.key_file), str(d.tmp)),
+            "mtls.backends[1].conf.key.file",
+            "is a directory, not a regular file",
         ),
         (
             d.mesh("ca-2").replace(str(d.key_file), str(wrong_key)),
@@ -460,3 +555,4 @@ def test_a_provided_ca_the_control_plane_cannot_use_is_refused(deployment: Deplo
         assert problem["field"] == field and reason in problem["reason"], problem
     after = http.get("/meshes/default").json()
     assert after["modificationTime"] == before["modificationTime"]
+    assert http.get("/").status_code == 200  # the control plane is alive and serving

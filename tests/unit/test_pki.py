@@ -4,6 +4,7 @@ duration parsing."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -642,6 +643,32 @@ def test_data_sources(tmp_path: Path) -> None:
     (tmp_path / "big").write_bytes(b"x" * (MAX_PEM_BYTES + 1))
     with pytest.raises(DataSourceError, match="larger than 64 KiB"):
         read_data_source("file", str(tmp_path / "big"))
+
+
+def test_special_files_are_refused_without_being_read(tmp_path: Path) -> None:
+    """A FIFO would block the reader until someone writes to it, /dev/zero would never end: only regular files
+    are read (the FIFO has no writer here, so reading it would hang this test)."""
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataSourceError, match=r"'.*ca.fifo' is a FIFO, not a regular file"):
+        read_data_source("file", str(fifo))
+    with pytest.raises(DataSourceError, match="'/dev/zero' is a character device, not a regular file"):
+        read_data_source("file", "/dev/zero")
+    (tmp_path / "link").symlink_to(fifo)  # what a symlink points to is checked
+    with pytest.raises(DataSourceError, match="is a FIFO"):
+        read_data_source("file", str(tmp_path / "link"))
+    (tmp_path / "ca.crt").write_bytes(b"PEM")
+    (tmp_path / "ca-link").symlink_to(
+        tmp_path / "ca.crt"
+    )  # a symlinked regular file is fine (mounted secrets)
+    assert read_data_source("file", str(tmp_path / "ca-link")) == b"PEM"
+
+
+def test_the_redaction_placeholder_is_the_same_everywhere() -> None:
+    from isthmus.resources.provided_ca import REDACTED
+    from isthmus.xds.translate.secrets import REDACTED as SDS_REDACTED
+
+    assert REDACTED == SDS_REDACTED == "[redacted]"
 
 
 # --- the provided backend in a Mesh ------------------------------------------------------------------------

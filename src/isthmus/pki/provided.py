@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -54,24 +55,51 @@ def decode_inline(value: str) -> bytes:
         raise DataSourceError("must be base64 (use inlineString for PEM text)") from None
 
 
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(value: str, mode: int) -> DataSourceError:
+    what = next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+    return DataSourceError(f"{value!r} is {what}, not a regular file")
+
+
+def _read_regular_file(value: str) -> bytes:
+    """A regular file's bytes, at most :data:`MAX_PEM_BYTES`. Anything else (a directory, FIFO, device or
+    socket, which could block or never end) is refused before it is opened, and again on the opened file
+    (opened non-blocking) in case the path was replaced in between. Blocking I/O: async callers run it in a
+    thread."""
+    try:
+        if not stat.S_ISREG(mode := os.stat(value).st_mode):
+            raise _not_regular(value, mode)
+        fd = os.open(value, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(mode := os.fstat(fh.fileno()).st_mode):
+                raise _not_regular(value, mode)
+            data = fh.read(MAX_PEM_BYTES + 1)
+    except DataSourceError:
+        raise
+    except OSError as exc:
+        raise DataSourceError(f"cannot read {value!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise DataSourceError(f"file {value!r} is larger than {MAX_PEM_BYTES // 1024} KiB")
+    return data
+
+
 def read_data_source(kind: str, value: str) -> bytes:
     """The content of a data source: a file's bytes, base64-decoded ``inline`` or UTF-8 ``inlineString``.
 
-    ``secret`` is refused (the API has no user-facing Secret kind yet). Raises :class:`DataSourceError` with a
+    A ``file`` must be a regular file (see :func:`_read_regular_file`); reading it blocks, so async code calls
+    this in a thread. ``secret`` is refused (the API has no user-facing Secret kind yet). Raises :class:`DataSourceError` with a
     reason that names no content.
     """
     if kind == "file":
-        path = Path(value)
-        try:
-            if path.stat().st_size > MAX_PEM_BYTES:
-                raise DataSourceError(f"file {value!r} is larger than {MAX_PEM_BYTES // 1024} KiB")
-            return path.read_bytes()
-        except DataSourceError:
-            raise
-        except IsADirectoryError:
-            raise DataSourceError(f"{value!r} is a directory, not a file") from None
-        except OSError as exc:
-            raise DataSourceError(f"cannot read {value!r}: {exc.strerror or exc}") from None
+        return _read_regular_file(value)
     if kind == "inline":
         data = decode_inline(value)
     elif kind == "inlineString":

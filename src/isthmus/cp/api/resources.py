@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from isthmus.cp.api.errors import ApiError, error_responses
 from isthmus.cp.api.models import Empty, ResourceDocument, ResourcePage
+from isthmus.cp.api.redaction import redact_mesh_document, restore_redacted_keys
 from isthmus.cp.state import ControlPlaneState
 from isthmus.policies.defaults import initial_policies
 from isthmus.resources.dataplane import DataplaneSpec
@@ -140,13 +142,17 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             raise ApiError(404, "Not found", f"unknown resource type {plural!r}")
         return rtype
 
+    def document(record: Record) -> dict[str, Any]:
+        """A record as the API serves it: a Mesh's inline CA keys redacted (``redaction.py``)."""
+        doc = to_document(record, registry)
+        return redact_mesh_document(doc) if record.type == "Mesh" else doc
+
     def respond(record: Record, status: int) -> JSONResponse:
-        return JSONResponse(
-            to_document(record, registry), status_code=status, headers={"ETag": f'"{record.version}"'}
-        )
+        return JSONResponse(document(record), status_code=status, headers={"ETag": f'"{record.version}"'})
 
     async def put(rtype: ResourceType, mesh: str, name: str, body: Any, if_match: str | None) -> JSONResponse:
-        res = parse_document(
+        parse = functools.partial(
+            parse_document,
             body,
             registry,
             expect_type=rtype,
@@ -154,6 +160,12 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             expect_name=name,
             context={"on_control_plane": True},
         )
+        if rtype.kind == "Mesh":
+            stored = await state.store.get("Mesh", "", name)
+            restore_redacted_keys(body, stored.spec if stored is not None else None)
+            res = await asyncio.to_thread(parse)  # a provided CA's files are read: blocking I/O
+        else:
+            res = parse()
         mesh_record = await state.store.get("Mesh", "", res.mesh) if rtype.scope is Scope.MESH else None
         if rtype.scope is Scope.MESH and mesh_record is None:
             raise ResourceValidationError([FieldError("mesh", f"mesh {res.mesh!r} does not exist")])
@@ -181,7 +193,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         request: Request, kind: str, mesh: str | None, offset: int, size: int
     ) -> dict[str, Any]:
         page = await state.store.list(kind, mesh, offset=offset, limit=size)
-        return _page(request, [to_document(r, registry) for r in page.items], page.total, offset, size)
+        return _page(request, [document(r) for r in page.items], page.total, offset, size)
 
     got = {"model": ResourceDocument, "description": "the resource", "headers": ETAG_HEADER}
     put_responses: dict[int | str, dict[str, Any]] = {
