@@ -107,11 +107,12 @@ def test_a_dataplane_outside_the_constraints_is_refused_with_kumas_message(cp: C
 
 
 def test_fields_not_acted_on_are_refused_naming_the_field(cp: ControlPlane) -> None:
-    doc = dataplane("membership", "probed", "demo-client", serviceProbe={"tcp": {}})
+    doc = dataplane("membership", "probed", "demo-client")
+    doc["probes"] = {"port": 9000}
     resp = cp.http.put("/meshes/membership/dataplanes/probed", json=doc)
     assert resp.status_code == 400, resp.text
     ((problem),) = resp.json()["invalid_parameters"]
-    assert problem["field"] == "networking.inbound[0].serviceProbe"
+    assert problem["field"] == "probes"
     assert "not supported yet" in problem["reason"]
 
 
