@@ -509,3 +509,22 @@ def test_doc_example_has_its_documented_effect(example: Example) -> None:
 @pytest.mark.parametrize("example", OTHER_EXAMPLES, ids=[e.where.split(" ")[0] for e in OTHER_EXAMPLES])
 def test_guide_example_applies_and_translates(example: Example) -> None:
     apply(example.block, [])
+
+
+def test_refused_and_fragment_markers() -> None:
+    refused = Example(
+        "self-test",
+        "self-test",
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-2\n  backends: [{name: ca-1, type: builtin}]\n",
+        " example: refused field=mtls.enabledBackend ",
+    )
+    test_doc_example_has_its_documented_effect(refused)
+    wrong_field = dataclasses.replace(refused, comment="example: refused field=mtls.backends")
+    with pytest.raises(AssertionError):
+        test_doc_example_has_its_documented_effect(wrong_field)
+    accepted = dataclasses.replace(refused, block="type: Mesh\nname: default\n")
+    with pytest.raises(pytest.fail.Exception):
+        test_doc_example_has_its_documented_effect(accepted)
+    test_doc_example_has_its_documented_effect(
+        dataclasses.replace(refused, block="x: 1", comment="example: fragment")
+    )
