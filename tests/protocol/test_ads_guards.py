@@ -4,10 +4,12 @@ capped, and the NACK records kept across reconnects are bounded."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import grpc
+import pytest
 from prometheus_client import CollectorRegistry
 
 from isthmus.xds import types
@@ -124,3 +126,74 @@ async def test_nack_records_are_bounded() -> None:
             await eventually(lambda n=node: n in server._recent_nacks, what=f"the NACK of {node}")  # type: ignore[misc]
             assert server.nack_record_count() <= 2
         assert list(server._recent_nacks) == nodes[-2:]  # the oldest were dropped
+
+
+async def _allow_own_token(node_id: str, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+    if dict(metadata).get("authorization") != f"Bearer {node_id}":
+        raise StreamDenied(grpc.StatusCode.UNAUTHENTICATED, "no valid token")
+
+
+async def test_idle_unauthenticated_streams_do_not_take_the_slots_of_proxies() -> None:
+    """Strangers that open streams and send nothing count against the pending cap, not ``max_streams``: a
+    proxy with a valid token still gets its slot; beyond the pending cap strangers are refused."""
+    cache = SnapshotCache()
+    cache.set_snapshot(NODE_ID, full_snapshot())
+    checker: Authenticator = _allow_own_token
+    server = AdsServer(cache, authenticator=checker, max_streams=1, max_pending_streams=3, auth_timeout=600)
+    async with serving(server) as connect:
+        idle = [await connect("default.stranger") for _ in range(3)]  # they never send a request
+        await eventually(lambda: server._pending == 3, what="three pending streams")
+        fourth = await connect("default.stranger")
+        item = await asyncio.wait_for(fourth.received.get(), 5)
+        assert isinstance(item, grpc.aio.AioRpcError) and item.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "waiting to be authenticated" in str(item.details())
+        for stream in idle:
+            stream.close()
+        await eventually(lambda: server._pending == 0, what="the idle streams to go")
+        idle = [await connect("default.stranger") for _ in range(2)]
+        await eventually(lambda: server._pending == 2, what="two pending streams")
+        owner = await connect(NODE_ID, (("authorization", f"Bearer {NODE_ID}"),))
+        assert (await owner.subscribe(types.CLUSTER)).resources  # max_streams=1 is free for it
+        assert server.stream_count() == 1
+
+
+async def test_a_stream_that_does_not_authenticate_in_time_is_ended() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot(NODE_ID, full_snapshot())
+    checker: Authenticator = _allow_own_token
+    server = AdsServer(cache, authenticator=checker, auth_timeout=0.2)
+    async with serving(server) as connect:
+        idle = await connect()  # sends nothing
+        item = await asyncio.wait_for(idle.received.get(), 5)
+        assert isinstance(item, grpc.aio.AioRpcError) and item.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no authenticated first request within 0.2 s" in str(item.details())
+        assert server._pending == 0 and server.stream_count() == 0
+
+
+async def test_over_long_node_ids_are_refused_before_authentication_and_logs_are_cut_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+
+    async def authenticate(node_id: str, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        seen.append(node_id)
+        raise StreamDenied(grpc.StatusCode.UNAUTHENTICATED, "no valid token")
+
+    cache = SnapshotCache()
+    checker: Authenticator = authenticate
+    async with serving(AdsServer(cache, authenticator=checker)) as connect:
+        huge = await connect("default." + "a" * 100_000)
+        await huge.request(types.CLUSTER)
+        item = await asyncio.wait_for(huge.received.get(), 5)
+        assert isinstance(item, grpc.aio.AioRpcError) and item.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 512" in str(item.details()) and len(str(item.details())) < 200
+        assert seen == []
+        longest = "default." + "b" * (512 - len("default."))  # as long as allowed: authenticated, refused
+        caplog.set_level(logging.WARNING, logger="isthmus.xds.server")
+        allowed = await connect(longest)
+        await allowed.request(types.CLUSTER)
+        item = await asyncio.wait_for(allowed.received.get(), 5)
+        assert isinstance(item, grpc.aio.AioRpcError) and item.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert seen == [longest]
+        [record] = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(record.getMessage()) < 250 and "(512 characters)" in record.getMessage()

@@ -15,7 +15,7 @@ import grpc
 
 from isthmus.auth.tokens import InvalidToken, TokenService, dataplane_tags
 from isthmus.store.base import ResourceStore
-from isthmus.xds.node import InvalidNodeId, parse_node_id
+from isthmus.xds.node import InvalidNodeId, loggable_node_id, parse_node_id
 from isthmus.xds.server import StreamDenied
 
 
@@ -69,12 +69,12 @@ class XdsAuthenticator:
         if name is None:
             raise StreamDenied(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"node id {node_id!r} is not a data plane of mesh {identity.mesh!r}, the token's mesh",
+                f"node id {loggable_node_id(node_id)} is not a data plane of mesh {identity.mesh!r}, the token's mesh",
             )
         if identity.name and identity.name != name:
             raise StreamDenied(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"node {node_id!r}: the token is for the Dataplane {identity.name!r}, not {name!r}",
+                f"node {loggable_node_id(node_id)}: the token is for the Dataplane {identity.name!r}, not {name!r}",
             )
         record = await self.store.get("Dataplane", identity.mesh, name)
         if record is None:
@@ -84,4 +84,6 @@ class XdsAuthenticator:
             )
         refusal = identity.refusal(identity.mesh, name, dataplane_tags(record.spec))
         if refusal is not None:
-            raise StreamDenied(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r}: {refusal}")
+            raise StreamDenied(
+                grpc.StatusCode.PERMISSION_DENIED, f"node {loggable_node_id(node_id)}: {refusal}"
+            )

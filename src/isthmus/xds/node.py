@@ -7,7 +7,27 @@ not serve a stored mesh whose name has a dot (one written before that rule exist
 
 from __future__ import annotations
 
-__all__ = ["InvalidNodeId", "mesh_name_usable", "node_id", "parse_node_id"]
+__all__ = [
+    "MAX_NODE_ID_LENGTH",
+    "InvalidNodeId",
+    "loggable_node_id",
+    "mesh_name_usable",
+    "node_id",
+    "parse_node_id",
+]
+
+# A mesh name and a Dataplane name (at most 253 characters each) and the dot, rounded up: the ADS server refuses
+# longer node ids before authenticating them.
+MAX_NODE_ID_LENGTH = 512
+_LOGGED_CHARS = 128
+
+
+def loggable_node_id(nid: str) -> str:
+    """``nid`` quoted for a log or error message, cut to its first 128 characters: a node id comes from the
+    client before it is authenticated, and must not let a stranger write megabytes to the log."""
+    if len(nid) <= _LOGGED_CHARS:
+        return repr(nid)
+    return f"{nid[:_LOGGED_CHARS]!r}... ({len(nid)} characters)"
 
 
 class InvalidNodeId(ValueError):
@@ -32,5 +52,5 @@ def parse_node_id(nid: str) -> tuple[str, str]:
     """``(mesh, name)`` of a node id (split at the first dot); InvalidNodeId when it has no such form."""
     mesh, sep, name = nid.partition(".")
     if not sep or not mesh or not name:
-        raise InvalidNodeId(f"node id {nid!r} is not '<mesh>.<name>'")
+        raise InvalidNodeId(f"node id {loggable_node_id(nid)} is not '<mesh>.<name>'")
     return mesh, name

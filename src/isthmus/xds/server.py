@@ -29,8 +29,13 @@ latest state, in order, and no backlog. The rules (Envoy's xds_protocol document
 Before anything is served, an optional *authenticator* sees the node id of the first request and the stream's
 gRPC metadata; it refuses the stream by raising :class:`StreamDenied` (UNAUTHENTICATED, PERMISSION_DENIED). The
 node id is only on the first request, so the whole stream is bound to the node the authenticator accepted.
-State per stranger is bounded: at most ``max_streams`` concurrent streams (RESOURCE_EXHAUSTED beyond) and at
-most ``max_nack_records`` nodes remembered for the NACK back-off across reconnects (the oldest is dropped).
+State per stranger is bounded. A new stream must send its first request and be authenticated within
+``auth_timeout`` seconds (DEADLINE_EXCEEDED otherwise); until then it counts against ``max_pending_streams``
+only, so strangers that open streams and send nothing cannot take the slots of proxies with valid tokens. A node
+id longer than :data:`~isthmus.xds.node.MAX_NODE_ID_LENGTH` is refused (INVALID_ARGUMENT) before it is
+authenticated, and node ids are cut short in log messages. At most ``max_streams`` authenticated streams
+(RESOURCE_EXHAUSTED beyond), and at most ``max_nack_records`` nodes remembered for the NACK back-off across
+reconnects (the oldest is dropped).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from isthmus.xds import types
 from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.metrics import XdsMetrics
+from isthmus.xds.node import MAX_NODE_ID_LENGTH, loggable_node_id
 from isthmus.xds.snapshot import Resource, Snapshot
 
 __all__ = ["AdsServer", "Authenticator", "NullCallbacks", "StreamDenied", "XdsCallbacks"]
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 
 CONTROL_PLANE_ID = "isthmus"
 DEFAULT_MAX_STREAMS = 10_000
+DEFAULT_MAX_PENDING_STREAMS = 1_000
+DEFAULT_AUTH_TIMEOUT = 10.0
 DEFAULT_MAX_NACK_RECORDS = 10_000
 
 _SERVER_OPTIONS = [
@@ -184,6 +192,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         *,
         authenticator: Authenticator | None = None,
         max_streams: int = DEFAULT_MAX_STREAMS,
+        max_pending_streams: int = DEFAULT_MAX_PENDING_STREAMS,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         max_nack_records: int = DEFAULT_MAX_NACK_RECORDS,
     ) -> None:
         self.cache = cache
@@ -192,11 +202,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.nack_backoff = nack_backoff
         self.authenticator = authenticator
         self.max_streams = max_streams
+        self.max_pending_streams = max_pending_streams
+        self.auth_timeout = auth_timeout
         self.max_nack_records = max_nack_records
         self._stream_ids = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, _Stream] = {}
-        self._active = 0  # RPCs in progress, including those not yet authenticated
+        self._active = 0  # authenticated streams (at most max_streams)
+        self._pending = 0  # streams waiting for their first request or its authentication
         self._stopping = False
         # node id -> type URL -> (rejected version, end of back-off): carries a back-off over reconnects;
         # ordered oldest first, at most max_nack_records nodes
@@ -248,6 +261,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         request_iterator: AsyncIterable[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        admitted = await self._admit(request_iterator, context)
+        if admitted is None or self._stopping:
+            return
+        first, requests = admitted
         if self._active >= self.max_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -257,16 +274,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if self.metrics is not None:
             self.metrics.streams_active.inc()
         try:
-            requests = aiter(request_iterator)
-            first = await anext(requests, None)
-            if first is None:
-                return
-            if not first.node.id:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
-            if self.authenticator is not None:
-                await self._authenticate(first.node.id, context)
-            if self._stopping:
-                return
             stream = _Stream(next(self._stream_ids), first.node.id, first.node)
             self._streams[stream.id] = stream
             self._notify(self.callbacks.on_stream_open, stream.id, stream.node_id, stream.node)
@@ -290,6 +297,48 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             if self.metrics is not None:
                 self.metrics.streams_active.dec()
 
+    async def _admit(
+        self,
+        request_iterator: AsyncIterable[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[discovery_pb2.DiscoveryRequest, AsyncIterator[discovery_pb2.DiscoveryRequest]] | None:
+        """The stream's first request, once its node id is acceptable and authenticated, and the iterator of
+        the next ones (None if the client closed first). Bounded: at most ``max_pending_streams`` at a time, for
+        at most ``auth_timeout``."""
+        if self._pending >= self.max_pending_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_pending_streams} streams are waiting to be authenticated; try again later",
+            )
+        self._pending += 1
+        requests = aiter(request_iterator)
+        try:
+            async with asyncio.timeout(self.auth_timeout):
+                first = await anext(requests, None)
+                if first is None:
+                    return None
+                node_id = first.node.id
+                if not node_id:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id"
+                    )
+                if len(node_id) > MAX_NODE_ID_LENGTH:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"node.id is {len(node_id)} characters long; at most {MAX_NODE_ID_LENGTH} are allowed",
+                    )
+                if self.authenticator is not None:
+                    await self._authenticate(node_id, context)
+                return first, requests
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no authenticated first request within {self.auth_timeout:g} s",
+            )
+            raise  # (abort raises)
+        finally:
+            self._pending -= 1
+
     async def _authenticate(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
         """Run the authenticator; a refusal aborts the RPC before anything is served."""
         assert self.authenticator is not None
@@ -297,10 +346,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         try:
             await self.authenticator(node_id, metadata)
         except StreamDenied as exc:
-            log.warning("xDS stream of %r refused: %s", node_id, exc.message)
+            log.warning("xDS stream of %s refused: %s", loggable_node_id(node_id), exc.message)
             await context.abort(exc.code, exc.message)
         except Exception:
-            log.exception("the authenticator failed for node %r", node_id)
+            log.exception("the authenticator failed for node %s", loggable_node_id(node_id))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "could not authenticate the stream; retry later")
 
     async def DeltaAggregatedResources(
