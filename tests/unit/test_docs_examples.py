@@ -448,12 +448,7 @@ def test_the_language_refuses_what_it_does_not_know() -> None:
 # Checks that state what a page claims but Isthmus does not do (yet): check text -> reason, recorded in
 # /work/notes/k4-findings.md. Each must fail (strict: once it passes, remove it here); the example's other
 # checks still have to pass.
-KNOWN_FAILING: dict[str, str] = {
-    "backend-1 inbounds[backend].permissions.shadow_allow denies spiffe://default/new-client": (
-        "a client matching both an allow and an allowWithShadowDeny spiffeID match is not counted as denied by "
-        "the shadow rules (docs/resources/meshtrafficpermission.md says allowWithShadowDeny is counted as denied)"
-    ),
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def _params() -> list[Any]:

@@ -97,8 +97,8 @@ def inbound_permissions(
 ) -> InboundPermissions:
     """``from`` items decide by the last matching item (see the module docstring). ``rules`` (Kuma 2.12+) add
     SPIFFE ID matches from every matching policy: a client matching any ``deny`` is refused whatever else
-    matches, one matching ``allow`` or ``allowWithShadowDeny`` is let in (the latter is what shadow rules
-    refuse)."""
+    matches, one matching ``allow`` or ``allowWithShadowDeny`` is let in; the shadow rules also refuse every
+    ``allowWithShadowDeny`` match, whatever ``allow`` matches."""
     items: list[PermissionItem] = []
     allow: list[Match] = []
     deny: list[Match] = []
@@ -126,7 +126,10 @@ def inbound_permissions(
     if allow or deny or shadow:
         denied = Principal.negate(_any(deny))
         from_allow = Principal.all_of((Principal.any_of((from_allow, _any(allow), _any(shadow))), denied))
-        from_shadow = Principal.all_of((Principal.any_of((from_shadow, _any(allow))), denied))
+        # Kuma's shadow-deny example: a client matching allowWithShadowDeny is shadow-denied even when a broader
+        # allow also matches it (deny > allowWithShadowDeny > allow in the shadow rules)
+        shadow_denied = Principal.negate(_any(shadow))
+        from_shadow = Principal.all_of((Principal.any_of((from_shadow, _any(allow))), denied, shadow_denied))
     return InboundPermissions(items=tuple(items), allow=from_allow, shadow_allow=from_shadow)
 
 
