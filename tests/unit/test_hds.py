@@ -237,9 +237,7 @@ def test_a_not_ready_inbound_is_no_endpoint_of_other_proxies() -> None:
 
 # -- the gRPC service on a real server and store -------------------------------------------------------------------
 async def serve(store: MemoryStore, **kwargs: Any) -> tuple[grpc.aio.Server, HdsServer, str]:
-    hds = HdsServer(
-        store, HdsSettings(refresh_interval=timedelta(milliseconds=100), min_report_gap=0), **kwargs
-    )
+    hds = HdsServer(store, HdsSettings(min_report_gap=0), **kwargs)
     server = grpc.aio.server()
     hds.register(server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -294,7 +292,7 @@ async def test_stream_sends_the_specifier_and_stores_reported_health(store: Memo
                     await asyncio.sleep(0.01)
                 assert (await stored_inbound())["state"] == ("Ready" if ready else "NotReady")
 
-            # the Dataplane loses its probe: the next refresh sends an empty specifier
+            # the Dataplane loses its probe: its change sends an empty specifier
             record = await store.get("Dataplane", "default", "web-01")
             assert record is not None
             spec = record.spec

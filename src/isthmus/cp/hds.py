@@ -10,8 +10,9 @@ Envoy opens ``envoy.service.health.v3.HealthDiscoveryService/StreamHealthCheck``
    inbound's local cluster (``localhost:<servicePort>``, as Kuma names it) with one endpoint, the application's
    ``serviceAddress:servicePort``, and a TCP health check whose timeout, interval and thresholds come from the
    ``serviceProbe`` or the control plane's defaults (Kuma's ``dpServer.hds.checkDefaults``: 2s, 1s, 1, 1);
-   ``interval`` (Kuma's 5s) is how often Envoy reports. The specifier is rebuilt every ``refresh_interval``
-   (Kuma's 10s) and sent again when it changed;
+   ``interval`` (Kuma's 5s) is how often Envoy reports. The specifier is rebuilt when the stored Dataplane
+   changes (a store event; Kuma rebuilds every 10s instead) and at the latest every ``refresh_interval``, and
+   sent again when it changed;
 3. Envoy reports ``EndpointHealthResponse`` messages; a status HEALTHY or UNKNOWN is healthy (as in Kuma).
    The control plane writes each probed inbound's result into the stored Dataplane as Kuma 2.x does: ``state``
    ``Ready``/``NotReady`` and ``health: {ready: true|false}`` (written only when they change; ``Ignored``
@@ -22,13 +23,14 @@ Inbounds without ``serviceProbe`` are never touched (custom automation may keep 
 Kuma documents). Kuma also checks the proxy's own admin ``/ready`` and marks every inbound NotReady while Envoy
 is not ready; Isthmus does not (yet).
 
-State per stream is bounded: the node, the last specifier sent. At most ``max_streams`` streams
+State per stream is bounded: the node, the last specifier sent, one wake-up event. At most ``max_streams`` streams
 (RESOURCE_EXHAUSTED beyond), and a stream's reports are applied at most every ``min_report_gap`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ class HdsSettings:
     """The control plane's HDS settings (Kuma's ``dpServer.hds`` and its ``checkDefaults``)."""
 
     interval: timedelta = timedelta(seconds=5)  # how often Envoy reports
-    refresh_interval: timedelta = timedelta(seconds=10)  # how often the specifier is rebuilt
+    refresh_interval: timedelta = timedelta(minutes=5)  # rebuilt on store events, and at least this often
     check_timeout: timedelta = timedelta(seconds=2)
     check_interval: timedelta = timedelta(seconds=1)
     healthy_threshold: int = 1
@@ -201,6 +203,8 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
         self.authenticator = authenticator
         self._active = 0
         self._stopping = asyncio.Event()
+        self._changed: dict[tuple[str, str], set[asyncio.Event]] = {}  # (mesh, name) -> its streams' wake-ups
+        self._events: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         hds_pb2_grpc.add_HealthDiscoveryServiceServicer_to_server(self, server)
@@ -208,6 +212,25 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
     def stop(self) -> None:
         """End every stream (Envoy reconnects to the next control plane)."""
         self._stopping.set()
+        if self._events is not None:
+            self._events.cancel()
+
+    async def _follow_store(self) -> None:
+        """Wake the streams of a Dataplane that changed (started with the first stream, ends with stop)."""
+        while True:
+            try:
+                async with self.store.subscribe() as events:
+                    async for event in events:
+                        if event.type == "Dataplane":
+                            for wake in self._changed.get((event.mesh, event.name), ()):
+                                wake.set()
+                return  # the store closed
+            except Exception:
+                log.exception("HDS: following store events failed; again in 1s")
+                for wakes in self._changed.values():  # something may have been missed
+                    for wake in wakes:
+                        wake.set()
+                await asyncio.sleep(1)
 
     def stream_count(self) -> int:
         return self._active
@@ -277,14 +300,26 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
 
     async def _send(self, mesh: str, name: str, context: grpc.aio.ServicerContext) -> None:
         """Send the specifier, then rebuild it every refresh interval and send it again when it changed."""
-        last: bytes | None = None
-        while True:
-            specifier = await self._specifier(mesh, name)
-            raw = specifier.SerializeToString(deterministic=True)
-            if raw != last:
-                await context.write(specifier)
-                last = raw
-            await asyncio.sleep(self.settings.refresh_interval.total_seconds())
+        if self._events is None or self._events.done():
+            self._events = asyncio.create_task(self._follow_store(), name="hds-store-events")
+        wake = asyncio.Event()
+        self._changed.setdefault((mesh, name), set()).add(wake)
+        try:
+            last: bytes | None = None
+            while True:
+                wake.clear()
+                specifier = await self._specifier(mesh, name)
+                raw = specifier.SerializeToString(deterministic=True)
+                if raw != last:
+                    await context.write(specifier)
+                    last = raw
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.settings.refresh_interval.total_seconds())
+        finally:
+            wakes = self._changed.get((mesh, name), set())
+            wakes.discard(wake)
+            if not wakes:
+                self._changed.pop((mesh, name), None)
 
     async def _receive(
         self,
