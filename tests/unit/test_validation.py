@@ -14,6 +14,7 @@ from isthmus.catalog import default_registry
 from isthmus.cp.api.limits import BodyLimitMiddleware
 from isthmus.dp.agent import AgentError, load_dataplane_file, parse_dataplane
 from isthmus.resources.common import check_cidr, mesh_name_problem, name_problem
+from isthmus.resources.dataplane import MAX_INBOUNDS, MAX_OUTBOUNDS
 from isthmus.resources.duration import duration_ms, parse_duration
 from isthmus.resources.errors import ResourceValidationError
 from isthmus.resources.loading import MAX_DEPTH, MAX_DOCUMENT_BYTES, load_body, load_yaml_documents
@@ -238,6 +239,24 @@ def test_bad_addresses(address: str) -> None:
 @pytest.mark.parametrize("port", [0, -1, 65536, 10**40, "80", True, 80.5])
 def test_bad_ports(port: Any) -> None:
     assert [f for f, _ in errors_of(dataplane(inbound_port=port))] == ["networking.inbound[0].port"]
+
+
+def test_inbound_and_outbound_counts_are_bounded() -> None:
+    """One Dataplane (which a data-plane token may write) cannot make the control plane translate thousands of
+    listeners: 256 inbounds and 1,024 outbounds at most, refused naming the list before its items are read."""
+    inbounds = [{"port": 10000 + i, "tags": {"kuma.io/service": f"web-{i}"}} for i in range(MAX_INBOUNDS)]
+    outbounds = [{"port": 30000 + i, "tags": {"kuma.io/service": f"db-{i}"}} for i in range(MAX_OUTBOUNDS)]
+    parse_document(
+        dataplane(inbound=inbounds, outbound=outbounds), default_registry()
+    )  # the limits themselves
+    too_many = dataplane(
+        inbound=[*inbounds, {"port": 9999, "tags": {"kuma.io/service": "x"}}],
+        outbound=[*outbounds, {"port": "not even a port"}],
+    )
+    assert errors_of(too_many) == [
+        ("networking.inbound", "at most 256 inbounds are allowed in one Dataplane, got 257"),
+        ("networking.outbound", "at most 1024 outbounds are allowed in one Dataplane, got 1025"),
+    ]
 
 
 def test_cidr_check() -> None:

@@ -39,6 +39,10 @@ def _ports_in(value: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return value
 
 
+# Kuma sets no limit; these bound the work one Dataplane (which a data-plane token may write) costs the
+# control plane per change, far above what a sidecar declares.
+MAX_INBOUNDS = 256
+MAX_OUTBOUNDS = 1024
 LOOPBACK = "127.0.0.1"  # where outbounds listen by default, and the admin API
 
 
@@ -186,6 +190,17 @@ class Networking(Model):
     gateway: Gateway | None = None
     admin: Admin | None = None
     transparent_proxying: FreeForm | None = Field(default=None, alias="transparentProxying")
+
+    @field_validator("inbound", "outbound", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        """Counted before the items are validated: one Dataplane must not cost seconds of work."""
+        limit = MAX_INBOUNDS if info.field_name == "inbound" else MAX_OUTBOUNDS
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(
+                f"at most {limit} {info.field_name}s are allowed in one Dataplane, got {len(value)}"
+            )
+        return value
 
     @field_validator("transparent_proxying")
     @classmethod
