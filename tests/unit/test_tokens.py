@@ -107,6 +107,23 @@ async def test_expired_token_is_refused(tokens: TokenService) -> None:
         await tokens.verify(user)
 
 
+async def test_a_signed_token_with_an_unusable_exp_is_refused(tokens: TokenService) -> None:
+    """A token signed with the right key by another tool may carry any ``exp``: one past datetime's range (year
+    33658) or not a whole number is an invalid token (401), not a crash (500)."""
+    for keyset, claims in (
+        (
+            dataplane_keys("default"),
+            payload(await tokens.issue_dataplane_token(mesh="default", name="web-1")),
+        ),
+        (USER_KEYS, payload(await tokens.issue_user_token(name="alice", groups=[], valid_for=DAY))),
+    ):
+        serial, key = await tokens.keys.latest(keyset)
+        for exp, reason in ((10**12, "out of range"), (4_000_000_000.5, "whole number")):
+            forged = jwt.encode({**claims, "exp": exp}, key, algorithm="RS256", headers={"kid": str(serial)})
+            with pytest.raises(InvalidToken, match=reason):
+                await tokens.verify(forged)
+
+
 async def test_tampered_forged_and_cross_kind_tokens_are_refused(tokens: TokenService) -> None:
     token = await tokens.issue_dataplane_token(mesh="default", name="web-1", valid_for=DAY)
     header, body, signature = token.split(".")

@@ -173,6 +173,18 @@ def _text_list(value: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _expiry(claims: Mapping[str, Any]) -> datetime:
+    """The ``exp`` claim as a time; InvalidToken unless it is a whole number of seconds in datetime's range (a
+    validly signed token from another tool may carry anything there)."""
+    exp = claims.get("exp")
+    if type(exp) is not int:
+        raise InvalidToken("the token's exp claim must be a whole number of seconds")
+    try:
+        return datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise InvalidToken("the token's exp claim is out of range") from None
+
+
 class TokenService:
     """Issues, verifies and revokes tokens, and rotates their signing keys. Everything lives in the store."""
 
@@ -274,7 +286,7 @@ class TokenService:
             tags=tags,
             type=kind or DATAPLANE_TYPE,
             token_id=claims["jti"],
-            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            expires_at=_expiry(claims),
         )
 
     async def verify_user_token(self, token: str) -> UserIdentity:
@@ -290,7 +302,7 @@ class TokenService:
             name=name,
             groups=groups,
             token_id=claims["jti"],
-            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            expires_at=_expiry(claims),
         )
 
     # -- revocation ----------------------------------------------------------------------------------------------
