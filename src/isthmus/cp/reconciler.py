@@ -48,7 +48,7 @@ from isthmus.resources.mesh import MeshSpec
 from isthmus.resources.registry import Registry, Resource, from_record
 from isthmus.store.base import ChangeEvent, Record, ResourceStore
 from isthmus.xds.cache import SnapshotCache
-from isthmus.xds.node import mesh_name_usable, node_id
+from isthmus.xds.node import mesh_name_usable, node_id, node_id_or_none
 from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate_packed
 
@@ -117,7 +117,8 @@ class Reconciler:
             return self.mesh_errors[mesh]
         if (bad := self.record_errors.get(("Dataplane", mesh, name))) is not None:
             return bad
-        state = self.proxies.get(_nid(mesh, name))
+        nid = node_id_or_none(mesh, name)
+        state = self.proxies.get(nid) if nid is not None else None
         if state is not None and state.error:
             return GenerationError(state.error_stage or "generation", state.error, datetime.now(UTC))
         return None
@@ -481,10 +482,6 @@ class Reconciler:
             stage,
             state.services if state else (),
         )
-
-
-def _nid(mesh: str, name: str) -> str:
-    return f"{mesh}.{name}"
 
 
 def _inputs_key(

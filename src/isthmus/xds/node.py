@@ -13,6 +13,7 @@ __all__ = [
     "loggable_node_id",
     "mesh_name_usable",
     "node_id",
+    "node_id_or_none",
     "parse_node_id",
 ]
 
@@ -46,6 +47,15 @@ def node_id(mesh: str, name: str) -> str:
     if not name:
         raise InvalidNodeId("a Dataplane name must not be empty")
     return f"{mesh}.{name}"
+
+
+def node_id_or_none(mesh: str, name: str) -> str | None:
+    """:func:`node_id`, or None for a (stored) mesh whose name cannot form one: its proxies are not served, and
+    what is looked up by node id for them must not find another proxy's state."""
+    try:
+        return node_id(mesh, name)
+    except InvalidNodeId:
+        return None
 
 
 def parse_node_id(nid: str) -> tuple[str, str]:

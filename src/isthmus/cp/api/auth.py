@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from isthmus.auth import Auth
 from isthmus.auth.tokens import DataplaneIdentity, InvalidToken, UserIdentity, dataplane_tags
 from isthmus.auth.xds import bearer_token
+from isthmus.cp.api.limits import replay_body
 from isthmus.store.base import ResourceStore
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,6 @@ class Denied(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-def _body_receive(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives ``body`` once, then whatever the client sends next (its disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 class AuthMiddleware:
@@ -171,7 +158,7 @@ class AuthMiddleware:
         if method != "PUT":
             return receive
         body = await self._read_body(receive)
-        replay = _body_receive(body, receive)
+        replay = replay_body(body, receive)
         document = await self._parse(scope, body, receive)
         if isinstance(document, dict):
             refusal = identity.refusal(mesh, name, dataplane_tags(document))
@@ -201,7 +188,7 @@ class AuthMiddleware:
         from isthmus.cp.api.resources import read_body
 
         try:
-            return await read_body(Request(scope, _body_receive(body, receive)))
+            return await read_body(Request(scope, replay_body(body, receive)))
         except Exception:  # the route refuses it the same way (400, 413) and stores nothing
             return None
 

@@ -32,6 +32,7 @@ from isthmus.resources.errors import FieldError, ResourceValidationError
 from isthmus.resources.registry import Resource, from_record, to_document
 from isthmus.store.base import NotFound, Record
 from isthmus.xds import types
+from isthmus.xds.node import node_id_or_none
 from isthmus.xds.translate.secrets import redact_private_keys
 
 REDACTED = "[redacted]"
@@ -93,9 +94,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         return f"{error.stage}: {error.message}"
 
     def overview(record: Record) -> dict[str, Any]:
-        nid = f"{record.mesh}.{record.name}"  # (a stored mesh with a '.' is not served: see configError)
-        insight = state.insights.document(nid)
-        issued = state.certificates.get(nid)
+        nid = node_id_or_none(record.mesh, record.name)  # None: a stored mesh with a '.' is not served
+        insight = state.insights.document(nid or "")
+        issued = state.certificates.get(nid) if nid else None
         insight["mTLS"] = (
             {
                 "certificateExpirationTime": _iso(issued.certificate.not_after),
@@ -150,8 +151,8 @@ def build_router(state: ControlPlaneState) -> APIRouter:
     )
     async def config(mesh: str, name: str) -> dict[str, Any]:
         await dataplane_record(mesh, name)
-        nid = f"{mesh}.{name}"
-        snapshot = state.cache.get_snapshot(nid)
+        nid = node_id_or_none(mesh, name)
+        snapshot = state.cache.get_snapshot(nid) if nid else None
         xds: dict[str, list[dict[str, Any]]] = {}
         versions: dict[str, str] = {}
         if snapshot is not None:
@@ -162,7 +163,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 xds[type_url] = items
                 versions[type_url] = snapshot.version(type_url)
         return {
-            "nodeId": nid,
+            "nodeId": nid or "",
             "xds": xds,
             "versions": versions,
             "error": config_error(mesh, name),

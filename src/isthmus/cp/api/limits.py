@@ -51,7 +51,7 @@ class BodyLimitMiddleware:
                 return
         except _Disconnected:
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _drain(self, receive: Receive, length: int) -> None:
         """Read (and drop) a refused body of moderate size, so that the client, still sending, reads the 413
@@ -108,8 +108,9 @@ def _integer(value: bytes | None) -> int | None:
         return None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands over the buffered body once, then the real one (for disconnects)."""
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands over the buffered body once, then the real one (for disconnects); the ASGI
+    middlewares that read a body before the route use it."""
     sent = False
 
     async def replay() -> Message:

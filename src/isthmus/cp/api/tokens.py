@@ -5,7 +5,6 @@ are internal here). Every route under ``/tokens`` needs an admin (see :mod:`isth
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -26,11 +25,9 @@ from isthmus.cp.api.errors import ApiError
 from isthmus.cp.api.resources import read_body
 from isthmus.cp.state import ControlPlaneState
 from isthmus.pki.issuer import parse_lifetime
-from isthmus.resources.common import NAME_RE
+from isthmus.resources.common import NAME_RE, TAG_KEY_RE, TAG_VALUE_RE
 from isthmus.resources.errors import FieldError, ResourceValidationError
 
-TAG_KEY = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
-TAG_VALUE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
 MAX_GROUPS = 100
 INVALID = "Invalid request"
 MAX_TAG_VALUES = 100
@@ -158,7 +155,7 @@ def parse_tags(value: Any, errors: list[FieldError]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for key, values in value.items():
         field = f"tags.{key}"
-        if not isinstance(key, str) or not TAG_KEY.match(key):
+        if not isinstance(key, str) or not TAG_KEY_RE.match(key):
             errors.append(FieldError(field, "a tag key may only have letters, digits and . - _ : /"))
             continue
         if isinstance(values, str):
@@ -166,7 +163,7 @@ def parse_tags(value: Any, errors: list[FieldError]) -> dict[str, list[str]]:
         if not isinstance(values, list) or not values or len(values) > MAX_TAG_VALUES:
             errors.append(FieldError(field, f"must be a list of 1 to {MAX_TAG_VALUES} values"))
             continue
-        bad = [v for v in values if not isinstance(v, str) or not TAG_VALUE.match(v)]
+        bad = [v for v in values if not isinstance(v, str) or not TAG_VALUE_RE.match(v)]
         if bad:
             errors.append(FieldError(field, f"value {bad[0]!r}: may only have letters, digits and . - _ :"))
             continue
