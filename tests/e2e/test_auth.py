@@ -239,16 +239,18 @@ def channel(cp: ControlPlane) -> grpc.aio.Channel:
 async def ads_attempt(
     cp: ControlPlane, node_id: str, token: str | None
 ) -> tuple[list[str], grpc.StatusCode | None]:
-    """Ask for clusters and secrets as ``node_id``: the type URLs received, and the status the stream ended with
-    (None when it is still open after the first response)."""
+    """Ask for clusters as ``node_id``: the type URLs received, and the status the stream ended with (None when
+    it is still open after the first response). A refused stream is refused before anything, secrets included,
+    is sent."""
     metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
     received: list[str] = []
     async with channel(cp) as ch:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).StreamAggregatedResources(metadata=metadata)
         node = base_pb2.Node(id=node_id, cluster="web")
         try:
+            # one request first: a second write racing the server's refusal can end the call with INTERNAL in
+            # grpc core instead of the status the server gave
             await call.write(discovery_pb2.DiscoveryRequest(type_url=types.CLUSTER, node=node))
-            await call.write(discovery_pb2.DiscoveryRequest(type_url=types.SECRET, resource_names=[]))
             async with asyncio.timeout(15):
                 message = await call.read()
             if message is not grpc.aio.EOF:
