@@ -6,6 +6,7 @@ This module sits above :mod:`isthmus.resources` (which defines what a resource t
 
 from __future__ import annotations
 
+from isthmus.gateway.store import resource_types as gateway_resource_types
 from isthmus.policies.catalog import plugins
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.mesh import MeshSpec
@@ -26,5 +27,6 @@ def default_registry() -> Registry:
             ResourceType(
                 "GlobalSecret", "globalsecrets", Scope.GLOBAL, SecretSpec, spec_at_top_level=True, internal=True
             ),
+            *gateway_resource_types(),  # Kong's entities (isthmus.gateway), internal
         ]
     )

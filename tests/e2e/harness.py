@@ -78,6 +78,7 @@ class ControlPlane:
         self.api_port = free_port()
         self.api_tls_port = free_port()
         self.xds_port = free_port()
+        self.gateway_admin_port = free_port()
         self.data_dir = tmp / "cp-data"
         self.store = store or f"sqlite:{tmp / 'cp.db'}"
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -105,6 +106,8 @@ class ControlPlane:
             f"127.0.0.1:{self.api_tls_port}",
             "--xds-address",
             f"127.0.0.1:{self.xds_port}",
+            "--gateway-admin-address",
+            f"127.0.0.1:{self.gateway_admin_port}",
             "--log-level",
             "warning",
             *self.extra_args,

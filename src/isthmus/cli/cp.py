@@ -65,6 +65,9 @@ def run(
     dataplane_cleanup_age: str = typer.Option(
         "72h", help="Remove a Dataplane whose agent has been gone (no ADS stream) this long; 0 keeps them"
     ),
+    gateway_admin_address: str = typer.Option(
+        "127.0.0.1:8001", help="Kong's Admin API of the gateway, address HOST:PORT; off: not served"
+    ),
 ) -> None:
     """Run the control plane until SIGINT/SIGTERM."""
     if dp_auth not in DP_AUTH_MODES:
@@ -88,6 +91,7 @@ def run(
         ("--api-address", api_address),
         ("--xds-address", xds_address),
         ("--api-tls-address", api_tls_address),
+        *((("--gateway-admin-address", gateway_admin_address),) if gateway_admin_address != "off" else ()),
     ):
         try:
             split_address(value)
@@ -107,6 +111,7 @@ def run(
         api_localhost_is_admin=localhost_is_admin,
         max_xds_streams=max_xds_streams,
         dataplane_cleanup_age=cleanup_age,
+        gateway_admin_address=None if gateway_admin_address == "off" else gateway_admin_address,
     )
     try:
         asyncio.run(run_control_plane(options))

@@ -38,6 +38,8 @@ from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.tls import ServerTls, ensure_server_tls
+from isthmus.gateway.admin_api import create_admin_app
+from isthmus.gateway.store import GatewayStore
 from isthmus.store import open_store
 from isthmus.store.base import ResourceStore
 from isthmus.xds.cache import SnapshotCache
@@ -64,6 +66,8 @@ class CpOptions:
     tls_key_file: Path | None = None
     # Dataplanes whose agent has been gone longer than this are removed (Kuma's 72h); 0 turns it off
     dataplane_cleanup_age: timedelta = DEFAULT_DATAPLANE_CLEANUP_AGE
+    # Kong's Admin API of the gateway (isthmus.gateway); None: not served
+    gateway_admin_address: str | None = "127.0.0.1:8001"
 
     def store_spec(self) -> str:
         if self.store == "sqlite":
@@ -182,6 +186,16 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         api_socket.close()
         raise
     try:
+        gateway_socket = (
+            _listen(options.gateway_admin_address, "gateway Admin API")
+            if options.gateway_admin_address
+            else None
+        )
+    except OSError:
+        api_socket.close()
+        tls_socket.close()
+        raise
+    try:
         xds_port = await ads.start(options.xds_address, tls.grpc_credentials())
         xds_host = split_address(options.xds_address)[0]
         state = ControlPlaneState(
@@ -209,7 +223,13 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             ssl_keyfile=str(tls.key_file),
         )
         tls_server = _Server(tls_config)
-        with _stop_on_signals(server, tls_server):
+        servers = [server, tls_server]
+        if gateway_socket is not None:
+            gateway_app = create_admin_app(GatewayStore(store), auth)
+            servers.append(
+                _Server(uvicorn.Config(gateway_app, log_level=options.log_level, access_log=False))
+            )
+        with _stop_on_signals(*servers):
             async with asyncio.TaskGroup() as tg:
                 generation = tg.create_task(reconciler.run(), name="reconciler")
                 await reconciler.wait_ready()
@@ -228,18 +248,26 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 )
                 api = tg.create_task(server.serve(sockets=[api_socket]), name="rest-api")
                 api_tls = tg.create_task(tls_server.serve(sockets=[tls_socket]), name="rest-api-tls")
+                tasks = [api, api_tls]
+                if gateway_socket is not None:
+                    tasks.append(
+                        tg.create_task(servers[2].serve(sockets=[gateway_socket]), name="gateway-admin-api")
+                    )
                 if ready is not None:
-                    while not (server.started and tls_server.started) and not (api.done() or api_tls.done()):
+                    while not all(s.started for s in servers) and not any(t.done() for t in tasks):
                         await asyncio.sleep(0.02)
                     ready.set()
-                await asyncio.wait((api, api_tls), return_when=asyncio.FIRST_COMPLETED)
-                server.should_exit = tls_server.should_exit = True
-                await asyncio.wait((api, api_tls))
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for s in servers:
+                    s.should_exit = True
+                await asyncio.wait(tasks)
                 generation.cancel()
                 cleanup.cancel()
     finally:
         api_socket.close()
         tls_socket.close()
+        if gateway_socket is not None:
+            gateway_socket.close()
         hds.stop()
         await ads.stop(grace=1.0)
         await store.close()

@@ -161,6 +161,7 @@ class Demo:
             "--api-address", f"127.0.0.1:{self.options.api_port}",
             "--xds-address", f"127.0.0.1:{self.options.xds_port}",
             "--api-tls-address", f"127.0.0.1:{self.options.api_tls_port}", "--log-level", "warning",
+            "--gateway-admin-address", "off",
         )  # fmt: skip
         await self.wait_http(self.cp_url + "/", {200})
         await self.apply(MESH, "/meshes/default")
