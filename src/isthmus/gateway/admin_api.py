@@ -47,7 +47,7 @@ NESTED: dict[tuple[str, str], tuple[str, str]] = {
     ("upstreams", "targets"): ("targets", "upstream"),
     ("certificates", "snis"): ("snis", "certificate"),
 }
-ROOT_WORDS = TOP_LEVEL | {"", "status", "tags", "config"}
+ROOT_WORDS = TOP_LEVEL | {"", "status", "tags", "config", "targets"}
 COLLECTION_METHODS = ("GET", "POST")
 ENTITY_METHODS = ("GET", "PUT", "PATCH", "DELETE")
 
