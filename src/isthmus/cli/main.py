@@ -7,6 +7,7 @@ import typer
 from isthmus.cli import cp as cp_cmds
 from isthmus.cli import demo as demo_cmds
 from isthmus.cli import dp as dp_cmds
+from isthmus.cli import gateway as gateway_cmds
 from isthmus.cli import generate as generate_cmds
 from isthmus.cli import resources as resource_cmds
 
@@ -20,6 +21,7 @@ app.add_typer(cp_cmds.app, name="cp")
 app.add_typer(dp_cmds.app, name="dp")
 app.add_typer(demo_cmds.app, name="demo")
 app.add_typer(generate_cmds.app, name="generate")
+app.add_typer(gateway_cmds.app, name="gateway")
 resource_cmds.register(app)
 
 

@@ -239,7 +239,9 @@ class AdminApi:
                 raise not_found()
             return JSONResponse(await self._tags(workspace, segments[1] if len(segments) == 2 else None, query, path))  # fmt: skip
         if head == "config":
-            raise not_found()
+            if len(segments) != 1:
+                raise not_found()
+            return await self._config(request, workspace, query)
         if head not in TOP_LEVEL:
             raise not_found()
         collection = head
@@ -321,6 +323,39 @@ class AdminApi:
             await self.gateway.delete(workspace, collection, key, scope)
             return Response(status_code=204)
         raise not_allowed()
+
+    async def _config(self, request: Request, workspace: str, query: dict[str, str]) -> Response:
+        """Kong's ``/config``: GET the workspace as a declarative file, POST one to replace the workspace."""
+        from isthmus.gateway import declarative
+
+        method = request.method.upper()
+        if method == "GET":
+            ws = await self.gateway.workspace(workspace)
+            return JSONResponse({"config": declarative.dump_yaml(declarative.export(ws))})
+        if method != "POST":
+            raise not_allowed()
+        chunks: list[bytes] = []
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > declarative.MAX_FILE_BYTES:
+                raise Plain(413, "Configuration does not fit in Kong cache")
+        doc = declarative.request_document(b"".join(chunks), request.headers.get("content-type", ""))
+        flatten = query.get("flatten_errors") in ("1", "true")
+        dry_run = query.get("dry_run") in ("1", "true")
+        try:
+            result = await declarative.sync(self.gateway, workspace, doc, dry_run=dry_run)
+        except KongError as exc:
+            body = exc.body()
+            if flatten:
+                body["flattened_errors"] = getattr(exc, "flattened", [])
+            return JSONResponse(body, exc.status)
+        if query.get("check_hash") == "1" and not result.diff.changes():
+            return Response(status_code=304)
+        if dry_run:
+            return JSONResponse(result.diff.report())
+        if query.get("changes") in ("1", "true"):
+            return JSONResponse(result.diff.report(), 201)
+        return JSONResponse(declarative.as_kong_body(result.desired), 201)
 
     async def _root(self, workspace: str) -> dict[str, Any]:
         ws = await self.gateway.workspace(workspace)

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,6 +391,16 @@ class GatewayStore:
             changes: list[Change] = []
             self._delete_tree(ws, collection, existing["id"], changes, set())
             await self._commit(ws, changes)
+
+    async def replace(self, workspace: str, plan: Callable[[Workspace], list[Change]]) -> list[Change]:
+        """Replace the workspace's entities: ``plan`` (run under the lock on the current entities) returns the
+        changes, written as one atomic batch (nothing is written when it raises)."""
+        async with self._lock:
+            ws = await self._loaded(workspace)
+            changes = plan(ws)
+            if changes:
+                await self._commit(ws, changes)
+            return changes
 
     # -- internals -------------------------------------------------------------------------------------------
     async def _loaded(self, workspace: str) -> Workspace:
