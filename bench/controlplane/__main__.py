@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -107,23 +108,38 @@ def progress(what: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
+_EVENTS: dict[int, queue.Queue[str]] = {}
+
+
 def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
+    """The next event ``want`` of the simulator; TimeoutError after ``timeout`` even if it prints nothing."""
     assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+    lines = _EVENTS.get(proc.pid)
+    if lines is None:
+        lines = _EVENTS[proc.pid] = queue.Queue()
+        stdout = proc.stdout
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in stdout] + [lines.put("")], daemon=True
+        ).start()
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
         if not line:
             raise RuntimeError("simulator exited")
         ev = json.loads(line)
         if ev.get("event") == want:
             return ev
-    raise TimeoutError(want)
+    raise TimeoutError(f"no {want!r} from the simulator within {timeout}s (see the control plane's log)")
 
 
 def start_cp(api: int, xds: int, data_dir: Path, plain: bool, dp_auth: str = "token") -> subprocess.Popen:
     """``isthmus cp run`` with its defaults: SQLite store, TLS on xDS, data-plane tokens required (``plain``:
     the options of a control plane from before TLS and tokens, to measure an older version the same way)."""
-    secure = [] if plain else ["--api-tls-address", f"127.0.0.1:{free_port()}", "--dp-auth", dp_auth]
+    secure = [] if plain else ["--api-tls-address", f"127.0.0.1:{free_port()}", "--dp-auth", dp_auth,
+                               "--gateway-admin-address", "off"]  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "isthmus.cli", "cp", "run", "--data-dir", str(data_dir),
          "--store", f"sqlite:{data_dir / 'isthmus.db'}", "--api-address", f"127.0.0.1:{api}", *secure,

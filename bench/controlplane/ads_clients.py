@@ -172,7 +172,13 @@ async def main() -> None:
     args = ap.parse_args()
     plan = json.loads(await asyncio.to_thread(Path(args.plan).read_text))
     shared = Shared(len(plan))
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    options = [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        # the channel's own reconnection back-off (1 s, growing to 120 s by default) follows the streams' one
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
     if args.ca_file:
         root = await asyncio.to_thread(Path(args.ca_file).read_bytes)
         creds = grpc.ssl_channel_credentials(root_certificates=root)
