@@ -236,8 +236,10 @@ def test_a_not_ready_inbound_is_no_endpoint_of_other_proxies() -> None:
 
 
 # -- the gRPC service on a real server and store -------------------------------------------------------------------
-async def serve(store: MemoryStore, **kwargs: Any) -> tuple[grpc.aio.Server, HdsServer, str]:
-    hds = HdsServer(store, HdsSettings(min_report_gap=0), **kwargs)
+async def serve(
+    store: MemoryStore, settings: HdsSettings | None = None, **kwargs: Any
+) -> tuple[grpc.aio.Server, HdsServer, str]:
+    hds = HdsServer(store, settings or HdsSettings(min_report_gap=0), **kwargs)
     server = grpc.aio.server()
     hds.register(server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -334,4 +336,32 @@ async def test_first_message_must_name_the_node(store: MemoryStore) -> None:
                 await call.read()
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
+        await server.stop(0)
+
+
+async def test_idle_strangers_hold_no_slot_and_are_cut_at_the_deadline(store: MemoryStore) -> None:
+    settings = HdsSettings(min_report_gap=0, max_streams=1, auth_timeout=0.5)
+    server, hds, address = await serve(store, settings)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = hds_pb2_grpc.HealthDiscoveryServiceStub(channel)
+            never: asyncio.Event = asyncio.Event()
+
+            async def silent() -> AsyncIterator[hds_pb2.HealthCheckRequestOrEndpointHealthResponse]:
+                await never.wait()
+                yield first_request("default.web-01")  # pragma: no cover - never reached
+
+            idle = [stub.StreamHealthCheck(silent()) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            # the only authenticated slot is still free for a proxy that names itself
+            proxy = stub.StreamHealthCheck(iter([first_request("default.web-01")]))
+            specifier = await proxy.read()
+            assert [c.cluster_name for c in specifier.cluster_health_checks] == ["localhost:11012"]
+            for call in idle:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call.read()
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            proxy.cancel()
+    finally:
+        hds.stop()
         await server.stop(0)

@@ -48,7 +48,7 @@ from isthmus.resources.common import STORED
 from isthmus.resources.dataplane import LOOPBACK, DataplaneSpec, Inbound, InboundState
 from isthmus.resources.duration import parse_duration
 from isthmus.store.base import Conflict, Op, OpKind, ResourceStore
-from isthmus.xds.node import InvalidNodeId, parse_node_id
+from isthmus.xds.node import MAX_NODE_ID_LENGTH, InvalidNodeId, loggable_node_id, parse_node_id
 from isthmus.xds.server import Authenticator, StreamDenied
 
 __all__ = [
@@ -78,7 +78,9 @@ class HdsSettings:
     check_interval: timedelta = timedelta(seconds=1)
     healthy_threshold: int = 1
     unhealthy_threshold: int = 1
-    max_streams: int = 10_000
+    max_streams: int = 10_000  # authenticated streams
+    max_pending_streams: int = 1_000  # streams that have not yet sent their node and passed authentication
+    auth_timeout: float = 10.0  # seconds a new stream has to do so
     min_report_gap: float = 0.2  # seconds between two reports applied on one stream
 
 
@@ -202,6 +204,7 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
         self.settings = settings or HdsSettings()
         self.authenticator = authenticator
         self._active = 0
+        self._pending = 0
         self._stopping = asyncio.Event()
         self._changed: dict[tuple[str, str], set[asyncio.Event]] = {}  # (mesh, name) -> its streams' wake-ups
         self._events: asyncio.Task[None] | None = None
@@ -240,6 +243,37 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
         request_iterator: AsyncIterable[hds_pb2.HealthCheckRequestOrEndpointHealthResponse],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        # strangers cannot hold the slots of proxies: a stream counts against max_streams only once it has
+        # authenticated, which it must do within auth_timeout (as the ADS server does)
+        if self._pending >= self.settings.max_pending_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many unauthenticated HDS streams")
+        self._pending += 1
+        try:
+            requests = aiter(request_iterator)
+            try:
+                async with asyncio.timeout(self.settings.auth_timeout):
+                    first = await anext(requests, None)
+                    if first is None:
+                        return
+                    node_id = first.health_check_request.node.id
+                    if not node_id or len(node_id) > MAX_NODE_ID_LENGTH:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "the first message must be a HealthCheckRequest with a node.id of at most "
+                            f"{MAX_NODE_ID_LENGTH} characters",
+                        )
+                    try:
+                        mesh, name = parse_node_id(node_id)
+                    except InvalidNodeId as exc:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    if self.authenticator is not None:
+                        await self._authenticate(node_id, context)
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "the stream did not authenticate in time"
+                )
+        finally:
+            self._pending -= 1
         if self._active >= self.settings.max_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -247,22 +281,6 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
             )
         self._active += 1
         try:
-            requests = aiter(request_iterator)
-            first = await anext(requests, None)
-            if first is None:
-                return
-            node_id = first.health_check_request.node.id
-            if not node_id:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "the first message must be a HealthCheckRequest with node.id",
-                )
-            try:
-                mesh, name = parse_node_id(node_id)
-            except InvalidNodeId as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            if self.authenticator is not None:
-                await self._authenticate(node_id, context)
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._send(mesh, name, context)),
@@ -281,10 +299,10 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
         try:
             await self.authenticator(node_id, metadata)
         except StreamDenied as exc:
-            log.warning("HDS stream of %r refused: %s", node_id, exc.message)
+            log.warning("HDS stream of %r refused: %s", loggable_node_id(node_id), exc.message)
             await context.abort(exc.code, exc.message)
         except Exception:
-            log.exception("the authenticator failed for node %r", node_id)
+            log.exception("the authenticator failed for node %r", loggable_node_id(node_id))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "could not authenticate the stream; retry later")
 
     async def _specifier(self, mesh: str, name: str) -> hds_pb2.HealthCheckSpecifier:
