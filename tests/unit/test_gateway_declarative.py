@@ -354,3 +354,14 @@ async def test_transform_false_keeps_hashed_passwords(gateway: GatewayStore) -> 
     await apply(gateway, text)
     ws = await gateway.workspace("default")
     assert next(iter(ws.entities["basic-auths"].values()))["password"] == "0123456789abcdef"
+
+
+async def test_entities_without_a_name_keep_their_ids(gateway: GatewayStore) -> None:
+    text = '_format_version: "3.0"\nservices:\n- host: a.example\n  routes:\n  - paths: [/a]\n  - paths: [/b]\n- host: b.example\n'  # fmt: skip
+    await apply(gateway, text)
+    ws = await gateway.workspace("default")
+    ids = {c: set(v) for c, v in ws.entities.items() if v}
+    assert (await apply(gateway, text))["summary"] == {"created": 0, "updated": 0, "deleted": 0}
+    assert {c: set(v) for c, v in ws.entities.items() if v} == ids
+    changed = await apply(gateway, text.replace("[/b]", "[/c]"))
+    assert changed["summary"] == {"created": 1, "updated": 0, "deleted": 1}

@@ -17,6 +17,7 @@ workspace back as a nested file that applies with no change.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,6 +313,10 @@ def _content(entity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entity.items() if k not in ("id", *TIMESTAMPS)}
 
 
+def _fingerprint(entity: dict[str, Any]) -> str:
+    return json.dumps(_content(entity), sort_keys=True)
+
+
 def _sort_key(entity: dict[str, Any]) -> tuple[Any, ...]:
     return (entity.get("created_at") or 0, entity["id"])
 
@@ -325,6 +330,7 @@ class _Builder:
         self.by_key: dict[str, dict[str, str]] = {c: {} for c in KINDS}  # collection -> endpoint key -> id
         self.claimed: set[tuple[str, str]] = set()
         self.matched: dict[tuple[str, str], dict[str, Any]] = {}
+        self.by_content: dict[str, dict[str, list[str]]] = {}
         self._unique_seen = {}
         self.existing_by_nk: dict[str, dict[tuple[Any, ...], str]] = {}
         for collection, entities in ws.entities.items():
@@ -436,8 +442,7 @@ class _Builder:
             eid = self.existing_by_nk.get(collection, {}).get(nk)
             if eid is not None and (collection, eid) not in self.claimed:
                 return existing[eid]
-            if collection != "plugins" and KINDS[collection].endpoint_key is not None:
-                return None
+            return None
         if collection in GENERATED:
             given = [n for n in GENERATED[collection] if n in item.raw]
             parent = (entity.get("consumer") or {}).get("id")
@@ -449,10 +454,16 @@ class _Builder:
                 if all(candidate.get(n) == entity.get(n) for n in given):
                     return candidate
             return None
-        content = _content(entity)
-        for candidate in sorted(existing.values(), key=_sort_key):
-            if (collection, candidate["id"]) not in self.claimed and _content(candidate) == content:
-                return candidate
+        # no natural key (a service or route without a name): an existing one with the same content
+        if collection not in self.by_content:
+            index: dict[str, list[str]] = {}
+            for candidate in sorted(existing.values(), key=_sort_key):
+                if _natural_key(collection, candidate) is None:
+                    index.setdefault(_fingerprint(candidate), []).append(candidate["id"])
+            self.by_content[collection] = index
+        for eid in self.by_content[collection].get(_fingerprint(entity), []):
+            if (collection, eid) not in self.claimed:
+                return existing[eid]
         return None
 
     def finish(self) -> None:
