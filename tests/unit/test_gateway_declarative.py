@@ -53,8 +53,7 @@ plugins:
   config: {hour: 2}
 """
 
-# The complete example of kong.md §2.2 (a decK fixture) without the sections Isthmus does not store (vaults, keys,
-# key_sets, consumer_groups) and the certificate whose cert and key are vault references.
+# The complete example file of kong.md §2.2 (a decK fixture), verbatim.
 EXAMPLE = """
 _format_version: "3.0"
 _workspace: test-workspace
@@ -91,6 +90,20 @@ upstreams:
     algorithm: round-robin
     targets:
       - target: 198.51.100.11:80
+vaults:
+  - config:
+      base64_decode: false
+      prefix: MY_SECRET_
+    description: ENV vault for secrets
+    name: env
+    prefix: my-workspace-vault
+certificates:
+  - id: 13c562a1-191c-4464-9b18-e5222b46035b
+    cert: "{vault://my-workspace-vault/cert}"
+    key: "{vault://my-workspace-vault/key}"
+    snis:
+      - name: localhost
+
 consumers:
   - custom_id: test_consumer_3x_custom_test
     username: test_consumer_3x
@@ -113,6 +126,26 @@ consumers:
         algorithm: HS256
         tags:
           - test-jwt
+
+consumer_groups:
+  - id: 5bcbd3a7-030b-4310-bd1d-2721ff85d236
+    name: silver
+
+key_sets:
+  - id: a1b2c3d4-5678-90ab-cdef-1234567890ab
+    name: test-key-set
+    tags:
+      - test-keyset
+
+keys:
+  - id: b2c3d4e5-6789-01bc-def1-234567890abc
+    name: test-key-jwk
+    kid: test-kid-123
+    jwk: '{"kty":"RSA","kid":"test-kid-123","use":"sig","alg":"RS256","n":"xGOr-H7A-PWG8_gM6F_kE3vN1RVwfFjLJZQXYRqLXe7bAzRUH3n7HWpCCBU3_xHJpC1lSYHPLvLvQwGh_V5JjqXuQ_3FqLrRYmQYPZRCCQXKF9b2cHvY5LqJfVY3OhOYLvMnLJ_MQ7cKcW7N8HhKLYmQVY3_HqLrRYmQYPZRCQ","e":"AQAB"}'
+    tags:
+      - test-key
+    set:
+      id: a1b2c3d4-5678-90ab-cdef-1234567890ab
 """
 
 
@@ -258,22 +291,39 @@ async def test_dump_applies_back_with_no_change(gateway: GatewayStore) -> None:
 
 async def test_the_research_example_applies(gateway: GatewayStore) -> None:
     report = await apply(gateway, EXAMPLE, workspace="test-workspace")
-    assert report["summary"] == {"created": 11, "updated": 0, "deleted": 0}
+    assert report["summary"] == {"created": 17, "updated": 0, "deleted": 0}
     ws = await gateway.workspace("test-workspace")
     route = ws.find("routes", "route-multi-entity-1")
     assert route is not None and route["service"] is None and route["https_redirect_status_code"] == 301
     plugin = next(iter(ws.entities["plugins"].values()))
     assert plugin["route"] == {"id": route["id"]} and plugin["config"] == {"minute": 10, "policy": "local"}
+    cert = ws.entities["certificates"]["13c562a1-191c-4464-9b18-e5222b46035b"]
+    assert cert["cert"] == "{vault://my-workspace-vault/cert}" and cert["snis"] == ["localhost"]
+    assert ws.find("snis", "localhost")["certificate"] == {"id": cert["id"]}  # type: ignore[index]
+    assert ws.find("vaults", "my-workspace-vault")["config"] == {"base64_decode": False, "prefix": "MY_SECRET_"}  # type: ignore[index]  # fmt: skip
+    key = ws.find("keys", "test-key-jwk")
+    assert key is not None and key["set"] == {"id": "a1b2c3d4-5678-90ab-cdef-1234567890ab"}
+    assert ws.find("consumer_groups", "silver") is not None
     assert (await gateway.workspace("default")).entities["services"] == {}
+    assert (await apply(gateway, EXAMPLE, workspace="test-workspace"))["summary"]["updated"] == 0
+    dumped = d.export(ws)
+    assert dumped["key_sets"][0]["keys"][0]["kid"] == "test-kid-123"
+    assert dumped["certificates"][0]["snis"][0]["name"] == "localhost"
+    assert (await apply(gateway, d.dump_yaml(dumped), "test-workspace"))["summary"] == {"created": 0, "updated": 0, "deleted": 0}  # fmt: skip
 
 
 async def test_sections_isthmus_does_not_store_are_refused_by_name(gateway: GatewayStore) -> None:
-    error = await refused(gateway, EXAMPLE + "vaults:\n- {name: env, prefix: my-vault}\nkey_sets: []\n")
+    error = await refused(gateway, EXAMPLE + "oauth2_credentials: []\nvaultz: []\n")
     assert error.fields == {
-        "vaults": "'vaults' entities are not supported by Isthmus's gateway",
-        "key_sets": "'key_sets' entities are not supported by Isthmus's gateway",
+        "oauth2_credentials": "'oauth2_credentials' entities are not supported by Isthmus's gateway",
+        "vaultz": "unknown field",
     }
     assert (await gateway.workspace("default")).entities["services"] == {}
+    bad = EXAMPLE.replace("name: env", "name: aws").replace('"kid":"test-kid-123"', '"kid":"other"')
+    error = await refused(gateway, bad)
+    assert error.fields is not None
+    assert error.fields["vaults"] == [{"name": "vault 'aws' is not installed"}]
+    assert error.fields["keys"] == [{"@entity": ["kid in jwk.kid must be equal to keys.kid"]}]
 
 
 async def test_bad_entities_are_named_by_their_path_and_nothing_changes(gateway: GatewayStore) -> None:

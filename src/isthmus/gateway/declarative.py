@@ -32,6 +32,10 @@ DECLARATIVE_CONFIG = 14
 FORMAT_VERSION = "3.0"
 # the file's section names -> the store's collections, in the order parents come before children
 SECTIONS: dict[str, str] = {
+    "vaults": "vaults",
+    "key_sets": "key-sets",
+    "keys": "keys",
+    "consumer_groups": "consumer_groups",
     "certificates": "certificates",
     "ca_certificates": "ca_certificates",
     "snis": "snis",
@@ -48,6 +52,10 @@ SECTIONS: dict[str, str] = {
 }
 SECTION_OF = {collection: section for section, collection in SECTIONS.items()}
 SINGULAR = {
+    "vaults": "vault",
+    "key_sets": "key_set",
+    "keys": "key",
+    "consumer_groups": "consumer_group",
     "certificates": "certificate",
     "ca_certificates": "ca_certificate",
     "snis": "sni",
@@ -64,6 +72,7 @@ SINGULAR = {
 }
 # parent section -> {child section: the child's foreign key}
 NESTED: dict[str, dict[str, str]] = {
+    "key_sets": {"keys": "set"},
     "certificates": {"snis": "certificate"},
     "services": {"routes": "service", "plugins": "service"},
     "routes": {"plugins": "route"},
@@ -77,9 +86,7 @@ NESTED: dict[str, dict[str, str]] = {
     "upstreams": {"targets": "upstream"},
 }
 META = frozenset({"_format_version", "_transform", "_comment", "_ignore", "_workspace", "_konnect", "_info"})
-NOT_STORED = frozenset(
-    {"vaults", "keys", "key_sets", "consumer_groups", "hmacauth_credentials", "oauth2_credentials"}
-)
+NOT_STORED = frozenset({"hmacauth_credentials", "oauth2_credentials", "consumer_group_plugins"})
 GENERATED = {"key-auths": ("key",), "jwts": ("key", "secret")}  # filled at random when the file omits them
 TIMESTAMPS = ("created_at", "updated_at")
 

@@ -656,8 +656,8 @@ class Certificate(Entity):
                 ]
                 errors.setdefault(missing, "required field missing")
                 continue
-            if cert is None:
-                continue
+            if cert is None or is_reference(cert) or is_reference(key):
+                continue  # a vault reference is resolved when the gateway uses it, as in Kong
             problem = _cert_problem(cert)
             if problem:
                 errors[cert_field] = problem
@@ -705,6 +705,78 @@ class CaCertificate(Entity):
 
         cert = x509.load_pem_x509_certificate(self.cert.encode())
         self.cert_digest = cert.fingerprint(hashes.SHA256()).hex()
+
+
+# -- Vaults, key sets, keys, consumer groups -------------------------------------------------------------------
+VAULT_REFERENCE_RE = re.compile(r"^\{vault://[a-z][a-z0-9-]*[a-z0-9]+/[^{}]+\}$")
+VAULT_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]+$")
+VAULTS = ("env",)  # the vault implementations bundled with Kong OSS
+
+
+def is_reference(value: Any) -> bool:
+    """A Kong vault reference: ``{vault://<prefix>/<resource>[/<key>][?opts][#version]}``."""
+    return isinstance(value, str) and VAULT_REFERENCE_RE.match(value) is not None
+
+
+def _vault_prefix(value: str) -> str:
+    if not VAULT_PREFIX_RE.match(value):
+        raise ValueError(f"invalid value: {value}")
+    if value in VAULTS:
+        raise ValueError("must not be one of: " + ", ".join(VAULTS))
+    return value
+
+
+class Vault(Entity):
+    prefix: Annotated[str, AfterValidator(_vault_prefix)]
+    name: str
+    description: str | None = None
+    config: Annotated[dict[str, Any], AfterValidator(_bounded_json)] = Field(default_factory=dict)
+
+    def entity_errors(self) -> dict[str, Any]:
+        if self.name not in VAULTS:
+            return {"name": f"vault '{self.name}' is not installed"}
+        errors: dict[str, Any] = {}
+        for key, value in self.config.items():  # the env vault's fields
+            if key == "prefix" and not isinstance(value, str):
+                errors[key] = "expected a string"
+            elif key == "base64_decode" and not isinstance(value, bool):
+                errors[key] = "expected a boolean"
+            elif key not in ("prefix", "base64_decode"):
+                errors[key] = "unknown field"
+        return {"config": errors} if errors else {}
+
+
+class KeySet(Entity):
+    name: str | None = None
+
+
+class Key(Entity):
+    set: Ref | None = None
+    name: str | None = None
+    kid: str
+    jwk: str | None = None
+    pem: dict[str, str] | None = None
+
+    def entity_errors(self) -> dict[str, Any]:
+        if (self.jwk is None) == (self.pem is None):
+            which = "only one of" if self.jwk is not None else "at least one of"
+            return {"@entity": [f"{which} these fields must be non-empty: 'jwk', 'pem'"]}
+        if self.jwk is not None and not is_reference(self.jwk):
+            try:
+                jwk = json.loads(self.jwk)
+            except ValueError:
+                return {"@entity": ["could not json decode jwk string"]}
+            if not isinstance(jwk, dict) or jwk.get("kid") != self.kid:
+                return {"@entity": ["kid in jwk.kid must be equal to keys.kid"]}
+        if self.pem is not None and not (self.pem.get("private_key") or self.pem.get("public_key")):
+            return {"@entity": ["need to supply a PEM formatted public and/or private key."]}
+        return {}
+
+
+class ConsumerGroup(Entity):
+    """Kong Enterprise's consumer group (kept so that decK files with them apply; no behaviour yet)."""
+
+    name: Name
 
 
 # -- validation -----------------------------------------------------------------------------------------------

@@ -52,6 +52,12 @@ class Kind:
 KINDS: dict[str, Kind] = {
     k.collection: k
     for k in (
+        Kind("vaults", "KongVault", e.Vault, "prefix", {}, (("prefix",),)),
+        Kind("key-sets", "KongKeySet", e.KeySet, "name", {}, (("name",),)),
+        Kind(
+            "keys", "KongKey", e.Key, "name", {"set": "key-sets"}, (("name",), ("kid", "set")), cascade=True
+        ),
+        Kind("consumer_groups", "KongConsumerGroup", e.ConsumerGroup, "name", {}, (("name",),)),
         Kind("certificates", "KongCertificate", e.Certificate, None),
         Kind("ca_certificates", "KongCaCertificate", e.CaCertificate, None, unique=(("cert_digest",),)),
         Kind("snis", "KongSni", e.Sni, "name", {"certificate": "certificates"}, (("name",),), cascade=True),
