@@ -9,6 +9,7 @@ operations to a parent; ``/routes/{r}/service`` and the like read the parent. Pa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -339,7 +340,9 @@ class AdminApi:
             chunks.append(chunk)
             if sum(map(len, chunks)) > declarative.MAX_FILE_BYTES:
                 raise Plain(413, "Configuration does not fit in Kong cache")
-        doc = declarative.request_document(b"".join(chunks), request.headers.get("content-type", ""))
+        doc = await asyncio.to_thread(
+            declarative.request_document, b"".join(chunks), request.headers.get("content-type", "")
+        )
         flatten = query.get("flatten_errors") in ("1", "true")
         dry_run = query.get("dry_run") in ("1", "true")
         try:

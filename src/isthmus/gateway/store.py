@@ -399,11 +399,12 @@ class GatewayStore:
             await self._commit(ws, changes)
 
     async def replace(self, workspace: str, plan: Callable[[Workspace], list[Change]]) -> list[Change]:
-        """Replace the workspace's entities: ``plan`` (run under the lock on the current entities) returns the
-        changes, written as one atomic batch (nothing is written when it raises)."""
+        """Replace the workspace's entities: ``plan`` (run under the lock on the current entities, in a worker
+        thread so a large file does not stall the event loop; it must only read them) returns the changes,
+        written as one atomic batch (nothing is written when it raises)."""
         async with self._lock:
             ws = await self._loaded(workspace)
-            changes = plan(ws)
+            changes = await asyncio.to_thread(plan, ws)
             if changes:
                 await self._commit(ws, changes)
             return changes
