@@ -415,3 +415,64 @@ async def test_entities_without_a_name_keep_their_ids(gateway: GatewayStore) -> 
     assert {c: set(v) for c, v in ws.entities.items() if v} == ids
     changed = await apply(gateway, text.replace("[/b]", "[/c]"))
     assert changed["summary"] == {"created": 1, "updated": 0, "deleted": 1}
+
+
+async def test_select_tags_scope_the_sync(gateway: GatewayStore) -> None:
+    await apply(gateway, '_format_version: "3.0"\nservices:\n- name: manual\n  host: m.example\n  routes:\n  - {name: manual-route, paths: [/m]}\n')  # fmt: skip
+    team = """
+_format_version: "3.0"
+_info:
+  select_tags: [team-a]
+  defaults:
+    service: {retries: 9}
+services:
+- name: a1
+  host: a1.example
+  tags: [api]
+  plugins:
+  - name: cors
+- name: a2
+  host: a2.example
+  retries: 1
+"""
+    report = await apply(gateway, team)
+    assert report["summary"] == {"created": 3, "updated": 0, "deleted": 0}  # "manual" is outside team-a: kept
+    ws = await gateway.workspace("default")
+    a1, a2 = ws.find("services", "a1"), ws.find("services", "a2")
+    assert a1 is not None and a1["tags"] == ["api", "team-a"] and a1["retries"] == 9
+    assert a2 is not None and a2["retries"] == 1
+    assert ws.find("services", "manual") is not None
+    assert (await apply(gateway, team))["summary"] == {"created": 0, "updated": 0, "deleted": 0}
+    dumped = d.export(ws, ("team-a",))
+    assert [s["name"] for s in dumped["services"]] == ["a1", "a2"] and dumped["_info"] == {
+        "select_tags": ["team-a"]
+    }
+    assert (await apply(gateway, d.dump_yaml(dumped)))["summary"] == {
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+    }
+    # removing a2 from the file deletes it; "manual" stays
+    report = await apply(gateway, team.split("- name: a2")[0])
+    assert (
+        report["summary"] == {"created": 0, "updated": 0, "deleted": 1} and ws.find("services", "a2") is None
+    )
+    assert ws.find("services", "manual") is not None
+    # a name taken outside the tags is a conflict, and nothing changes
+    error = await refused(gateway, team + "- {name: manual, host: x.example}\n")
+    assert "uniqueness violation: 'services' entity with name set to 'manual' exists outside _info.select_tags" in error.message  # fmt: skip
+    # a tagged service with an untagged route cannot go; a tagged one's untagged plugin goes with it
+    await apply(gateway, '_format_version: "3.0"\n_info: {select_tags: [team-a]}\nservices:\n- {name: a1, host: a1.example}\n')  # fmt: skip
+    a1_id = ws.find("services", "a1")["id"]  # type: ignore[index]
+    await gateway.create(
+        "default", "routes", {"name": "hand-made", "paths": ["/h"], "service": {"id": a1_id}}
+    )
+    error = await refused(gateway, '_format_version: "3.0"\n_info: {select_tags: [team-a]}\n')
+    assert "an existing 'routes' entity references this 'services' entity" in error.message
+    await gateway.delete("default", "routes", "hand-made")
+    await gateway.create("default", "plugins", {"name": "cors", "service": {"id": a1_id}})
+    report = await apply(gateway, '_format_version: "3.0"\n_info: {select_tags: [team-a]}\n')
+    assert report["summary"]["deleted"] == 2 and ws.entities["plugins"] == {}
+    assert ws.find("services", "manual") is not None
+    bad = await refused(gateway, '_format_version: "3.0"\n_info: {select_tags: "x", other: 1}\n')
+    assert bad.fields == {"_info": {"select_tags": "expected an array of tags", "other": "unknown field"}}

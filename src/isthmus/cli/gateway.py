@@ -144,6 +144,9 @@ def apply_cmd(
 @app.command("dump")
 def dump_cmd(
     workspace: str | None = typer.Option(None, "--workspace", help="Workspace (default: default)"),
+    select_tag: list[str] = typer.Option(
+        [], "--select-tag", help="Only entities with this tag (repeatable; all must match)"
+    ),
     admin_address: str = _admin_option(),
     auth_token: str | None = _auth_token_option(),
 ) -> None:
@@ -151,7 +154,10 @@ def dump_cmd(
     from isthmus.cli.client import CliError
 
     try:
-        body = _get(admin_address, auth_token, _config_path(workspace))
+        path = _config_path(workspace)
+        if select_tag:
+            path += "?select_tags=" + quote(",".join(select_tag), safe=",")
+        body = _get(admin_address, auth_token, path)
         if not isinstance(body, dict) or not isinstance(body.get("config"), str):
             raise CliError("the gateway Admin API answered GET /config without a config")
     except CliError as exc:

@@ -332,7 +332,8 @@ class AdminApi:
         method = request.method.upper()
         if method == "GET":
             ws = await self.gateway.workspace(workspace)
-            return JSONResponse({"config": declarative.dump_yaml(declarative.export(ws))})
+            tags = tuple(t for t in query.get("select_tags", "").split(",") if t)
+            return JSONResponse({"config": declarative.dump_yaml(declarative.export(ws, tags))})
         if method != "POST":
             raise not_allowed()
         chunks: list[bytes] = []

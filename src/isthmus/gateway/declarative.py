@@ -248,9 +248,49 @@ def _check_top(doc: dict[str, Any]) -> None:
         raise invalid(text, errors)
 
 
-def collect(doc: dict[str, Any], errors: Errors) -> list[Item]:
+@dataclass(frozen=True)
+class Info:
+    """decK's ``_info``: ``select_tags`` (the file manages only the entities with all these tags, and its
+    entities get them) and ``defaults`` (field values per entity type, under the file's own)."""
+
+    select_tags: tuple[str, ...] = ()
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def in_scope(self, entity: dict[str, Any]) -> bool:
+        return not self.select_tags or set(self.select_tags) <= set(entity.get("tags") or ())
+
+
+def read_info(doc: dict[str, Any]) -> Info:
+    info = doc.get("_info")
+    if info is None:
+        return Info()
+    if not isinstance(info, dict):
+        raise invalid("_info: expected a record", {"_info": "expected a record"})
+    errors: dict[str, Any] = {}
+    tags = info.get("select_tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and e.TAG_RE.match(t) for t in tags):
+        errors["select_tags"] = "expected an array of tags"
+        tags = []
+    defaults = info.get("defaults") or {}
+    types = set(SINGULAR.values())
+    if not isinstance(defaults, dict) or not all(
+        k in types and isinstance(v, dict) for k, v in defaults.items()
+    ):
+        errors["defaults"] = "expected a record of entity type (service, route, ...) to field values"
+        defaults = {}
+    for key in info:
+        if key not in ("select_tags", "defaults"):
+            errors[key] = "unknown field"
+    if errors:
+        text = "; ".join(f"_info.{k}: {v}" for k, v in errors.items())
+        raise invalid(text, {"_info": errors})
+    return Info(tuple(dict.fromkeys(tags)), defaults)
+
+
+def collect(doc: dict[str, Any], errors: Errors, info: Info | None = None) -> list[Item]:
     """Every entity of the file (nested ones too), with its path and its nesting parent."""
     _check_top(doc)
+    info = info or Info()
     items: list[Item] = []
 
     def walk(section: str, entries: list[Any], prefix: tuple[str | int, ...], parent: Item | None) -> None:
@@ -279,6 +319,13 @@ def collect(doc: dict[str, Any], errors: Errors) -> list[Item]:
                         errors.add(None, path, {child_section: "expected an array"})
                         continue
                     children[child_section] = value
+            defaults = info.defaults.get(SINGULAR[section])
+            if defaults:
+                raw = {**defaults, **raw}
+            if info.select_tags and (raw.get("tags") is None or isinstance(raw.get("tags"), list)):
+                tags = raw.get("tags")
+                given: list[Any] = tags if isinstance(tags, list) else []
+                raw["tags"] = [*given, *(t for t in info.select_tags if t not in given)]
             item = Item(section, path, raw, parent, fk)
             if fk is not None and fk in raw and raw[fk] is not None:
                 errors.add(item, path, {fk: f"is implied by the entity's place in the file (under {_path_text(parent.path)})"})  # type: ignore[union-attr]  # fmt: skip
@@ -329,9 +376,10 @@ def _sort_key(entity: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class _Builder:
-    def __init__(self, ws: Workspace, transform: bool) -> None:
+    def __init__(self, ws: Workspace, transform: bool, info: Info | None = None) -> None:
         self.ws = ws
         self.transform = transform
+        self.info = info or Info()
         self.errors = Errors()
         self.desired: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in KINDS}
         self.by_key: dict[str, dict[str, str]] = {c: {} for c in KINDS}  # collection -> endpoint key -> id
@@ -344,7 +392,7 @@ class _Builder:
             index = self.existing_by_nk.setdefault(collection, {})
             for eid, entity in sorted(entities.items(), key=lambda kv: _sort_key(kv[1])):
                 nk = _natural_key(collection, entity)
-                if nk is not None:
+                if nk is not None and self.info.in_scope(entity):
                     index.setdefault(nk, eid)
 
     def resolve_refs(self, item: Item, body: dict[str, Any]) -> bool:
@@ -403,6 +451,9 @@ class _Builder:
         matched: dict[str, Any] | None = None
         if given_id:
             matched = self.ws.entities[collection].get(entity["id"])
+            if matched is not None and not self.info.in_scope(matched):
+                self.errors.add(item, item.path, {"id": f"an entity with this id exists outside _info.select_tags ({', '.join(self.info.select_tags)})"})  # fmt: skip
+                return
         else:
             matched = self._match(collection, entity, item)
             if matched is not None:
@@ -432,6 +483,13 @@ class _Builder:
                 self.errors.add(item, item.path, {"@entity": [f"uniqueness violation: '{item.section}' entity with {'/'.join(fields)} set to '{shown}' already declared"]})  # fmt: skip
                 return
             seen[values] = entity["id"]
+            owner = self.ws.unique.get((collection, fields), {}).get(values)
+            if self.info.select_tags and owner is not None and owner != entity["id"]:
+                other = self.ws.entities[collection].get(owner)
+                if other is not None and not self.info.in_scope(other):
+                    shown = values[0] if len(fields) == 1 else "/".join(str(v) for v in values)
+                    self.errors.add(item, item.path, {"@entity": [f"uniqueness violation: '{item.section}' entity with {'/'.join(fields)} set to '{shown}' exists outside _info.select_tags"]})  # fmt: skip
+                    return
             if index is not None:
                 index[str(values[0])] = entity["id"]
         if matched is not None:
@@ -454,7 +512,7 @@ class _Builder:
             given = [n for n in GENERATED[collection] if n in item.raw]
             parent = (entity.get("consumer") or {}).get("id")
             for candidate in sorted(existing.values(), key=_sort_key):
-                if (collection, candidate["id"]) in self.claimed:
+                if (collection, candidate["id"]) in self.claimed or not self.info.in_scope(candidate):
                     continue
                 if (candidate.get("consumer") or {}).get("id") != parent:
                     continue
@@ -465,7 +523,7 @@ class _Builder:
         if collection not in self.by_content:
             index: dict[str, list[str]] = {}
             for candidate in sorted(existing.values(), key=_sort_key):
-                if _natural_key(collection, candidate) is None:
+                if _natural_key(collection, candidate) is None and self.info.in_scope(candidate):
                     index.setdefault(_fingerprint(candidate), []).append(candidate["id"])
             self.by_content[collection] = index
         for eid in self.by_content[collection].get(_fingerprint(entity), []):
@@ -490,11 +548,14 @@ class _Builder:
                 entity["updated_at"] = round(time.time(), 3) if collection == "targets" else now
 
 
-def desired(ws: Workspace, doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def desired(
+    ws: Workspace, doc: dict[str, Any], info: Info | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """The workspace's entity set the file declares (Kong's error on an invalid file)."""
     errors = Errors()
-    items = collect(doc, errors)
-    builder = _Builder(ws, doc.get("_transform", True) is not False)
+    info = info or read_info(doc)
+    items = collect(doc, errors, info)
+    builder = _Builder(ws, doc.get("_transform", True) is not False, info)
     builder.errors = errors
     builder.build(items)
     errors.raise_if_any()
@@ -543,7 +604,11 @@ def describe(collection: str, entity: dict[str, Any]) -> str:
     return str(entity["id"])
 
 
-def plan(ws: Workspace, want: dict[str, dict[str, dict[str, Any]]]) -> Diff:
+def plan(ws: Workspace, want: dict[str, dict[str, dict[str, Any]]], info: Info | None = None) -> Diff:
+    """What makes the workspace hold ``want``: with ``_info.select_tags``, only entities with those tags are
+    deleted, and an entity outside them whose parent goes is deleted with it (plugins, credentials, targets,
+    SNIs) or keeps the parent from going (routes)."""
+    info = info or Info()
     diff = Diff()
     for collection in SECTION_OF:
         current = ws.entities[collection]
@@ -554,9 +619,32 @@ def plan(ws: Workspace, want: dict[str, dict[str, dict[str, Any]]]) -> Diff:
             elif old != entity:
                 diff.updates.append((collection, entity))
         for eid, entity in sorted(current.items(), key=lambda kv: _sort_key(kv[1])):
-            if eid not in want[collection]:
+            if eid not in want[collection] and info.in_scope(entity):
                 diff.deletes.append((collection, entity))
+    if info.select_tags:
+        _cascade(ws, want, diff)
     return diff
+
+
+def _cascade(ws: Workspace, want: dict[str, dict[str, dict[str, Any]]], diff: Diff) -> None:
+    gone = {(c, x["id"]) for c, x in diff.deletes}
+    pending = list(gone)
+    while pending:
+        collection, eid = pending.pop()
+        for child_collection, child_id in sorted(ws.children.get(eid, ())):
+            if (child_collection, child_id) in gone or child_id in want[child_collection]:
+                continue
+            if not KINDS[child_collection].cascade:
+                from isthmus.gateway.errors import referenced_by
+
+                error = referenced_by(child_collection, collection)
+                raise invalid(
+                    f"{SINGULAR[SECTION_OF[collection]]} {describe(collection, ws.entities[collection][eid])}: "
+                    f"{error.message} (outside _info.select_tags)"
+                )
+            gone.add((child_collection, child_id))
+            pending.append((child_collection, child_id))
+            diff.deletes.append((child_collection, ws.entities[child_collection][child_id]))
 
 
 def as_kong_body(want: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -565,12 +653,16 @@ def as_kong_body(want: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 # -- dump ---------------------------------------------------------------------------------------------------------
-def export(ws: Workspace) -> dict[str, Any]:
+def export(ws: Workspace, select_tags: tuple[str, ...] = ()) -> dict[str, Any]:
     """The workspace as a nested ``_format_version: "3.0"`` file (ids kept, passwords as stored: ``_transform:
-    false``) that applies back with no change."""
+    false``) that applies back with no change; with ``select_tags``, only the entities with all of them (and
+    ``_info.select_tags`` saying so)."""
     doc: dict[str, Any] = {"_format_version": FORMAT_VERSION, "_transform": False}
     if ws.name != "default":
         doc["_workspace"] = ws.name
+    info = Info(select_tags)
+    if select_tags:
+        doc["_info"] = {"select_tags": list(select_tags)}
     placed: set[tuple[str, str]] = set()
 
     def clean(collection: str, entity: dict[str, Any], drop: str | None) -> dict[str, Any]:
@@ -591,7 +683,7 @@ def export(ws: Workspace) -> dict[str, Any]:
             collection = SECTIONS[child_section]
             mine = []
             for child in sorted(ws.entities[collection].values(), key=_sort_key):
-                if (child.get(fk) or {}).get("id") != entity["id"]:
+                if (child.get(fk) or {}).get("id") != entity["id"] or not info.in_scope(child):
                     continue
                 others = [f for f in KINDS[collection].foreign if f != fk and child.get(f) is not None]
                 if others:
@@ -609,7 +701,7 @@ def export(ws: Workspace) -> dict[str, Any]:
             continue
         rows = []
         for entity in sorted(ws.entities[collection].values(), key=_sort_key):
-            if (collection, entity["id"]) in placed:
+            if (collection, entity["id"]) in placed or not info.in_scope(entity):
                 continue
             out = clean(collection, entity, None)
             children(section, entity, out)
@@ -633,8 +725,9 @@ async def sync(
     result: list[Result] = []
 
     def build(ws: Workspace) -> list[Change]:
-        want = desired(ws, doc)
-        diff = plan(ws, want)
+        info = read_info(doc)
+        want = desired(ws, doc, info)
+        diff = plan(ws, want, info)
         result.append(Result(diff, want))
         return [] if dry_run else diff.changes()
 
