@@ -511,10 +511,9 @@ class _Builder:
         if collection in GENERATED:
             given = [n for n in GENERATED[collection] if n in item.raw]
             parent = (entity.get("consumer") or {}).get("id")
-            for candidate in sorted(existing.values(), key=_sort_key):
+            siblings = [existing[i] for c, i in self.ws.children.get(parent or "", ()) if c == collection]
+            for candidate in sorted(siblings, key=_sort_key):
                 if (collection, candidate["id"]) in self.claimed or not self.info.in_scope(candidate):
-                    continue
-                if (candidate.get("consumer") or {}).get("id") != parent:
                     continue
                 if all(candidate.get(n) == entity.get(n) for n in given):
                     return candidate
@@ -595,6 +594,8 @@ class Diff:
 
 def describe(collection: str, entity: dict[str, Any]) -> str:
     """How decK names an entity in its diff: its name or key, else its id."""
+    if collection == "vaults":
+        return str(entity["prefix"])
     for name in ("name", "instance_name", "username", "custom_id", "target", "key", "group"):
         value = entity.get(name)
         if isinstance(value, str) and value and not (collection == "certificates"):
@@ -682,7 +683,8 @@ def export(ws: Workspace, select_tags: tuple[str, ...] = ()) -> dict[str, Any]:
         for child_section, fk in NESTED.get(section, {}).items():
             collection = SECTIONS[child_section]
             mine = []
-            for child in sorted(ws.entities[collection].values(), key=_sort_key):
+            found = [ws.entities[c][i] for c, i in ws.children.get(entity["id"], ()) if c == collection]
+            for child in sorted(found, key=_sort_key):
                 if (child.get(fk) or {}).get("id") != entity["id"] or not info.in_scope(child):
                     continue
                 others = [f for f in KINDS[collection].foreign if f != fk and child.get(f) is not None]
