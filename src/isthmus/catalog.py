@@ -25,7 +25,12 @@ def default_registry() -> Registry:
             *(plugin.resource_type for plugin in plugins()),
             ResourceType("Secret", "secrets", Scope.MESH, SecretSpec, spec_at_top_level=True, internal=True),
             ResourceType(
-                "GlobalSecret", "globalsecrets", Scope.GLOBAL, SecretSpec, spec_at_top_level=True, internal=True
+                "GlobalSecret",
+                "globalsecrets",
+                Scope.GLOBAL,
+                SecretSpec,
+                spec_at_top_level=True,
+                internal=True,
             ),
             *gateway_resource_types(),  # Kong's entities (isthmus.gateway), internal
         ]
