@@ -194,3 +194,24 @@ def test_post_config_as_kong(kong: httpx.Client) -> None:
     config = kong.get("/raw/config").json()["config"]
     assert "form.example" in config and config.startswith("_format_version: '3.0'")
     assert kong.put("/raw/config").status_code == 405
+
+
+def test_the_research_example_through_the_cli(cp: ControlPlane, kong: httpx.Client, tmp_path: Path) -> None:
+    from tests.unit.test_gateway_declarative import EXAMPLE
+
+    out = ok(gateway(cp, "apply", "-f", write(tmp_path, EXAMPLE)))  # into the file's _workspace
+    assert "creating vault my-workspace-vault\n" in out and out.endswith(
+        "Created: 17\n  Updated: 0\n  Deleted: 0\n"
+    )
+    assert kong.get("/test-workspace/vaults/my-workspace-vault").json()["name"] == "env"
+    assert kong.get("/test-workspace/key-sets/test-key-set/keys").json()["data"][0]["kid"] == "test-kid-123"
+    assert kong.get("/test-workspace/consumer_groups/silver").status_code == 200
+    assert kong.get("/test-workspace/snis/localhost").json()["certificate"] == {"id": "13c562a1-191c-4464-9b18-e5222b46035b"}  # fmt: skip
+    assert kong.get("/services/mock1").status_code == 404  # not in the default workspace
+    dumped = ok(gateway(cp, "dump", "--workspace", "test-workspace"))
+    assert ok(gateway(cp, "apply", "-f", "-", stdin=dumped)) == NO_CHANGE
+    # a tag-scoped dump: the tagged key-auth (its consumer is not tagged) refers to its consumer by id
+    tagged = ok(gateway(cp, "dump", "--workspace", "test-workspace", "--select-tag", "test-key"))
+    assert "select_tags:\n  - test-key\n" in tagged and "keyauth_credentials:\n" in tagged
+    assert "test-api-key" in tagged and "test-jwt-key" not in tagged and "mock1" not in tagged
+    assert ok(gateway(cp, "apply", "-f", "-", stdin=tagged)) == NO_CHANGE

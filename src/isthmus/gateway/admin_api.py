@@ -47,6 +47,7 @@ NESTED: dict[tuple[str, str], tuple[str, str]] = {
     ("consumers", "acls"): ("acls", "consumer"),
     ("upstreams", "targets"): ("targets", "upstream"),
     ("certificates", "snis"): ("snis", "certificate"),
+    ("key-sets", "keys"): ("keys", "set"),
 }
 ROOT_WORDS = TOP_LEVEL | {"", "status", "tags", "config", "targets"}
 COLLECTION_METHODS = ("GET", "POST")

@@ -417,6 +417,9 @@ class _Builder:
             if found is None:
                 found_id = self.by_key[parent_collection].get(key)
                 found = self.desired[parent_collection].get(found_id) if found_id else None
+            if found is None and self.info.select_tags:
+                outside = self.ws.find(parent_collection, key)  # managed elsewhere: may be referenced
+                found = outside if outside is not None and not self.info.in_scope(outside) else None
             if found is None:
                 shown = key if isinstance(value, str) else str(value)
                 message = (
@@ -697,10 +700,7 @@ def export(ws: Workspace, select_tags: tuple[str, ...] = ()) -> dict[str, Any]:
             if mine:
                 out[child_section] = mine
 
-    nested_only = {"snis", "targets", "keyauth_credentials", "basicauth_credentials", "jwt_secrets", "acls"}
-    for section, collection in SECTIONS.items():
-        if section in nested_only:
-            continue
+    for section, collection in SECTIONS.items():  # what is not under a parent (in the file) is at the top
         rows = []
         for entity in sorted(ws.entities[collection].values(), key=_sort_key):
             if (collection, entity["id"]) in placed or not info.in_scope(entity):
