@@ -1,0 +1,405 @@
+"""A workspace's Kong entities -> the Envoy resources of a gateway proxy (pure; no I/O).
+
+* One HTTP listener per ``--proxy-listen`` address, each an HCM with ``normalize_path`` and ``merge_slashes`` (Kong
+  matches the normalised path, :func:`isthmus.gateway.router.normalize_path`) and RDS pointing at one
+  RouteConfiguration per workspace.
+* That RouteConfiguration has one catch-all virtual host whose routes are Kong's matchers in
+  :func:`isthmus.gateway.router.sort_routes` order (Envoy takes the first route that matches, as Kong does):
+  hosts as a case-insensitive ``:authority`` regex (exact, ``*.x`` suffix, ``x.*`` prefix; a host without a port
+  accepts any port), prefix paths as ``prefix``, ``~`` paths as ``safe_regex`` (Kong anchors at the start only, so
+  ``.*`` is appended), methods as a ``:method`` regex, headers as regexes (``~*`` values searched
+  case-insensitively). A matcher with several paths becomes consecutive Envoy routes.
+* The upstream path is Kong's ``v0`` join (:func:`isthmus.gateway.router.upstream_path`) expressed as
+  ``regex_rewrite``: for a stripped prefix ``p`` and service path ``b``, ``^p/?`` becomes ``b`` (with a trailing
+  ``/``); the request that is exactly ``p`` gets its own route first when Kong's answer differs (``b`` without its
+  trailing slash). ``preserve_host`` keeps the client's Host, otherwise the Service's host (with a non-default
+  port) is sent, or for an Upstream the target's host name (``auto_host_rewrite``).
+* A route that allows ``https`` but not ``http`` answers plain requests with ``https_redirect_status_code`` (426
+  with Kong's body, else a redirect to https). A route without a Service answers 503 as Kong does.
+* The last route answers Kong's 404 JSON body.
+* One cluster per Service: its Upstream's targets (weights, round-robin; ``least-connections`` as Envoy's
+  LEAST_REQUEST) when the host names an Upstream, else ``host:port`` (STATIC for an IP, STRICT_DNS otherwise);
+  ``https`` services use TLS with the host as SNI, verified against the Service's ``ca_certificates`` (or the
+  system bundle) when ``tls_verify`` is true. ``connect_timeout`` is the cluster's; ``read_timeout`` and
+  ``write_timeout`` bound the idle time of a request (Envoy has no per-read timer; Kong has no total timeout, so
+  the route timeout is off); ``retries`` retries connection failures (nginx's ``proxy_next_upstream error``
+  never resends a request that reached the upstream either).
+
+Not yet: the TLS listener (SNI certificates), ``hash_on`` consistent hashing, health checks, ``snis``, the mesh
+leg (a Service host that is a mesh name), plugins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from google.protobuf import json_format
+
+from isthmus.gateway.router import (
+    NO_ROUTE_MESSAGE,
+    RouteEntry,
+    RouteSpec,
+    sort_routes,
+    upstream_path,
+)
+from isthmus.xds import types
+from isthmus.xds.snapshot import Resource
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+NO_SERVICE_MESSAGE = "no Service found with those values"
+HTTPS_REQUIRED_MESSAGE = "Please use HTTPS protocol"
+_JSON = "application/json; charset=utf-8"
+_REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def route_config_name(workspace: str) -> str:
+    return f"kong:{workspace}"
+
+
+def cluster_name(workspace: str, service_id: str) -> str:
+    return f"kong:{workspace}:service:{service_id}"
+
+
+def _body(message: str) -> str:
+    return json.dumps({"message": message}, indent=2) + "\n"
+
+
+def _ms(value: Any, default: int) -> str:
+    ms = int(value) if isinstance(value, int) and value >= 0 else default
+    return f"{ms / 1000:.3f}s"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+# -- listeners ---------------------------------------------------------------------------------------------------
+
+
+def listener(workspace: str, address: ListenAddress) -> dict[str, Any]:
+    return {
+        "name": f"kong:http:{address}",
+        "address": {"socket_address": {"address": address.host.strip("[]"), "port_value": address.port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": HCM,
+                            "stat_prefix": f"kong_{address.port}",
+                            "codec_type": "AUTO",
+                            "normalize_path": True,
+                            "merge_slashes": True,
+                            "use_remote_address": True,
+                            "rds": {
+                                "route_config_name": route_config_name(workspace),
+                                "config_source": {"ads": {}, "resource_api_version": "V3"},
+                            },
+                            "http_filters": [
+                                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+# -- routes ------------------------------------------------------------------------------------------------------
+
+
+def _host_regex(hosts: Sequence[str]) -> str:
+    options = []
+    for pattern in hosts:
+        name, sep, port = pattern.partition(":")
+        if sep and not port.isdigit():
+            name, port = pattern, ""
+        if name.startswith("*"):
+            body = ".*" + re.escape(name[1:])
+        elif name.endswith("*"):
+            body = re.escape(name[:-1]) + ".*"
+        else:
+            body = re.escape(name)
+        options.append(body + (":" + port if port else "(?::[0-9]+)?"))
+    return "(?i)(?:" + "|".join(options) + ")"
+
+
+def _header_value_regex(values: Sequence[str]) -> str:
+    options = [f".*(?:{v[2:].lower()}).*" if v.startswith("~*") else re.escape(v) for v in values]
+    return "(?i)(?:" + "|".join(options) + ")"
+
+
+def _regex(pattern: str) -> dict[str, Any]:
+    return {"safe_regex": {"regex": pattern}}
+
+
+def _headers(spec: RouteSpec) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if spec.hosts:
+        out.append({"name": ":authority", "string_match": _regex(_host_regex(spec.hosts))})
+    if spec.methods:
+        out.append({"name": ":method", "string_match": _regex("|".join(re.escape(m) for m in spec.methods))})
+    for name, values in spec.headers or ():
+        if values:
+            out.append({"name": name.lower(), "string_match": _regex(_header_value_regex(values))})
+    return out
+
+
+def _exact_result(base: str, prefix: str) -> str:
+    """Kong's upstream path when the request path is exactly the stripped ``prefix``."""
+    return upstream_path(base, True, prefix, prefix)
+
+
+def _rewrites(spec: RouteSpec, path: str | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(extra match fields, route action fields) pairs, most specific first, for one path of a matcher."""
+    base = spec.service_path or "/"
+    if not spec.strip_path or path is None:
+        if base == "/":
+            return [({}, {})]
+        if base.endswith("/"):
+            return [({}, {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base}})]
+        root = ({"path": "/"}, {"regex_rewrite": {"pattern": {"regex": "^/$"}, "substitution": base}})
+        return [root, ({}, {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base + "/"}})]
+    after = base if base.endswith("/") else base + "/"
+    if path.startswith("~"):
+        exact_match: dict[str, Any] = {"safe_regex": {"regex": path[1:]}}
+        exact = _exact_result(base, "/x")  # a regex's text never "ends with /" for this purpose
+        pattern = "^(?:" + path[1:] + ")/?"
+    else:
+        exact_match = {"path": path}
+        exact = _exact_result(base, path)
+        pattern = "^" + re.escape(path) + "/?"
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if exact != after:
+        out.append((exact_match, {"regex_rewrite": {"pattern": {"regex": "^.*$"}, "substitution": exact}}))
+    out.append(({}, {"regex_rewrite": {"pattern": {"regex": pattern}, "substitution": after}}))
+    return out
+
+
+def _path_match(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {"prefix": "/"}
+    if path.startswith("~"):
+        return {"safe_regex": {"regex": "(?:" + path[1:] + ").*"}}
+    return {"prefix": path}
+
+
+def _host_rewrite(service: Mapping[str, Any], upstreams: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    host = str(service.get("host") or "")
+    upstream = upstreams.get(host)
+    if upstream is not None:
+        if upstream.get("host_header"):
+            return {"host_rewrite_literal": str(upstream["host_header"])}
+        return {"auto_host_rewrite": True}
+    port = service.get("port")
+    default = 443 if service.get("protocol") in ("https", "grpcs") else 80
+    return {"host_rewrite_literal": host if port in (None, default) else f"{host}:{port}"}
+
+
+def _envoy_routes(
+    workspace: str,
+    entry: RouteEntry,
+    services: Mapping[str, Mapping[str, Any]],
+    upstreams: Mapping[str, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    spec = entry.route
+    headers = _headers(spec)
+    out: list[dict[str, Any]] = []
+    for path in entry.paths or (None,):
+        name = f"{spec.name or spec.id}" + (f" {path}" if path else "")
+        match = {**_path_match(path), **({"headers": headers} if headers else {})}
+        if "https" in spec.protocols and "http" not in spec.protocols:
+            code = spec.https_redirect_status_code
+            if code in _REDIRECT_CODES:
+                out.append({"name": name, "match": match, "redirect": {"https_redirect": True, "response_code": _REDIRECT_CODES[code]}})  # fmt: skip
+            else:
+                out.append(_direct(name, match, code, HTTPS_REQUIRED_MESSAGE))
+            continue
+        service = services.get(spec.service_id or "")
+        if service is None:
+            out.append(_direct(name, match, 503, NO_SERVICE_MESSAGE))
+            continue
+        action: dict[str, Any] = {
+            "cluster": cluster_name(workspace, str(service["id"])),
+            "timeout": "0s",
+            "idle_timeout": _ms(
+                max(service.get("read_timeout") or 0, service.get("write_timeout") or 0), 60000
+            ),
+        }
+        retries = service.get("retries")
+        retries = 5 if retries is None else int(retries)
+        if retries > 0:
+            action["retry_policy"] = {"retry_on": "connect-failure,refused-stream", "num_retries": retries}
+        if not spec.preserve_host:
+            action.update(_host_rewrite(service, upstreams))
+        for extra, rewrite in _rewrites(spec, path):
+            out.append({"name": name, "match": {**match, **extra}, "route": {**action, **rewrite}})
+    return out
+
+
+def _direct(name: str, match: dict[str, Any], status: int, message: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "match": match,
+        "direct_response": {"status": status, "body": {"inline_string": _body(message)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": _JSON}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+
+
+def route_configuration(
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, Any]:
+    services = entities.get("services", {})
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    specs = []
+    for route in entities.get("routes", {}).values():
+        ref = route.get("service")
+        service = services.get(ref.get("id", "")) if isinstance(ref, Mapping) else None
+        specs.append(RouteSpec.from_kong(route, service))
+    routes = [r for entry in sort_routes(specs) for r in _envoy_routes(workspace, entry, services, upstreams)]
+    routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
+    return {
+        "name": route_config_name(workspace),
+        "virtual_hosts": [{"name": f"kong:{workspace}", "domains": ["*"], "routes": routes}],
+    }
+
+
+# -- clusters ----------------------------------------------------------------------------------------------------
+
+
+def _endpoint(host: str, port: int, weight: int = 1) -> dict[str, Any]:
+    return {
+        "endpoint": {
+            "address": {"socket_address": {"address": host.strip("[]"), "port_value": port}},
+            "hostname": host.strip("[]"),
+        },
+        "load_balancing_weight": weight,
+    }
+
+
+def _target(target: str) -> tuple[str, int]:
+    """Kong's ``host[:port]`` / ``[ipv6][:port]`` target (port 8000 when absent)."""
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 8000
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return target, 8000
+
+
+def cluster(
+    workspace: str,
+    service: Mapping[str, Any],
+    upstreams: Mapping[str, Mapping[str, Any]],
+    targets: Mapping[str, Sequence[Mapping[str, Any]]],
+    ca_certificates: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    host = str(service.get("host") or "")
+    protocol = str(service.get("protocol") or "http")
+    port = int(service.get("port") or (443 if protocol in ("https", "grpcs") else 80))
+    name = cluster_name(workspace, str(service["id"]))
+    out: dict[str, Any] = {"name": name, "connect_timeout": _ms(service.get("connect_timeout"), 60000)}
+    upstream = upstreams.get(host)
+    if upstream is not None:
+        endpoints = []
+        for t in targets.get(str(upstream["id"]), ()):
+            weight = int(t.get("weight", 100))
+            if weight > 0:
+                thost, tport = _target(str(t["target"]))
+                endpoints.append(_endpoint(thost, tport, weight))
+        dns = any(not _is_ip(e["endpoint"]["hostname"]) for e in endpoints)
+        if upstream.get("algorithm") == "least-connections":
+            out["lb_policy"] = "LEAST_REQUEST"
+    else:
+        endpoints = [_endpoint(host, port)]
+        dns = not _is_ip(host)
+    if dns:
+        out["type"] = "STRICT_DNS"
+        out["dns_lookup_family"] = "V4_PREFERRED"
+    else:
+        out["type"] = "STATIC"
+    out["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": endpoints}] if endpoints else [],
+    }
+    if protocol in ("https", "grpcs", "tls"):
+        context: dict[str, Any] = {"@type": UPSTREAM_TLS}
+        if not _is_ip(host) and upstream is None:
+            context["sni"] = host
+        if service.get("tls_verify") is True:
+            pems = [
+                str(ca_certificates[c["id"] if isinstance(c, Mapping) else str(c)]["cert"])
+                for c in service.get("ca_certificates") or ()
+                if (c["id"] if isinstance(c, Mapping) else str(c)) in ca_certificates
+            ]
+            trusted = {"inline_string": "\n".join(pems)} if pems else {"filename": SYSTEM_CA_BUNDLE}
+            validation: dict[str, Any] = {"trusted_ca": trusted}
+            if upstream is None and not _is_ip(host):
+                validation["match_typed_subject_alt_names"] = [
+                    {"san_type": "DNS", "matcher": {"exact": host}}
+                ]
+            context["common_tls_context"] = {"validation_context": validation}
+        out["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
+    return out
+
+
+# -- everything --------------------------------------------------------------------------------------------------
+
+
+def translate(
+    workspace: str,
+    entities: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    listen: Sequence[ListenAddress],
+) -> dict[str, list[Resource]]:
+    """The gateway's resources ``{type_url: [Resource]}`` for a workspace's entities (``Workspace.entities``)."""
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    targets: dict[str, list[Mapping[str, Any]]] = {}
+    for t in sorted(entities.get("targets", {}).values(), key=lambda t: (str(t.get("target")), str(t["id"]))):
+        ref = t.get("upstream")
+        if isinstance(ref, Mapping) and ref.get("id"):
+            targets.setdefault(str(ref["id"]), []).append(t)
+    cas = entities.get("ca_certificates", {})
+    clusters = [
+        json_format.ParseDict(cluster(workspace, s, upstreams, targets, cas), cluster_pb2.Cluster())
+        for _, s in sorted(entities.get("services", {}).items())
+    ]
+    route = json_format.ParseDict(route_configuration(workspace, entities), route_pb2.RouteConfiguration())
+    listeners = [json_format.ParseDict(listener(workspace, a), listener_pb2.Listener()) for a in listen]
+    return {
+        types.CLUSTER: [Resource.of(types.CLUSTER, c) for c in clusters],
+        types.LISTENER: [Resource.of(types.LISTENER, x) for x in listeners],
+        types.ROUTE: [Resource.of(types.ROUTE, route)],
+    }
