@@ -538,11 +538,25 @@ def test_cli_missing_file(tmp_path: Path) -> None:
     assert (code, stderr) == (1, f"Error: --dataplane-file {tmp_path / 'nope.yaml'}: no such file\n")
 
 
-@pytest.mark.parametrize("proxy_type", ["gateway", "ingress"])
+@pytest.mark.parametrize("proxy_type", ["ingress", "egress"])
 def test_cli_refuses_unsupported_proxy_types(proxy_type: str) -> None:
     code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--proxy-type", proxy_type)
     assert code == 1
-    assert stderr == f"Error: --proxy-type {proxy_type}: not supported yet (supported: sidecar)\n"
+    assert stderr == f"Error: --proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway)\n"
+
+
+def test_cli_gateway_options_are_checked() -> None:
+    # a sidecar Dataplane is not a gateway; --proxy-listen is only for gateways; TLS listeners are not there yet
+    code, stderr = invoke(
+        "--dataplane", DATAPLANE_YAML, "--proxy-type", "gateway", "--proxy-listen-tls", "127.0.0.1:1"
+    )
+    assert (code, stderr) == (1, "Error: --proxy-listen-tls: not supported yet (use --proxy-listen)\n")
+    code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--proxy-listen", "127.0.0.1:1")
+    assert (code, stderr) == (1, "Error: --proxy-listen: only for --proxy-type gateway\n")
+    code, stderr = invoke(
+        "--dataplane", DATAPLANE_YAML, "--proxy-type", "gateway", "--proxy-listen", "127.0.0.1:1"
+    )
+    assert code == 1 and "the Dataplane needs networking.gateway" in stderr
 
 
 @pytest.mark.parametrize(

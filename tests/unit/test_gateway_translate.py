@@ -143,7 +143,7 @@ def test_unmatched_request_gets_404_without_catch_all() -> None:
 
 
 def test_clusters_listeners_and_envoy_validates(tmp_path: Path) -> None:
-    entities = _entities(ROUTES)
+    entities = _entities(ROUTES, "/base")
     entities["upstreams"] = {"u1": {"id": "u1", "name": "backend.v1", "algorithm": "least-connections"}}
     entities["services"]["s3"] = {"id": "s3", "host": "backend.v1", "port": 80, "protocol": "http"}
     entities["targets"] = {

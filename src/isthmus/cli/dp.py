@@ -31,7 +31,16 @@ def run(
     admin_port: int | None = typer.Option(
         None, help="Envoy admin port on 127.0.0.1 (default: networking.admin.port or 9901; 0 picks one)"
     ),
-    proxy_type: str = typer.Option("sidecar", help="sidecar (gateway and ingress: not supported yet)"),
+    proxy_type: str = typer.Option(
+        "sidecar", help="sidecar | gateway (Kong's configuration of --workspace on --proxy-listen)"
+    ),
+    proxy_listen: list[str] = typer.Option(
+        [], "--proxy-listen", help="Gateway: HOST:PORT the proxy serves HTTP on (repeatable)"
+    ),
+    proxy_listen_tls: list[str] = typer.Option(
+        [], "--proxy-listen-tls", help="Gateway: HOST:PORT for HTTPS (not supported yet)"
+    ),
+    workspace: str = typer.Option("default", "--workspace", help="Gateway: the Kong workspace it serves"),
     work_dir: Path | None = typer.Option(None, help="Directory for the bootstrap and Envoy's log"),
     drain_time: float = typer.Option(2.0, help="Seconds to drain inbound listeners on shutdown"),
     log_level: str = typer.Option("info", help="trace | debug | info | warning | error | critical | off"),
@@ -63,6 +72,8 @@ def run(
 
     try:
         check_proxy_type(proxy_type)
+        if proxy_listen_tls:
+            raise AgentError("--proxy-listen-tls: not supported yet (use --proxy-listen)")
         if log_level not in ENVOY_LOG_LEVELS:
             raise AgentError(f"--log-level {log_level!r}: expected one of {', '.join(ENVOY_LOG_LEVELS)}")
         if drain_time < 0:
@@ -86,6 +97,8 @@ def run(
             log_level=log_level,
             ca_cert=load_ca_cert_file(ca_cert_file) if ca_cert_file is not None else None,
             dataplane_token=load_token(dataplane_token, dataplane_token_file),
+            gateway_listen=tuple(proxy_listen),
+            gateway_workspace=workspace,
         )
     except AgentError as exc:
         raise _fail(str(exc)) from None

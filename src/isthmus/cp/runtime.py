@@ -39,10 +39,10 @@ from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.gateway.admin_api import create_admin_app
+from isthmus.gateway.reconciler import GatewayCache, GatewayReconciler
 from isthmus.gateway.store import GatewayStore
 from isthmus.store import open_store
 from isthmus.store.base import ResourceStore
-from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.metrics import XdsMetrics
 from isthmus.xds.server import AdsServer
 
@@ -159,7 +159,8 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     await store.start()
     metrics = CollectorRegistry()
     registry = default_registry()
-    cache = SnapshotCache()
+    cache = GatewayCache()  # mesh snapshots, with Kong's configuration laid over gateway proxies'
+    gateway_store = GatewayStore(store)
     insights = Insights()
     certificates = WorkloadCertificates(sds_acks(insights))  # a CA switch advances on ACKs
     reconciler = Reconciler(store, registry, cache, certificates, metrics=metrics)
@@ -225,13 +226,16 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         tls_server = _Server(tls_config)
         servers = [server, tls_server]
         if gateway_socket is not None:
-            gateway_app = create_admin_app(GatewayStore(store), auth)
+            gateway_app = create_admin_app(gateway_store, auth)
             servers.append(
                 _Server(uvicorn.Config(gateway_app, log_level=options.log_level, access_log=False))
             )
         with _stop_on_signals(*servers):
             async with asyncio.TaskGroup() as tg:
                 generation = tg.create_task(reconciler.run(), name="reconciler")
+                gateway_generation = tg.create_task(
+                    GatewayReconciler(store, gateway_store, cache).run(), name="gateway-reconciler"
+                )
                 await reconciler.wait_ready()
                 housekeeping = Housekeeping(
                     store,
@@ -262,6 +266,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                     s.should_exit = True
                 await asyncio.wait(tasks)
                 generation.cancel()
+                gateway_generation.cancel()
                 cleanup.cancel()
     finally:
         api_socket.close()

@@ -49,10 +49,15 @@ T = TypeVar("T")
 
 DEFAULT_CP_ADDRESS = "http://127.0.0.1:5681"
 DEFAULT_ADMIN_PORT = 9901
-SUPPORTED_PROXY_TYPES = ("sidecar",)
+SUPPORTED_PROXY_TYPES = ("sidecar", "gateway")
 KNOWN_PROXY_TYPES = ("sidecar", "gateway", "ingress", "egress")
 SERVICE_TAG = "kuma.io/service"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+# How a gateway proxy tells the control plane what to serve: labels of its Dataplane (stored, so they survive a
+# control-plane restart and reach the generation loop with the Dataplane's own change events).
+GATEWAY_WORKSPACE_LABEL = "isthmus.io/gateway-workspace"
+GATEWAY_LISTEN_LABEL = "isthmus.io/gateway-listen"  # HOST:PORT[_HOST:PORT...] (IPv6 without brackets)
+_WORKSPACE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class AgentError(Exception):
@@ -78,6 +83,8 @@ class AgentOptions:
         None  # PEM of the CA that issued the control plane's certificate; None: not verified
     )
     dataplane_token: str | None = None
+    gateway_listen: tuple[str, ...] = ()  # --proxy-listen HOST:PORT (proxy type gateway)
+    gateway_workspace: str = "default"  # --workspace: the Kong workspace the gateway serves
 
 
 # -- input -------------------------------------------------------------------------------------------------
@@ -87,8 +94,34 @@ def check_proxy_type(proxy_type: str) -> None:
     if proxy_type in SUPPORTED_PROXY_TYPES:
         return
     if proxy_type in KNOWN_PROXY_TYPES:
-        raise AgentError(f"--proxy-type {proxy_type}: not supported yet (supported: sidecar)")
-    raise AgentError(f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar)")
+        raise AgentError(f"--proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway)")
+    raise AgentError(f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar, gateway)")
+
+
+def gateway_labels(resource: Mapping[str, Any], listen: tuple[str, ...], workspace: str) -> dict[str, str]:
+    """Check a gateway's options and return its Dataplane's labels with the gateway labels set."""
+    gateway = resource["networking"].get("gateway")
+    if not isinstance(gateway, Mapping):
+        raise AgentError(
+            "--proxy-type gateway: the Dataplane needs networking.gateway "
+            "(e.g. {type: DELEGATED, tags: {kuma.io/service: edge}})"
+        )
+    if not listen:
+        raise AgentError("--proxy-type gateway: give at least one --proxy-listen HOST:PORT")
+    if not _WORKSPACE_RE.fullmatch(workspace):
+        raise AgentError(f"--workspace {workspace!r}: expected 1-128 letters, digits, '.', '-' or '_'")
+    addresses = []
+    for address in listen:
+        try:
+            host, port = split_host_port(address)
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise AgentError(f"--proxy-listen {address!r}: expected IP:PORT") from None
+        addresses.append(f"{host}:{port}")
+    labels = dict(resource.get("labels") or {})
+    labels[GATEWAY_WORKSPACE_LABEL] = workspace
+    labels[GATEWAY_LISTEN_LABEL] = "_".join(addresses)
+    return labels
 
 
 def _one_line(text: str) -> str:
@@ -388,6 +421,12 @@ class DataplaneAgent:
         self.resource = check_dataplane(options.dataplane)
         self.mesh: str = self.resource["mesh"]
         self.name: str = self.resource["name"]
+        if options.proxy_type == "gateway":
+            self.resource["labels"] = gateway_labels(
+                self.resource, options.gateway_listen, options.gateway_workspace
+            )
+        elif options.gateway_listen:
+            raise AgentError("--proxy-listen: only for --proxy-type gateway")
         self._http_client = http_client
         self._envoy: EnvoyProcess | None = None
         self._skip_drain = False
@@ -436,9 +475,16 @@ class DataplaneAgent:
             )
         return port
 
+    def _check_listen(self) -> None:
+        for address in self.options.gateway_listen:
+            host, port = split_host_port(address)
+            if _port_in_use(host, port):
+                raise AgentError(f"--proxy-listen {address}: the address is already in use")
+
     async def run(self, stop: asyncio.Event) -> None:
         """Register, run Envoy until ``stop`` is set (or Envoy cannot be kept running), deregister."""
         admin_port = self._admin_port()
+        self._check_listen()
         self.resource["networking"]["admin"] = {
             **(self.resource["networking"].get("admin") or {}),
             "port": admin_port,
@@ -507,7 +553,7 @@ class DataplaneAgent:
             admin_port=admin_port,
             admin_address=opts.admin_address,
             metadata={
-                "dataplane.proxyType": "dataplane",
+                "dataplane.proxyType": "gateway" if opts.proxy_type == "gateway" else "dataplane",
                 "dataplane.admin.port": str(admin_port),
                 "dataplane.admin.address": opts.admin_address,
                 "version.isthmus": __version__,

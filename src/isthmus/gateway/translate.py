@@ -188,8 +188,13 @@ def _rewrites(spec: RouteSpec, path: str | None) -> list[tuple[dict[str, Any], d
             return [({}, {})]
         if base.endswith("/"):
             return [({}, {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base}})]
-        root = ({"path": "/"}, {"regex_rewrite": {"pattern": {"regex": "^/$"}, "substitution": base}})
-        return [root, ({}, {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base + "/"}})]
+        rest: tuple[dict[str, Any], dict[str, Any]] = (
+            {},
+            {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base + "/"}},
+        )
+        if path is not None and path != "/":  # the route cannot match "/" itself
+            return [rest]
+        return [({"path": "/"}, {"regex_rewrite": {"pattern": {"regex": "^/$"}, "substitution": base}}), rest]
     after = base if base.endswith("/") else base + "/"
     if path.startswith("~"):
         exact_match: dict[str, Any] = {"safe_regex": {"regex": path[1:]}}
@@ -263,7 +268,9 @@ def _envoy_routes(
         if not spec.preserve_host:
             action.update(_host_rewrite(service, upstreams))
         for extra, rewrite in _rewrites(spec, path):
-            out.append({"name": name, "match": {**match, **extra}, "route": {**action, **rewrite}})
+            # an extra path specifier (the exact path of a stripped prefix) replaces the matcher's own
+            fields = {**({k: v for k, v in match.items() if k == "headers"} if extra else match), **extra}
+            out.append({"name": name, "match": fields, "route": {**action, **rewrite}})
     return out
 
 

@@ -1,0 +1,213 @@
+"""Gateway proxies' configuration: a workspace's Kong entities on the proxy listeners of each gateway Dataplane.
+
+A gateway proxy (``isthmus dp run --proxy-type gateway``) registers a Dataplane with ``networking.gateway`` and
+two labels (:data:`isthmus.dp.agent.GATEWAY_WORKSPACE_LABEL`, :data:`isthmus.dp.agent.GATEWAY_LISTEN_LABEL`): the
+workspace it serves and its ``--proxy-listen`` addresses. Labels are stored with the Dataplane, so a restarted
+control plane knows them before the proxy reconnects.
+
+The mesh reconciler (:mod:`isthmus.cp.reconciler`) still builds the proxy's mesh part (its identity, SDS
+certificate, outbounds) as for any Dataplane; :class:`GatewayCache` is the snapshot cache both write to: it keeps
+each node's mesh snapshot and lays the gateway's resources (``kong:`` names, see :mod:`isthmus.gateway.translate`)
+over it. :class:`GatewayReconciler` watches the store: a change of a ``Kong*`` record of a workspace rebuilds every
+gateway proxy of that workspace, a change of a gateway Dataplane rebuilds that proxy. Translation is memoised per
+(workspace generation, listen addresses), so many gateway processes of one workspace cost one translation.
+
+Not yet: the mesh leg (a Kong Service whose host is a mesh name over mTLS with the gateway's identity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from isthmus.gateway.store import SCOPE_PREFIX, GatewayStore
+from isthmus.gateway.translate import ListenAddress, translate
+from isthmus.store.base import ChangeEvent, Record, ResourceStore
+from isthmus.xds.cache import SnapshotCache
+from isthmus.xds.node import node_id_or_none
+from isthmus.xds.snapshot import Resource, Snapshot
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_LABEL = "isthmus.io/gateway-workspace"
+LISTEN_LABEL = "isthmus.io/gateway-listen"
+DEBOUNCE_SECONDS = 0.02
+Overlay = dict[str, list[Resource]]
+
+
+@dataclass(frozen=True)
+class GatewayProxy:
+    workspace: str
+    listen: tuple[ListenAddress, ...]
+
+
+def gateway_of(record: Record) -> GatewayProxy | None:
+    """The gateway a Dataplane record asks for, or None (not a gateway, or labels missing or not valid)."""
+    networking = record.spec.get("networking")
+    if not isinstance(networking, dict) or not isinstance(networking.get("gateway"), dict):
+        return None
+    workspace = record.labels.get(WORKSPACE_LABEL)
+    listen = record.labels.get(LISTEN_LABEL)
+    if not workspace or not listen:
+        return None
+    addresses = []
+    for item in listen.split("_"):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            log.error("Dataplane %s/%s: label %s: %r is not HOST:PORT", record.mesh, record.name, LISTEN_LABEL, item)  # fmt: skip
+            return None
+        addresses.append(ListenAddress(host, int(port)))
+    return GatewayProxy(workspace, tuple(addresses))
+
+
+class GatewayCache(SnapshotCache):
+    """A :class:`SnapshotCache` whose snapshots are the mesh snapshot plus, for gateway nodes, an overlay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._base: dict[str, Snapshot] = {}
+        self._overlays: dict[str, Overlay] = {}
+
+    def set_snapshot(self, node_id: str, snapshot: Snapshot) -> bool:
+        self._base[node_id] = snapshot
+        return self._publish(node_id)
+
+    def clear(self, node_id: str) -> None:
+        self._base.pop(node_id, None)
+        super().clear(node_id)
+
+    def set_overlay(self, node_id: str, overlay: Overlay | None) -> bool:
+        """Lay ``overlay`` over the node's mesh snapshot (None removes it)."""
+        if overlay is None:
+            if self._overlays.pop(node_id, None) is None:
+                return False
+        else:
+            self._overlays[node_id] = overlay
+        return self._publish(node_id)
+
+    def _publish(self, node_id: str) -> bool:
+        base = self._base.get(node_id)
+        if base is None:  # the mesh part comes first (identity, the proxy's own resources)
+            return False
+        overlay = self._overlays.get(node_id)
+        if not overlay:
+            return super().set_snapshot(node_id, base)
+        merged: dict[str, list[Resource]] = {t: list(r.values()) for t, r in base.resources.items()}
+        for type_url, resources in overlay.items():
+            names = {r.name for r in resources}
+            merged[type_url] = [r for r in merged.get(type_url, []) if r.name not in names] + resources
+        return super().set_snapshot(node_id, Snapshot.of_resources(merged))
+
+
+class GatewayReconciler:
+    def __init__(self, store: ResourceStore, gateways: GatewayStore, cache: GatewayCache) -> None:
+        self.store = store
+        self.gateways = gateways
+        self.cache = cache
+        self.proxies: dict[str, GatewayProxy] = {}  # node id -> what it serves
+        self.errors: dict[str, str] = {}  # node id -> why its configuration is not current
+        self._memo: dict[tuple[str, int, tuple[ListenAddress, ...]], Overlay] = {}
+
+    async def run(self) -> None:
+        queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
+        async with self.store.subscribe() as events, asyncio.TaskGroup() as tg:
+            tg.create_task(_drain(events, queue))
+            page = await self.store.list("Dataplane")
+            for record in page.items:
+                self._track(record)
+            await self._rebuild(set(self.proxies))
+            while True:
+                batch = await _next_batch(queue)
+                if batch is None:
+                    return
+                try:
+                    await self._apply(batch)
+                except Exception:  # the loop must survive anything (CancelledError is not an Exception)
+                    log.exception("gateway generation: unexpected error; continuing")
+
+    async def _apply(self, batch: Iterable[ChangeEvent]) -> None:
+        dirty: set[str] = set()
+        workspaces: set[str] = set()
+        for ev in batch:
+            if ev.mesh.startswith(SCOPE_PREFIX):
+                workspaces.add(ev.mesh[len(SCOPE_PREFIX) :])
+            elif ev.type == "Dataplane":
+                nid = node_id_or_none(ev.mesh, ev.name)
+                if nid is None:
+                    continue
+                record = await self.store.get("Dataplane", ev.mesh, ev.name)
+                if record is None or not self._track(record):
+                    if self.proxies.pop(nid, None) is not None:
+                        self.cache.set_overlay(nid, None)
+                        self.errors.pop(nid, None)
+                    continue
+                dirty.add(nid)
+            elif ev.type == "Mesh":  # the mesh part may have been rebuilt: lay the overlay again
+                dirty.update(n for n in self.proxies if n.startswith(ev.name + "."))
+        dirty.update(n for n, p in self.proxies.items() if p.workspace in workspaces)
+        await self._rebuild(dirty)
+
+    def _track(self, record: Record) -> bool:
+        proxy = gateway_of(record)
+        nid = node_id_or_none(record.mesh, record.name)
+        if proxy is None or nid is None:
+            return False
+        self.proxies[nid] = proxy
+        return True
+
+    async def _rebuild(self, nodes: set[str]) -> None:
+        live: set[tuple[str, int, tuple[ListenAddress, ...]]] = set()
+        for nid in sorted(nodes):
+            proxy = self.proxies.get(nid)
+            if proxy is None:
+                continue
+            ws = await self.gateways.workspace(proxy.workspace)
+            key = (proxy.workspace, ws.generation, proxy.listen)
+            live.add(key)
+            overlay = self._memo.get(key)
+            if overlay is None:
+                try:
+                    overlay = translate(proxy.workspace, ws.entities, proxy.listen)
+                except Exception as exc:  # a bad input keeps the proxy's last configuration
+                    message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                    if self.errors.get(nid) != message:
+                        log.error("gateway %s: translation failed: %s; it keeps its last configuration", nid, message)  # fmt: skip
+                    self.errors[nid] = message
+                    continue
+                self._memo[key] = overlay
+            self.errors.pop(nid, None)
+            self.cache.set_overlay(nid, overlay)
+        # keep one translation per workspace and listen set: drop older generations
+        current = {(p.workspace, p.listen) for p in self.proxies.values()}
+        for key in [
+            k for k in self._memo if (k[0], k[2]) not in current or (k not in live and _newer(k, live))
+        ]:
+            del self._memo[key]
+
+
+def _newer(key: tuple[str, int, tuple[ListenAddress, ...]], live: set[tuple[str, int, tuple[ListenAddress, ...]]]) -> bool:  # fmt: skip
+    return any(k[0] == key[0] and k[2] == key[2] and k[1] > key[1] for k in live)
+
+
+async def _drain(events: AsyncIterator[ChangeEvent], queue: asyncio.Queue[ChangeEvent | None]) -> None:
+    async for ev in events:
+        queue.put_nowait(ev)
+    queue.put_nowait(None)
+
+
+async def _next_batch(queue: asyncio.Queue[ChangeEvent | None]) -> list[ChangeEvent] | None:
+    first = await queue.get()
+    if first is None:
+        return None
+    batch = [first]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DEBOUNCE_SECONDS):
+            while True:
+                ev = await queue.get()
+                if ev is None:
+                    return None
+                batch.append(ev)
+    return batch

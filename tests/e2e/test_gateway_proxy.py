@@ -1,0 +1,192 @@
+"""A gateway proxy end to end: a real control plane, ``isthmus dp run --proxy-type gateway`` (real Envoys), real
+upstream servers, Kong's configuration made through the Admin API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.harness import ISTHMUS, App, ControlPlane, Proc, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MESH = "type: Mesh\nname: default\n"
+
+
+def gateway_dataplane(name: str) -> str:
+    return f"""type: Dataplane
+mesh: default
+name: {name}
+networking:
+  address: 127.0.0.1
+  gateway:
+    type: DELEGATED
+    tags:
+      kuma.io/service: edge
+"""
+
+
+class Gateway:
+    """``isthmus dp run --proxy-type gateway`` with a data-plane token, verifying the control plane."""
+
+    def __init__(self, tmp: Path, cp: ControlPlane, name: str, workspace: str = "default") -> None:
+        self.name = name
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.file = tmp / f"gw-{name}.yaml"
+        self.file.write_text(gateway_dataplane(name))
+        token = tmp / f"token-{name}"
+        token.write_text(cp.dataplane_token("default", name))
+        args = [
+            *ISTHMUS,
+            "dp",
+            "run",
+            "--proxy-type",
+            "gateway",
+            "--cp-address",
+            cp.https_url,
+            "--ca-cert-file",
+            str(cp.ca_file),
+            "--dataplane-token-file",
+            str(token),
+            "--dataplane-file",
+            str(self.file),
+            "--proxy-listen",
+            f"127.0.0.1:{self.port}",
+            "--workspace",
+            workspace,
+            "--admin-port",
+            str(self.admin_port),
+            "--work-dir",
+            str(tmp / f"work-{name}"),
+            "--log-level",
+            "warning",
+        ]
+        self.proc = Proc(f"gw-{name}", args, tmp)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
+
+    def start(self) -> Gateway:
+        self.proc.start()
+        return self
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.stop()
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.get(path, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def setup(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ControlPlane, httpx.Client, App, App, Path]]:
+    tmp = tmp_path_factory.mktemp("gateway-proxy")
+    cp = ControlPlane(tmp).start()
+    alpha = App(tmp, "alpha").start()
+    beta = App(tmp, "beta").start()
+    kong = httpx.Client(base_url=f"http://127.0.0.1:{cp.gateway_admin_port}", timeout=10)
+    try:
+        cp.apply(MESH)
+        yield cp, kong, alpha, beta, tmp
+    finally:
+        kong.close()
+        beta.stop()
+        alpha.stop()
+        cp.stop()
+
+
+def _created(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _serves(gw: Gateway, path: str, service: str) -> Callable[[], bool]:
+    def check() -> bool:
+        response = gw.get(path)
+        return response.status_code == 200 and _json(response)["service"] == service
+
+    return check
+
+
+def test_gateway_serves_kong_configuration(setup: tuple[ControlPlane, httpx.Client, App, App, Path]) -> None:
+    cp, kong, alpha, beta, tmp = setup
+    _created(kong.put("/services/alpha", json={"url": f"http://127.0.0.1:{alpha.port}/base"}))
+    _created(kong.put("/services/beta", json={"url": f"http://127.0.0.1:{beta.port}"}))
+    _created(kong.put("/services/alpha/routes/api", json={"paths": ["/api"]}))
+    _created(kong.put("/services/beta/routes/all", json={"paths": ["/"]}))
+    _created(kong.put("/services/alpha/routes/by-host", json={"hosts": ["shop.example.com"], "paths": ["/"]}))
+    first = Gateway(tmp, cp, "edge-1").start()
+    second = Gateway(tmp, cp, "edge-2").start()
+    try:
+        # strip_path: /api/items reaches alpha as /base/items (Kong's v0 join with the service path)
+        wait_for(lambda: first.get("/api/items").status_code == 200, 60, what="gateway serving /api")
+        body = _json(first.get("/api/items"))
+        assert (body["service"], body["path"]) == ("alpha", "/base/items")
+        assert _json(first.get("/api"))["path"] == "/base"
+        # normalisation before routing, as Kong: /x/../api/a -> /api/a
+        assert _json(first.get("/x/../api/a"))["path"] == "/base/a"
+        # the catch-all "/" route (beta); a host-specific route wins over it (Kong: more fields, plain host)
+        other = _json(first.get("/other"))
+        assert (other["service"], other["path"]) == ("beta", "/other")
+        by_host = _json(first.get("/other", headers={"Host": "shop.example.com"}))
+        assert (by_host["service"], by_host["path"]) == ("alpha", "/base/other")
+        # both gateway processes of the workspace serve the same configuration
+        wait_for(lambda: second.get("/api/items").status_code == 200, 60, what="second gateway")
+        assert _json(second.get("/api/items"))["path"] == "/base/items"
+        # a change through the Admin API reaches both gateways without a restart
+        _created(kong.patch("/routes/api", json={"paths": ["/v2"], "strip_path": False}))
+        for gw in (first, second):
+            wait_for(_serves(gw, "/v2/items", "alpha"), 20, what=f"PATCHed route on {gw.name}")
+            moved = _json(gw.get("/v2/items"))
+            assert moved["path"] == "/base/v2/items"
+            assert _json(gw.get("/api/items"))["service"] == "beta"  # now the catch-all's
+        # no route matches: Kong's 404 body
+        assert kong.delete("/routes/all").status_code == 204
+        wait_for(lambda: first.get("/nothing").status_code == 404, 20, what="catch-all removed")
+        missing = first.get("/nothing")
+        assert missing.json() == {"message": "no Route matched with those values"}
+        assert missing.headers["content-type"].startswith("application/json")
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_gateway_needs_a_gateway_dataplane_and_a_listen_address(
+    setup: tuple[ControlPlane, httpx.Client, App, App, Path],
+) -> None:
+    cp, _, _, _, tmp = setup
+    sidecar_file = tmp / "not-gateway.yaml"
+    sidecar_file.write_text(
+        "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 127.0.0.1\n"
+        "  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: web\n"
+    )
+    import subprocess
+
+    base = [*ISTHMUS, "dp", "run", "--proxy-type", "gateway", "--cp-address", cp.url, "--admin-port", "0"]
+    proc = subprocess.run(
+        [*base, "--dataplane-file", str(sidecar_file), "--proxy-listen", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "the Dataplane needs networking.gateway" in proc.stderr
+    gw_file = tmp / "gw-nolisten.yaml"
+    gw_file.write_text(gateway_dataplane("nolisten"))
+    proc = subprocess.run(
+        [*base, "--dataplane-file", str(gw_file)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert "give at least one --proxy-listen HOST:PORT" in proc.stderr
