@@ -499,3 +499,26 @@ async def test_restart_on_a_store_with_bad_records(tmp_path: Path) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await second.close()
+
+
+async def test_dataplane_spec_is_the_stored_spec_the_loop_generates_from(store: ResourceStore) -> None:
+    """What ADS stream authentication checks tokens against: the stored Dataplane as the loop last read it."""
+    await put(store, mesh_doc("m"), dp_doc("m", "web-1", "web"))
+    rec, _ = reconciler(store)
+    assert rec.dataplane_spec("m", "web-1") is None  # nothing read yet
+    task = asyncio.create_task(rec.run())
+    try:
+        await asyncio.wait_for(rec.wait_ready(), 30)
+        stored = await store.get("Dataplane", "m", "web-1")
+        assert stored is not None and rec.dataplane_spec("m", "web-1") == stored.spec
+        await put(store, dp_doc("m", "web-1", "web", version="v2"))
+        await until(lambda: (rec.dataplane_spec("m", "web-1") or {}) != stored.spec)
+        spec = rec.dataplane_spec("m", "web-1")
+        assert spec is not None and spec["networking"]["inbound"][0]["tags"]["version"] == "v2"
+        await store.write([Op(OpKind.DELETE, "Dataplane", "m", "web-1")])
+        await until(lambda: rec.dataplane_spec("m", "web-1") is None)
+        assert rec.dataplane_spec("other", "web-1") is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

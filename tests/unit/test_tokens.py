@@ -327,3 +327,59 @@ def test_cp_run_auth_options_are_checked() -> None:
         result = runner.invoke(app, ["cp", "run", *args])
         assert result.exit_code == 1, result.output
         assert flag in result.output and len(result.output.strip().splitlines()) == 1
+
+
+async def test_a_token_verified_before_is_checked_again_for_expiry_key_and_revocation(
+    store: ResourceStore,
+) -> None:
+    """Verified claims are remembered per token, but every use checks the expiry, that the same stored key
+    still verifies it, and the revocation list."""
+    now = [datetime.now(UTC).timestamp()]
+    tokens = TokenService(store, clock=lambda: now[0])
+    token = await tokens.issue_dataplane_token(mesh="default", name="web-1", valid_for=timedelta(hours=1))
+    other = await tokens.issue_dataplane_token(mesh="default", name="web-2", valid_for=DAY)
+    first = await tokens.verify_dataplane_token(token)
+    assert await tokens.verify_dataplane_token(token) == first
+    assert (await tokens.verify_dataplane_token(other)).name == "web-2"  # another token, its own claims
+    now[0] += 2 * 3600
+    with pytest.raises(InvalidToken, match="expired"):
+        await tokens.verify_dataplane_token(token)
+    now[0] -= 2 * 3600
+    await tokens.revoke(payload(token)["jti"], "default")
+    with pytest.raises(InvalidToken, match="revoked"):
+        await tokens.verify_dataplane_token(token)
+    # the key of serial 1 replaced in the store by another key: the remembered verification does not count
+    assert (await tokens.verify_dataplane_token(other)).name == "web-2"
+    replacement = TokenService(open_store("memory"))
+    await replacement.issue_dataplane_token(mesh="default", name="x")
+    key_name = dataplane_keys("default").name(1)
+    new_key = await replacement.store.get("Secret", "default", key_name)
+    assert new_key is not None
+    await store.write([Op(OpKind.UPSERT, "Secret", "default", key_name, spec=new_key.spec)])
+    with pytest.raises(InvalidToken, match="signature"):
+        await tokens.verify_dataplane_token(other)
+
+
+async def test_ads_authenticator_checks_the_dataplane_the_control_plane_knows(
+    tokens: TokenService, store: ResourceStore
+) -> None:
+    """With ``known`` (the generation loop's view of the Dataplanes), a stream's token is checked against that
+    view, and against the store only for a Dataplane the view does not have."""
+    await store.write([Op(OpKind.CREATE, "Dataplane", "default", "web-1", spec=dataplane_spec("web"))])
+    known = {("default", "web-2"): dataplane_spec("web"), ("default", "db-1"): dataplane_spec("db")}
+    auth = XdsAuthenticator(tokens, store, lambda mesh, name: known.get((mesh, name)))
+    by_tag = await tokens.issue_dataplane_token(
+        mesh="default", tags={"kuma.io/service": ["web"]}, valid_for=DAY
+    )
+
+    async def code(node: str) -> grpc.StatusCode | None:
+        try:
+            await auth(node, [("authorization", f"Bearer {by_tag}")])
+        except StreamDenied as exc:
+            return exc.code
+        return None
+
+    assert await code("default.web-1") is None  # not in the view: read from the store
+    assert await code("default.web-2") is None  # in the view only
+    assert await code("default.db-1") == grpc.StatusCode.PERMISSION_DENIED  # its tags are not the token's
+    assert await code("default.web-3") == grpc.StatusCode.PERMISSION_DENIED  # nowhere

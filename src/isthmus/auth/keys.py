@@ -82,18 +82,18 @@ class SigningKeys:
 
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
-        self._parsed: dict[tuple[str, str, str], tuple[str, rsa.RSAPrivateKey]] = {}
+        self._parsed: dict[tuple[str, str, str], tuple[str, rsa.RSAPrivateKey, rsa.RSAPublicKey]] = {}
 
-    def _parse(self, keyset: KeySet, name: str, pem: str) -> rsa.RSAPrivateKey:
+    def _parse(self, keyset: KeySet, name: str, pem: str) -> tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey]:
         cache_key = (keyset.type, keyset.mesh, name)
         cached = self._parsed.get(cache_key)
         if cached is not None and cached[0] == pem:
-            return cached[1]
+            return cached[1], cached[2]
         key = _load(pem)
         if len(self._parsed) > 4096:
             self._parsed.clear()
-        self._parsed[cache_key] = (pem, key)
-        return key
+        self._parsed[cache_key] = (pem, key, key.public_key())
+        return key, self._parsed[cache_key][2]
 
     async def serials(self, keyset: KeySet) -> list[int]:
         """The serials of the keys of ``keyset`` that exist, ascending."""
@@ -101,7 +101,7 @@ class SigningKeys:
         found = (keyset.serial_of(r.name) for r in page.items if r.mesh == keyset.mesh)
         return sorted(s for s in found if s is not None)
 
-    async def private_key(self, keyset: KeySet, serial: int) -> rsa.RSAPrivateKey | None:
+    async def _pair(self, keyset: KeySet, serial: int) -> tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey] | None:
         name = keyset.name(serial)
         record = await self.store.get(keyset.type, keyset.mesh, name)
         if record is None:
@@ -111,9 +111,14 @@ class SigningKeys:
             return None
         return self._parse(keyset, name, pem)
 
+    async def private_key(self, keyset: KeySet, serial: int) -> rsa.RSAPrivateKey | None:
+        pair = await self._pair(keyset, serial)
+        return pair[0] if pair is not None else None
+
     async def public_key(self, keyset: KeySet, serial: int) -> rsa.RSAPublicKey | None:
-        key = await self.private_key(keyset, serial)
-        return key.public_key() if key is not None else None
+        """The public half of the key (the same object while the stored key is unchanged)."""
+        pair = await self._pair(keyset, serial)
+        return pair[1] if pair is not None else None
 
     async def latest(self, keyset: KeySet) -> tuple[int, rsa.RSAPrivateKey]:
         """The key of the highest serial, created (serial 1) if the set is empty."""

@@ -12,13 +12,16 @@ its ``jti`` in a revocation record, as Kuma does: ``Secret`` ``dataplane-token-r
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from isthmus.auth.keys import GLOBAL_SECRET, SECRET, USER_KEYS, KeySet, SigningKeys, dataplane_keys
 from isthmus.resources.common import NAME_RE
@@ -32,6 +35,7 @@ DEFAULT_DATAPLANE_VALIDITY = MAX_VALIDITY  # Kuma's default when a data-plane to
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_TOKEN_LENGTH = 16 * 1024
 ALGORITHM = "RS256"
+MAX_VERIFIED = 10_000  # tokens whose verified claims are remembered
 USER_REVOCATIONS = "user-token-revocations"
 ADMIN_TOKEN_SECRET = "admin-user-token"  # Kuma's bootstrap admin token
 ADMIN_USER = "mesh-system:admin"
@@ -188,9 +192,16 @@ def _expiry(claims: Mapping[str, Any]) -> datetime:
 class TokenService:
     """Issues, verifies and revokes tokens, and rotates their signing keys. Everything lives in the store."""
 
-    def __init__(self, store: ResourceStore) -> None:
+    def __init__(self, store: ResourceStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.keys = SigningKeys(store)
+        self.clock = clock
+        # sha256(token) -> (the public key that verified it, its claims): a token presented again (its REST
+        # registration, then its ADS stream; reconnects) is not decoded and its signature not checked again,
+        # as long as the same key (same serial, same stored key) still verifies it. Expiry, nbf and revocation
+        # are checked on every use.
+        self._verified: dict[bytes, tuple[rsa.RSAPublicKey, dict[str, Any]]] = {}
+        self._revocations: dict[tuple[str, str, str], tuple[str, frozenset[str]]] = {}
 
     @staticmethod
     def keyset(mesh: str | None) -> KeySet:
@@ -242,6 +253,29 @@ class TokenService:
                 f"there is no signing key with serial {serial} ({keyset.describe()}); "
                 "if the key was rotated and deleted, generate a new token"
             )
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(digest)
+        if hit is not None and hit[0] is public:
+            claims = hit[1]
+            now = self.clock()
+            if claims["exp"] <= now:
+                raise InvalidToken("the token has expired")
+            nbf = claims.get("nbf")
+            if isinstance(nbf, int | float) and nbf > now:
+                raise InvalidToken("the token is not valid yet")
+            return dict(claims)
+        claims = self._verify(token, public)
+        if type(claims.get("exp")) is int:  # PyJWT checked it is a number; only whole seconds are remembered
+            if len(self._verified) >= MAX_VERIFIED:
+                now = self.clock()
+                self._verified = {k: v for k, v in self._verified.items() if v[1]["exp"] > now}
+                if len(self._verified) >= MAX_VERIFIED:
+                    self._verified.clear()
+            self._verified[digest] = (public, dict(claims))
+        return claims
+
+    @staticmethod
+    def _verify(token: str, public: rsa.RSAPublicKey) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, public, algorithms=[ALGORITHM], options={"require": ["exp", "iat", "jti"]}
@@ -317,7 +351,15 @@ class TokenService:
         return _ids_of(await self.store.get(*self._revocations_key(mesh)))
 
     async def is_revoked(self, token_id: str, mesh: str | None) -> bool:
-        return token_id in await self.revoked_ids(mesh)
+        key = self._revocations_key(mesh)
+        record = await self.store.get(*key)
+        if record is None:
+            return False
+        value = str((record.spec.get("data") or {}).get("value", ""))
+        memo = self._revocations.get(key)
+        if memo is None or memo[0] != value:  # the list parsed once per content, not once per check
+            memo = self._revocations[key] = (value, frozenset(_ids_of(record)))
+        return token_id in memo[1]
 
     async def revoke(self, token_id: str, mesh: str | None) -> None:
         """Add ``token_id`` to the revocation list (idempotent; concurrent revocations all land)."""

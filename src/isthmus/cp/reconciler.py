@@ -111,6 +111,13 @@ class Reconciler:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
+    def dataplane_spec(self, mesh: str, name: str) -> dict[str, Any] | None:
+        """The stored spec of Dataplane ``mesh``/``name`` as the generation loop last read it (its proxy's
+        configuration is generated from it), None when the loop has not read it (not yet, or not any more).
+        ADS stream authentication checks a token against it instead of reading the store per stream."""
+        entry = self._records.get(mesh, {}).get(("Dataplane", name))
+        return entry[0] if entry is not None else None
+
     def error_for(self, mesh: str, name: str) -> GenerationError | None:
         """Why the Dataplane's configuration is not current, if it is not: its mesh, its record or itself."""
         if mesh in self.mesh_errors:

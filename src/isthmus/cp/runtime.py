@@ -120,11 +120,12 @@ def _stop_on_signals(*servers: uvicorn.Server) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def xds_authenticator(store: ResourceStore) -> XdsAuthenticator:
+def xds_authenticator(store: ResourceStore, reconciler: Reconciler | None = None) -> XdsAuthenticator:
     """Checks of ADS streams' tokens, reading the store through a 1 s cache (a restart reconnects every data
-    plane at once; see :mod:`isthmus.cp.read_cache`)."""
+    plane at once; see :mod:`isthmus.cp.read_cache`), and the Dataplanes in the generation loop's view first."""
     reads = CachedReads(store)
-    return XdsAuthenticator(TokenService(reads), reads)
+    known = reconciler.dataplane_spec if reconciler is not None else None
+    return XdsAuthenticator(TokenService(reads), reads, known)
 
 
 def _listen(address: str, what: str) -> socket.socket:
@@ -168,7 +169,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token
         log.info("admin user token in %s", await write_admin_token(tokens, options.data_dir))
-    authenticator = xds_authenticator(store) if options.dp_auth == "token" else None
+    authenticator = xds_authenticator(store, reconciler) if options.dp_auth == "token" else None
     ads = AdsServer(
         cache,
         callbacks=insights,
