@@ -12,7 +12,10 @@ its ``jti`` in a revocation record, as Kuma does: ``Secret`` ``dataplane-token-r
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -134,14 +137,33 @@ def _registered_claims(valid_for: timedelta, now: datetime | None) -> dict[str, 
     }
 
 
-def unverified_claims(token: str) -> dict[str, Any]:
-    """The claims of a token without checking anything (to route it to the right keys, or to revoke it)."""
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _segment(segment: str, what: str) -> Any:
+    """A base64url JSON segment of a JWT, decoded (PyJWT checks every character in Python, three times per
+    token when header, claims and signature are read apart: a regular expression does it once)."""
+    if not _SEGMENT_RE.fullmatch(segment) or len(segment) % 4 == 1:
+        raise InvalidToken(f"the token is not a valid JWT: its {what} is not base64url")
+    try:
+        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidToken(f"the token is not a valid JWT: its {what} is not JSON ({exc})") from None
+
+
+def _unverified(token: str) -> tuple[Any, Any]:
+    """The header and the claims of a token, checking nothing but their form."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
-        raise InvalidToken(f"the token is not a valid JWT: {exc}") from None
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise InvalidToken("the token is not a valid JWT: it must have three segments")
+    return _segment(parts[0], "header"), _segment(parts[1], "payload")
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a token without checking anything (to route it to the right keys, or to revoke it)."""
+    claims = _unverified(token)[1]
     if not isinstance(claims, dict):
         raise InvalidToken("the token's claims are not an object")
     return claims
@@ -152,10 +174,9 @@ def is_dataplane_token(claims: Mapping[str, Any]) -> bool:
 
 
 def _serial(token: str) -> int:
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise InvalidToken(f"the token is not a valid JWT: {exc}") from None
+    header = _unverified(token)[0]
+    if not isinstance(header, dict):
+        raise InvalidToken("the token is not a valid JWT: its header is not an object")
     if header.get("alg") != ALGORITHM:
         raise InvalidToken(f"the token must be signed with {ALGORITHM}, not {header.get('alg')!r}")
     kid = header.get("kid")
