@@ -189,6 +189,40 @@ def test_clusters_listeners_and_envoy_validates(tmp_path: Path) -> None:
     _envoy_validate(xds, tmp_path)
 
 
+def test_consistent_hashing_upstream(tmp_path: Path) -> None:
+    entities = _entities([_route("r-h", name="hashed", paths=["/h"], service="s3")])
+    entities["upstreams"] = {
+        "u1": {"id": "u1", "name": "backend.v1", "algorithm": "consistent-hashing", "slots": 100,
+               "hash_on": "cookie", "hash_on_cookie": "session", "hash_on_cookie_path": "/h",
+               "hash_fallback": "ip"},
+        "u2": {"id": "u2", "name": "backend.v2", "algorithm": "consistent-hashing",
+               "hash_on": "header", "hash_on_header": "X-User", "hash_fallback": "query_arg",
+               "hash_fallback_query_arg": "user"},
+    }  # fmt: skip
+    entities["services"]["s3"] = {"id": "s3", "host": "backend.v1", "port": 80, "protocol": "http"}
+    entities["services"]["s4"] = {"id": "s4", "host": "backend.v2", "port": 80, "protocol": "http"}
+    entities["targets"] = {"t1": {"id": "t1", "upstream": {"id": "u1"}, "target": "127.0.0.1:9001"}}
+    entities["routes"]["r-h2"] = _route("r-h2", name="hashed2", paths=["/h2"], service="s4")
+    out = translate(WS, entities, [ListenAddress("127.0.0.1", 8000)])
+    xds = {
+        t: [json_format.MessageToDict(_unpack(r.packed), preserving_proto_field_name=True) for r in res]
+        for t, res in out.items()
+    }
+    clusters = {c["name"]: c for c in xds[types.CLUSTER]}
+    assert clusters[cluster_name(WS, "s3")]["lb_policy"] == "RING_HASH"
+    assert clusters[cluster_name(WS, "s3")]["ring_hash_lb_config"]["minimum_ring_size"] == "100"
+    routes = {r["name"]: r for r in xds[types.ROUTE][0]["virtual_hosts"][0]["routes"]}
+    assert routes["hashed /h"]["route"]["hash_policy"] == [
+        {"cookie": {"name": "session", "ttl": "0s", "path": "/h"}},
+        {"connection_properties": {"source_ip": True}},
+    ]
+    assert routes["hashed2 /h2"]["route"]["hash_policy"] == [
+        {"header": {"header_name": "x-user"}},
+        {"query_parameter": {"name": "user"}},
+    ]
+    _envoy_validate(xds, tmp_path)
+
+
 def _unpack(packed: Any) -> Any:
     from google.protobuf import symbol_database
 

@@ -25,7 +25,14 @@
   the route timeout is off); ``retries`` retries connection failures (nginx's ``proxy_next_upstream error``
   never resends a request that reached the upstream either).
 
-Not yet: the TLS listener (SNI certificates), ``hash_on`` consistent hashing, health checks, ``snis``, the mesh
+* An Upstream with ``algorithm: consistent-hashing`` is a RING_HASH cluster (``slots`` as the minimum ring size)
+  and its routes hash on ``hash_on`` then ``hash_fallback`` (ip, header, cookie (generated when missing), path,
+  query_arg); Envoy's ring is not Kong's, so which target a given key reaches differs, but a key keeps its target.
+
+Approximations: for a ``~`` path the text stripped is the regex's match plus one following ``/``; a route with a
+regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``.
+
+Not yet: the TLS listener (SNI certificates), ``hash_on: consumer`` and ``uri_capture``, health checks, ``snis``, the mesh
 leg (a Service host that is a mesh name), plugins.
 """
 
@@ -231,6 +238,33 @@ def _host_rewrite(service: Mapping[str, Any], upstreams: Mapping[str, Mapping[st
     return {"host_rewrite_literal": host if port in (None, default) else f"{host}:{port}"}
 
 
+def _hash_policy(upstream: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Envoy's hash policies for an Upstream's ``hash_on`` then ``hash_fallback`` (Envoy, like Kong, falls back to
+    the next one when a request lacks the first one's input). ``consumer`` and ``uri_capture`` are not there yet."""
+    if upstream is None or upstream.get("algorithm") != "consistent-hashing":
+        return []
+    out: list[dict[str, Any]] = []
+    for prefix in ("hash_on", "hash_fallback"):
+        kind = upstream.get(prefix)
+        if kind == "ip":
+            out.append({"connection_properties": {"source_ip": True}})
+        elif kind == "header" and upstream.get(f"{prefix}_header"):
+            out.append({"header": {"header_name": str(upstream[f"{prefix}_header"]).lower()}})
+        elif kind == "cookie" and upstream.get("hash_on_cookie"):
+            # a missing cookie is generated (a session cookie on hash_on_cookie_path), as Kong does
+            cookie = {
+                "name": upstream["hash_on_cookie"],
+                "ttl": "0s",
+                "path": upstream.get("hash_on_cookie_path") or "/",
+            }
+            out.append({"cookie": cookie})
+        elif kind == "path":
+            out.append({"header": {"header_name": ":path"}})
+        elif kind == "query_arg" and upstream.get(f"{prefix}_query_arg"):
+            out.append({"query_parameter": {"name": upstream[f"{prefix}_query_arg"]}})
+    return out
+
+
 def _envoy_routes(
     workspace: str,
     entry: RouteEntry,
@@ -267,6 +301,9 @@ def _envoy_routes(
             action["retry_policy"] = {"retry_on": "connect-failure,refused-stream", "num_retries": retries}
         if not spec.preserve_host:
             action.update(_host_rewrite(service, upstreams))
+        hashing = _hash_policy(upstreams.get(str(service.get("host") or "")))
+        if hashing:
+            action["hash_policy"] = hashing
         for extra, rewrite in _rewrites(spec, path):
             # an extra path specifier (the exact path of a stripped prefix) replaces the matcher's own
             fields = {**({k: v for k, v in match.items() if k == "headers"} if extra else match), **extra}
@@ -350,6 +387,9 @@ def cluster(
         dns = any(not _is_ip(e["endpoint"]["hostname"]) for e in endpoints)
         if upstream.get("algorithm") == "least-connections":
             out["lb_policy"] = "LEAST_REQUEST"
+        elif upstream.get("algorithm") == "consistent-hashing":
+            out["lb_policy"] = "RING_HASH"
+            out["ring_hash_lb_config"] = {"minimum_ring_size": int(upstream.get("slots") or 10000)}
     else:
         endpoints = [_endpoint(host, port)]
         dns = not _is_ip(host)
