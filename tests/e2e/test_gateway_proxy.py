@@ -3,19 +3,30 @@ upstream servers, Kong's configuration made through the Admin API."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 
 from tests.conftest import free_port
 from tests.e2e.harness import ISTHMUS, App, ControlPlane, Proc, wait_for
 
 pytestmark = pytest.mark.e2e
 
-MESH = "type: Mesh\nname: default\n"
+MESH = """type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+"""
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 def gateway_dataplane(name: str) -> str:
@@ -112,6 +123,18 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
+def _identities(secrets: list[dict[str, Any]]) -> set[str]:
+    found: set[str] = set()
+    for secret in secrets:
+        source = secret.get("tlsCertificate", {}).get("certificateChain", {})
+        pem = source["inlineString"].encode() if "inlineString" in source else base64.b64decode(source.get("inlineBytes", ""))  # fmt: skip
+        if pem:
+            for cert in x509.load_pem_x509_certificates(pem):
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                found.update(san.get_values_for_type(x509.UniformResourceIdentifier))
+    return found
+
+
 def _serves(gw: Gateway, path: str, service: str) -> Callable[[], bool]:
     def check() -> bool:
         response = gw.get(path)
@@ -142,6 +165,10 @@ def test_gateway_serves_kong_configuration(setup: tuple[ControlPlane, httpx.Clie
         assert (other["service"], other["path"]) == ("beta", "/other")
         by_host = _json(first.get("/other", headers={"Host": "shop.example.com"}))
         assert (by_host["service"], by_host["path"]) == ("alpha", "/base/other")
+        # the proxy's configuration: Kong's listener over its mesh part, which holds the identity of `edge`
+        config = cp.http.get("/meshes/default/dataplanes/edge-1/_config").json()
+        assert f"kong:http:127.0.0.1:{first.port}" in [x["name"] for x in config["xds"][LISTENER]]
+        assert "spiffe://default/edge" in _identities(config["xds"][SECRET])
         # both gateway processes of the workspace serve the same configuration
         wait_for(lambda: second.get("/api/items").status_code == 200, 60, what="second gateway")
         assert _json(second.get("/api/items"))["path"] == "/base/items"
