@@ -169,8 +169,11 @@ class GatewayReconciler:
             live.add(key)
             overlay = self._memo.get(key)
             if overlay is None:
+                # a copy of the collections (entities are replaced, never changed, on write), translated in a
+                # worker thread: 10,000 routes must not stall the ADS streams and the Admin API
+                entities = {collection: dict(items) for collection, items in ws.entities.items()}
                 try:
-                    overlay = translate(proxy.workspace, ws.entities, proxy.listen)
+                    overlay = await asyncio.to_thread(translate, proxy.workspace, entities, proxy.listen)
                 except Exception as exc:  # a bad input keeps the proxy's last configuration
                     message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                     if self.errors.get(nid) != message:

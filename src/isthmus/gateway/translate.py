@@ -48,7 +48,7 @@ from typing import Any
 # Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
@@ -322,22 +322,72 @@ def _direct(name: str, match: dict[str, Any], status: int, message: str) -> dict
     }
 
 
-def route_configuration(
-    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
-) -> dict[str, Any]:
+def _sorted_entries(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[RouteEntry]:
     services = entities.get("services", {})
-    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     specs = []
     for route in entities.get("routes", {}).values():
         ref = route.get("service")
         service = services.get(ref.get("id", "")) if isinstance(ref, Mapping) else None
         specs.append(RouteSpec.from_kong(route, service))
-    routes = [r for entry in sort_routes(specs) for r in _envoy_routes(workspace, entry, services, upstreams)]
+    return sort_routes(specs)
+
+
+def route_configuration(
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """The RouteConfiguration as a dict (Envoy's JSON field names)."""
+    services = entities.get("services", {})
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    entries = _sorted_entries(entities)
+    routes = [r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams)]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
         "name": route_config_name(workspace),
         "virtual_hosts": [{"name": f"kong:{workspace}", "domains": ["*"], "routes": routes}],
     }
+
+
+# Envoy routes of one matcher, by everything they are made of: a change to one route among thousands converts one.
+_ROUTE_MEMO: dict[tuple[object, ...], list[route_components_pb2.Route]] = {}
+_ROUTE_MEMO_LIMIT = 200_000
+
+
+def _route_message(
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> route_pb2.RouteConfiguration:
+    services = entities.get("services", {})
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    service_keys = {sid: json.dumps(svc, sort_keys=True, default=str) for sid, svc in services.items()}
+    upstream_keys = {name: json.dumps(u, sort_keys=True, default=str) for name, u in upstreams.items()}
+    if len(_ROUTE_MEMO) > _ROUTE_MEMO_LIMIT:
+        _ROUTE_MEMO.clear()
+    out = route_pb2.RouteConfiguration(name=route_config_name(workspace))
+    vhost = out.virtual_hosts.add(name=f"kong:{workspace}", domains=["*"])
+    for entry in _sorted_entries(entities):
+        sid = entry.route.service_id or ""
+        host = str(services[sid].get("host") or "") if sid in services else ""
+        key = (
+            workspace,
+            entry.matcher_id,
+            entry.paths,
+            entry.route,
+            service_keys.get(sid),
+            upstream_keys.get(host),
+        )
+        messages = _ROUTE_MEMO.get(key)
+        if messages is None:
+            messages = [
+                json_format.ParseDict(r, route_components_pb2.Route())
+                for r in _envoy_routes(workspace, entry, services, upstreams)
+            ]
+            _ROUTE_MEMO[key] = messages
+        vhost.routes.extend(messages)
+    vhost.routes.append(
+        json_format.ParseDict(
+            _direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE), route_components_pb2.Route()
+        )
+    )
+    return out
 
 
 # -- clusters ----------------------------------------------------------------------------------------------------
@@ -443,7 +493,7 @@ def translate(
         json_format.ParseDict(cluster(workspace, s, upstreams, targets, cas), cluster_pb2.Cluster())
         for _, s in sorted(entities.get("services", {}).items())
     ]
-    route = json_format.ParseDict(route_configuration(workspace, entities), route_pb2.RouteConfiguration())
+    route = _route_message(workspace, entities)
     listeners = [json_format.ParseDict(listener(workspace, a), listener_pb2.Listener()) for a in listen]
     return {
         types.CLUSTER: [Resource.of(types.CLUSTER, c) for c in clusters],
