@@ -546,11 +546,14 @@ def test_cli_refuses_unsupported_proxy_types(proxy_type: str) -> None:
 
 
 def test_cli_gateway_options_are_checked() -> None:
-    # a sidecar Dataplane is not a gateway; --proxy-listen is only for gateways; TLS listeners are not there yet
+    # a sidecar Dataplane is not a gateway; --proxy-listen(-tls) is only for gateways and takes IP:PORT
+    code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--proxy-listen-tls", "127.0.0.1:1")
+    assert (code, stderr) == (1, "Error: --proxy-listen: only for --proxy-type gateway\n")
+    gateway = DATAPLANE_YAML.replace("networking:", "networking:\n  gateway: {tags: {kuma.io/service: edge}}")
     code, stderr = invoke(
-        "--dataplane", DATAPLANE_YAML, "--proxy-type", "gateway", "--proxy-listen-tls", "127.0.0.1:1"
+        "--dataplane", gateway, "--proxy-type", "gateway", "--proxy-listen-tls", "localhost:1"
     )
-    assert (code, stderr) == (1, "Error: --proxy-listen-tls: not supported yet (use --proxy-listen)\n")
+    assert (code, stderr) == (1, "Error: --proxy-listen-tls 'localhost:1': expected IP:PORT\n")
     code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--proxy-listen", "127.0.0.1:1")
     assert (code, stderr) == (1, "Error: --proxy-listen: only for --proxy-type gateway\n")
     code, stderr = invoke(

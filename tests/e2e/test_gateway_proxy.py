@@ -4,6 +4,9 @@ upstream servers, Kong's configuration made through the Admin API."""
 from __future__ import annotations
 
 import base64
+import datetime
+import socket
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,9 +48,12 @@ networking:
 class Gateway:
     """``isthmus dp run --proxy-type gateway`` with a data-plane token, verifying the control plane."""
 
-    def __init__(self, tmp: Path, cp: ControlPlane, name: str, workspace: str = "default") -> None:
+    def __init__(
+        self, tmp: Path, cp: ControlPlane, name: str, workspace: str = "default", tls: bool = False
+    ) -> None:
         self.name = name
         self.port = free_port()
+        self.tls_port = free_port()
         self.admin_port = free_port()
         self.file = tmp / f"gw-{name}.yaml"
         self.file.write_text(gateway_dataplane(name))
@@ -69,6 +75,7 @@ class Gateway:
             str(self.file),
             "--proxy-listen",
             f"127.0.0.1:{self.port}",
+            *(("--proxy-listen-tls", f"127.0.0.1:{self.tls_port}") if tls else ()),
             "--workspace",
             workspace,
             "--admin-port",
@@ -217,3 +224,71 @@ def test_gateway_needs_a_gateway_dataplane_and_a_listen_address(
     )
     assert proc.returncode == 1
     assert "give at least one --proxy-listen HOST:PORT" in proc.stderr
+
+
+def _self_signed(name: str) -> tuple[str, str]:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def _served_name(port: int, sni: str | None) -> str | None:
+    """The common name of the certificate the listener presents for ``sni``."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    if not der:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    return str(cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+
+
+def test_gateway_tls_listener(setup: tuple[ControlPlane, httpx.Client, App, App, Path]) -> None:
+    cp, kong, alpha, _, tmp = setup
+    _created(kong.put("/services/alpha-tls", json={"url": f"http://127.0.0.1:{alpha.port}"}))
+    _created(
+        kong.put("/services/alpha-tls/routes/secure", json={"paths": ["/secure"], "protocols": ["https"]})
+    )
+    for name in ("one.example.com", "two.example.com"):
+        cert, key = _self_signed(name)
+        _created(kong.post("/certificates", json={"cert": cert, "key": key, "snis": [name]}))
+    gw = Gateway(tmp, cp, "edge-tls", tls=True).start()
+    try:
+        wait_for(
+            lambda: _served_name(gw.tls_port, "two.example.com") == "two.example.com", 60, what="TLS listener"
+        )
+        assert _served_name(gw.tls_port, "one.example.com") == "one.example.com"
+        assert _served_name(gw.tls_port, "other.example.com") == "one.example.com"  # the oldest certificate
+        # the https-only route: proxied over TLS, 426 with Kong's body over plain HTTP
+        with httpx.Client(base_url=f"https://127.0.0.1:{gw.tls_port}", verify=False, timeout=5) as client:
+            body = client.get("/secure/x").json()
+        assert (body["service"], body["path"]) == ("alpha", "/x")
+        plain = gw.get("/secure/x")
+        assert plain.status_code == 426 and plain.json() == {"message": "Please use HTTPS protocol"}
+    finally:
+        gw.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import subprocess
@@ -236,9 +237,14 @@ def _envoy_validate(xds: dict[str, list[dict[str, Any]]], tmp_path: Path) -> Non
     routes = {r["name"]: r for r in xds[types.ROUTE]}
     listeners = json.loads(json.dumps(xds[types.LISTENER]))
     for listener in listeners:
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["route_config"] = routes[hcm.pop("rds")["route_config_name"]]
-    bootstrap = {"static_resources": {"listeners": listeners, "clusters": xds[types.CLUSTER]}}
+        for chain in [*listener["filter_chains"], *([listener["default_filter_chain"]] if "default_filter_chain" in listener else [])]:  # fmt: skip
+            hcm = chain["filters"][0]["typed_config"]
+            hcm["route_config"] = routes[hcm.pop("rds")["route_config_name"]]
+            tls = chain.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
+            for sds in tls.get("tls_certificate_sds_secret_configs", []):
+                sds.pop("sds_config")
+    static = {"listeners": listeners, "clusters": xds[types.CLUSTER], "secrets": xds.get(types.SECRET, [])}
+    bootstrap = {"static_resources": static}
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(bootstrap))
     proc = subprocess.run(
@@ -257,3 +263,57 @@ def _envoy_validate(xds: dict[str, list[dict[str, Any]]], tmp_path: Path) -> Non
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _self_signed(name: str) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def test_tls_listener_selects_certificates_by_sni(tmp_path: Path) -> None:
+    entities = _entities(ROUTES)
+    first, second = _self_signed("a.example.com"), _self_signed("b.example.com")
+    entities["certificates"] = {
+        "c1": {"id": "c1", "cert": first[0], "key": first[1], "created_at": 1},
+        "c2": {"id": "c2", "cert": second[0], "key": second[1], "created_at": 2},
+    }
+    entities["snis"] = {
+        "s1": {"id": "s1", "name": "a.example.com", "certificate": {"id": "c1"}},
+        "s2": {"id": "s2", "name": "*.b.example.com", "certificate": {"id": "c2"}},
+    }
+    assert translate(WS, {**entities, "certificates": {}}, [], [ListenAddress("127.0.0.1", 8443)])[types.LISTENER] == []  # fmt: skip
+    out = translate(WS, entities, [ListenAddress("127.0.0.1", 8000)], [ListenAddress("127.0.0.1", 8443)])
+    xds = {
+        t: [json_format.MessageToDict(_unpack(r.packed), preserving_proto_field_name=True) for r in res]
+        for t, res in out.items()
+    }
+    tls = next(x for x in xds[types.LISTENER] if x["name"] == "kong:https:127.0.0.1:8443")
+    assert [c["filter_chain_match"]["server_names"] for c in tls["filter_chains"]] == [["a.example.com"], ["*.b.example.com"]]  # fmt: skip
+    default = tls["default_filter_chain"]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert default["tls_certificate_sds_secret_configs"][0]["name"] == "kong:default:certificate:c1"
+    assert sorted(x["name"] for x in xds[types.SECRET]) == ["kong:default:certificate:c1", "kong:default:certificate:c2"]  # fmt: skip
+    # on HTTPS the https-only route proxies instead of answering 426
+    https = route_configuration(WS, entities, https=True)
+    assert _simulate(https, "/secure")[0] == "https /secure"
+    _envoy_validate(xds, tmp_path)

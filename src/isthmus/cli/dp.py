@@ -38,7 +38,7 @@ def run(
         [], "--proxy-listen", help="Gateway: HOST:PORT the proxy serves HTTP on (repeatable)"
     ),
     proxy_listen_tls: list[str] = typer.Option(
-        [], "--proxy-listen-tls", help="Gateway: HOST:PORT for HTTPS (not supported yet)"
+        [], "--proxy-listen-tls", help="Gateway: HOST:PORT it serves HTTPS on, with the certificates' SNIs"
     ),
     workspace: str = typer.Option("default", "--workspace", help="Gateway: the Kong workspace it serves"),
     work_dir: Path | None = typer.Option(None, help="Directory for the bootstrap and Envoy's log"),
@@ -72,8 +72,6 @@ def run(
 
     try:
         check_proxy_type(proxy_type)
-        if proxy_listen_tls:
-            raise AgentError("--proxy-listen-tls: not supported yet (use --proxy-listen)")
         if log_level not in ENVOY_LOG_LEVELS:
             raise AgentError(f"--log-level {log_level!r}: expected one of {', '.join(ENVOY_LOG_LEVELS)}")
         if drain_time < 0:
@@ -98,6 +96,7 @@ def run(
             ca_cert=load_ca_cert_file(ca_cert_file) if ca_cert_file is not None else None,
             dataplane_token=load_token(dataplane_token, dataplane_token_file),
             gateway_listen=tuple(proxy_listen),
+            gateway_listen_tls=tuple(proxy_listen_tls),
             gateway_workspace=workspace,
         )
     except AgentError as exc:

@@ -57,6 +57,7 @@ _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 # control-plane restart and reach the generation loop with the Dataplane's own change events).
 GATEWAY_WORKSPACE_LABEL = "isthmus.io/gateway-workspace"
 GATEWAY_LISTEN_LABEL = "isthmus.io/gateway-listen"  # HOST:PORT[_HOST:PORT...] (IPv6 without brackets)
+GATEWAY_LISTEN_TLS_LABEL = "isthmus.io/gateway-listen-tls"  # the same, for HTTPS
 _WORKSPACE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -84,6 +85,7 @@ class AgentOptions:
     )
     dataplane_token: str | None = None
     gateway_listen: tuple[str, ...] = ()  # --proxy-listen HOST:PORT (proxy type gateway)
+    gateway_listen_tls: tuple[str, ...] = ()  # --proxy-listen-tls HOST:PORT
     gateway_workspace: str = "default"  # --workspace: the Kong workspace the gateway serves
 
 
@@ -98,7 +100,21 @@ def check_proxy_type(proxy_type: str) -> None:
     raise AgentError(f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar, gateway)")
 
 
-def gateway_labels(resource: Mapping[str, Any], listen: tuple[str, ...], workspace: str) -> dict[str, str]:
+def _listen_label(flag: str, listen: tuple[str, ...]) -> str:
+    addresses = []
+    for address in listen:
+        try:
+            host, port = split_host_port(address)
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise AgentError(f"{flag} {address!r}: expected IP:PORT") from None
+        addresses.append(f"{host}:{port}")
+    return "_".join(addresses)
+
+
+def gateway_labels(
+    resource: Mapping[str, Any], listen: tuple[str, ...], workspace: str, listen_tls: tuple[str, ...] = ()
+) -> dict[str, str]:
     """Check a gateway's options and return its Dataplane's labels with the gateway labels set."""
     gateway = resource["networking"].get("gateway")
     if not isinstance(gateway, Mapping):
@@ -106,21 +122,18 @@ def gateway_labels(resource: Mapping[str, Any], listen: tuple[str, ...], workspa
             "--proxy-type gateway: the Dataplane needs networking.gateway "
             "(e.g. {type: DELEGATED, tags: {kuma.io/service: edge}})"
         )
-    if not listen:
+    if not listen and not listen_tls:
         raise AgentError("--proxy-type gateway: give at least one --proxy-listen HOST:PORT")
     if not _WORKSPACE_RE.fullmatch(workspace):
         raise AgentError(f"--workspace {workspace!r}: expected 1-128 letters, digits, '.', '-' or '_'")
-    addresses = []
-    for address in listen:
-        try:
-            host, port = split_host_port(address)
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise AgentError(f"--proxy-listen {address!r}: expected IP:PORT") from None
-        addresses.append(f"{host}:{port}")
     labels = dict(resource.get("labels") or {})
     labels[GATEWAY_WORKSPACE_LABEL] = workspace
-    labels[GATEWAY_LISTEN_LABEL] = "_".join(addresses)
+    labels.pop(GATEWAY_LISTEN_LABEL, None)
+    labels.pop(GATEWAY_LISTEN_TLS_LABEL, None)
+    if listen:
+        labels[GATEWAY_LISTEN_LABEL] = _listen_label("--proxy-listen", listen)
+    if listen_tls:
+        labels[GATEWAY_LISTEN_TLS_LABEL] = _listen_label("--proxy-listen-tls", listen_tls)
     return labels
 
 
@@ -423,9 +436,9 @@ class DataplaneAgent:
         self.name: str = self.resource["name"]
         if options.proxy_type == "gateway":
             self.resource["labels"] = gateway_labels(
-                self.resource, options.gateway_listen, options.gateway_workspace
+                self.resource, options.gateway_listen, options.gateway_workspace, options.gateway_listen_tls
             )
-        elif options.gateway_listen:
+        elif options.gateway_listen or options.gateway_listen_tls:
             raise AgentError("--proxy-listen: only for --proxy-type gateway")
         self._http_client = http_client
         self._envoy: EnvoyProcess | None = None
@@ -476,10 +489,12 @@ class DataplaneAgent:
         return port
 
     def _check_listen(self) -> None:
-        for address in self.options.gateway_listen:
+        flags = [("--proxy-listen", a) for a in self.options.gateway_listen]
+        flags += [("--proxy-listen-tls", a) for a in self.options.gateway_listen_tls]
+        for flag, address in flags:
             host, port = split_host_port(address)
             if _port_in_use(host, port):
-                raise AgentError(f"--proxy-listen {address}: the address is already in use")
+                raise AgentError(f"{flag} {address}: the address is already in use")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Register, run Envoy until ``stop`` is set (or Envoy cannot be kept running), deregister."""

@@ -34,14 +34,19 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_LABEL = "isthmus.io/gateway-workspace"
 LISTEN_LABEL = "isthmus.io/gateway-listen"
+LISTEN_TLS_LABEL = "isthmus.io/gateway-listen-tls"
 DEBOUNCE_SECONDS = 0.02
 Overlay = dict[str, list[Resource]]
+_MemoKey = tuple[
+    str, int, tuple[ListenAddress, ...], tuple[ListenAddress, ...]
+]  # workspace, generation, listens
 
 
 @dataclass(frozen=True)
 class GatewayProxy:
     workspace: str
     listen: tuple[ListenAddress, ...]
+    listen_tls: tuple[ListenAddress, ...] = ()
 
 
 def gateway_of(record: Record) -> GatewayProxy | None:
@@ -50,17 +55,21 @@ def gateway_of(record: Record) -> GatewayProxy | None:
     if not isinstance(networking, dict) or not isinstance(networking.get("gateway"), dict):
         return None
     workspace = record.labels.get(WORKSPACE_LABEL)
-    listen = record.labels.get(LISTEN_LABEL)
-    if not workspace or not listen:
+    if not workspace:
         return None
-    addresses = []
-    for item in listen.split("_"):
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            log.error("Dataplane %s/%s: label %s: %r is not HOST:PORT", record.mesh, record.name, LISTEN_LABEL, item)  # fmt: skip
-            return None
-        addresses.append(ListenAddress(host, int(port)))
-    return GatewayProxy(workspace, tuple(addresses))
+    lists = []
+    for label in (LISTEN_LABEL, LISTEN_TLS_LABEL):
+        addresses = []
+        for item in filter(None, record.labels.get(label, "").split("_")):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                log.error("Dataplane %s/%s: label %s: %r is not HOST:PORT", record.mesh, record.name, label, item)  # fmt: skip
+                return None
+            addresses.append(ListenAddress(host, int(port)))
+        lists.append(tuple(addresses))
+    if not lists[0] and not lists[1]:
+        return None
+    return GatewayProxy(workspace, lists[0], lists[1])
 
 
 class GatewayCache(SnapshotCache):
@@ -109,7 +118,7 @@ class GatewayReconciler:
         self.cache = cache
         self.proxies: dict[str, GatewayProxy] = {}  # node id -> what it serves
         self.errors: dict[str, str] = {}  # node id -> why its configuration is not current
-        self._memo: dict[tuple[str, int, tuple[ListenAddress, ...]], Overlay] = {}
+        self._memo: dict[_MemoKey, Overlay] = {}
 
     async def run(self) -> None:
         queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
@@ -159,13 +168,13 @@ class GatewayReconciler:
         return True
 
     async def _rebuild(self, nodes: set[str]) -> None:
-        live: set[tuple[str, int, tuple[ListenAddress, ...]]] = set()
+        live: set[_MemoKey] = set()
         for nid in sorted(nodes):
             proxy = self.proxies.get(nid)
             if proxy is None:
                 continue
             ws = await self.gateways.workspace(proxy.workspace)
-            key = (proxy.workspace, ws.generation, proxy.listen)
+            key = (proxy.workspace, ws.generation, proxy.listen, proxy.listen_tls)
             live.add(key)
             overlay = self._memo.get(key)
             if overlay is None:
@@ -173,7 +182,9 @@ class GatewayReconciler:
                 # worker thread: 10,000 routes must not stall the ADS streams and the Admin API
                 entities = {collection: dict(items) for collection, items in ws.entities.items()}
                 try:
-                    overlay = await asyncio.to_thread(translate, proxy.workspace, entities, proxy.listen)
+                    overlay = await asyncio.to_thread(
+                        translate, proxy.workspace, entities, proxy.listen, proxy.listen_tls
+                    )
                 except Exception as exc:  # a bad input keeps the proxy's last configuration
                     message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                     if self.errors.get(nid) != message:
@@ -184,15 +195,13 @@ class GatewayReconciler:
             self.errors.pop(nid, None)
             self.cache.set_overlay(nid, overlay)
         # keep one translation per workspace and listen set: drop older generations
-        current = {(p.workspace, p.listen) for p in self.proxies.values()}
-        for key in [
-            k for k in self._memo if (k[0], k[2]) not in current or (k not in live and _newer(k, live))
-        ]:
+        current = {(p.workspace, p.listen, p.listen_tls) for p in self.proxies.values()}
+        for key in [k for k in self._memo if (k[0], k[2], k[3]) not in current or (k not in live and _newer(k, live))]:  # fmt: skip
             del self._memo[key]
 
 
-def _newer(key: tuple[str, int, tuple[ListenAddress, ...]], live: set[tuple[str, int, tuple[ListenAddress, ...]]]) -> bool:  # fmt: skip
-    return any(k[0] == key[0] and k[2] == key[2] and k[1] > key[1] for k in live)
+def _newer(key: _MemoKey, live: set[_MemoKey]) -> bool:
+    return any(k[0] == key[0] and k[2:] == key[2:] and k[1] > key[1] for k in live)
 
 
 async def _drain(events: AsyncIterator[ChangeEvent], queue: asyncio.Queue[ChangeEvent | None]) -> None:

@@ -32,7 +32,12 @@
 Approximations: for a ``~`` path the text stripped is the regex's match plus one following ``/``; a route with a
 regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``.
 
-Not yet: the TLS listener (SNI certificates), ``hash_on: consumer`` and ``uri_capture``, health checks, ``snis``, the mesh
+* ``--proxy-listen-tls`` addresses get an HTTPS listener once the workspace has a certificate: one filter chain per
+  certificate selected by its SNI entities, the oldest certificate for any other name (Kong serves its own default
+  certificate there), certificates as SDS secrets; its RouteConfiguration (``kong:<ws>:https``) has no https
+  redirects.
+
+Not yet: routes' ``snis``, ``hash_on: consumer`` and ``uri_capture``, health checks, ``snis``, the mesh
 leg (a Service host that is a mesh name), plugins.
 """
 
@@ -50,8 +55,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from isthmus.gateway.router import (
@@ -67,6 +73,8 @@ from isthmus.xds.snapshot import Resource
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NO_SERVICE_MESSAGE = "no Service found with those values"
 HTTPS_REQUIRED_MESSAGE = "Please use HTTPS protocol"
@@ -83,8 +91,12 @@ class ListenAddress:
         return f"{self.host}:{self.port}"
 
 
-def route_config_name(workspace: str) -> str:
-    return f"kong:{workspace}"
+def route_config_name(workspace: str, https: bool = False) -> str:
+    return f"kong:{workspace}:https" if https else f"kong:{workspace}"
+
+
+def secret_name(workspace: str, certificate_id: str) -> str:
+    return f"kong:{workspace}:certificate:{certificate_id}"
 
 
 def cluster_name(workspace: str, service_id: str) -> str:
@@ -111,34 +123,93 @@ def _is_ip(host: str) -> bool:
 # -- listeners ---------------------------------------------------------------------------------------------------
 
 
+def _hcm_filter(workspace: str, address: ListenAddress, https: bool) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM,
+            "stat_prefix": f"kong_{'https_' if https else ''}{address.port}",
+            "codec_type": "AUTO",
+            "normalize_path": True,
+            "merge_slashes": True,
+            "use_remote_address": True,
+            "rds": {
+                "route_config_name": route_config_name(workspace, https),
+                "config_source": {"ads": {}, "resource_api_version": "V3"},
+            },
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        },
+    }
+
+
+def tls_listener(
+    workspace: str, address: ListenAddress, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, Any] | None:
+    """The HTTPS listener: a filter chain per certificate, chosen by SNI among its SNI entities (``*.x`` and exact
+    names, as Envoy's ``server_names``); the oldest certificate answers other names. None without certificates."""
+    certificates = sorted(entities.get("certificates", {}).values(), key=lambda c: (c.get("created_at") or 0, str(c["id"])))  # fmt: skip
+    if not certificates:
+        return None
+    names: dict[str, list[str]] = {}
+    for sni in entities.get("snis", {}).values():
+        ref = sni.get("certificate")
+        if isinstance(ref, Mapping) and ref.get("id"):
+            names.setdefault(str(ref["id"]), []).append(str(sni["name"]))
+
+    def chain(cert_id: str, server_names: list[str] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": DOWNSTREAM_TLS,
+                    "common_tls_context": {
+                        "alpn_protocols": ["h2", "http/1.1"],
+                        "tls_certificate_sds_secret_configs": [
+                            {
+                                "name": secret_name(workspace, cert_id),
+                                "sds_config": {"ads": {}, "resource_api_version": "V3"},
+                            }
+                        ],
+                    },
+                },
+            },
+            "filters": [_hcm_filter(workspace, address, True)],
+        }
+        if server_names:
+            out["filter_chain_match"] = {"server_names": sorted(server_names)}
+        return out
+
+    return {
+        "name": f"kong:https:{address}",
+        "address": {"socket_address": {"address": address.host.strip("[]"), "port_value": address.port}},
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR},
+            }
+        ],
+        "filter_chains": [
+            chain(str(c["id"]), names[str(c["id"])]) for c in certificates if names.get(str(c["id"]))
+        ],
+        "default_filter_chain": chain(str(certificates[0]["id"]), None),
+    }
+
+
+def tls_secret(workspace: str, certificate: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": secret_name(workspace, str(certificate["id"])),
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": str(certificate["cert"])},
+            "private_key": {"inline_string": str(certificate["key"])},
+        },
+    }
+
+
 def listener(workspace: str, address: ListenAddress) -> dict[str, Any]:
     return {
         "name": f"kong:http:{address}",
         "address": {"socket_address": {"address": address.host.strip("[]"), "port_value": address.port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": HCM,
-                            "stat_prefix": f"kong_{address.port}",
-                            "codec_type": "AUTO",
-                            "normalize_path": True,
-                            "merge_slashes": True,
-                            "use_remote_address": True,
-                            "rds": {
-                                "route_config_name": route_config_name(workspace),
-                                "config_source": {"ads": {}, "resource_api_version": "V3"},
-                            },
-                            "http_filters": [
-                                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-                            ],
-                        },
-                    }
-                ]
-            }
-        ],
+        "filter_chains": [{"filters": [_hcm_filter(workspace, address, False)]}],
     }
 
 
@@ -270,6 +341,7 @@ def _envoy_routes(
     entry: RouteEntry,
     services: Mapping[str, Mapping[str, Any]],
     upstreams: Mapping[str, Mapping[str, Any]],
+    https: bool = False,
 ) -> list[dict[str, Any]]:
     spec = entry.route
     headers = _headers(spec)
@@ -277,7 +349,7 @@ def _envoy_routes(
     for path in entry.paths or (None,):
         name = f"{spec.name or spec.id}" + (f" {path}" if path else "")
         match = {**_path_match(path), **({"headers": headers} if headers else {})}
-        if "https" in spec.protocols and "http" not in spec.protocols:
+        if not https and "https" in spec.protocols and "http" not in spec.protocols:
             code = spec.https_redirect_status_code
             if code in _REDIRECT_CODES:
                 out.append({"name": name, "match": match, "redirect": {"https_redirect": True, "response_code": _REDIRECT_CODES[code]}})  # fmt: skip
@@ -333,16 +405,16 @@ def _sorted_entries(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
 
 
 def route_configuration(
-    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]], https: bool = False
 ) -> dict[str, Any]:
     """The RouteConfiguration as a dict (Envoy's JSON field names)."""
     services = entities.get("services", {})
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     entries = _sorted_entries(entities)
-    routes = [r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams)]
+    routes = [r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams, https)]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
-        "name": route_config_name(workspace),
+        "name": route_config_name(workspace, https),
         "virtual_hosts": [{"name": f"kong:{workspace}", "domains": ["*"], "routes": routes}],
     }
 
@@ -353,7 +425,7 @@ _ROUTE_MEMO_LIMIT = 200_000
 
 
 def _route_message(
-    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]], https: bool
 ) -> route_pb2.RouteConfiguration:
     services = entities.get("services", {})
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
@@ -361,12 +433,13 @@ def _route_message(
     upstream_keys = {name: json.dumps(u, sort_keys=True, default=str) for name, u in upstreams.items()}
     if len(_ROUTE_MEMO) > _ROUTE_MEMO_LIMIT:
         _ROUTE_MEMO.clear()
-    out = route_pb2.RouteConfiguration(name=route_config_name(workspace))
+    out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https))
     vhost = out.virtual_hosts.add(name=f"kong:{workspace}", domains=["*"])
     for entry in _sorted_entries(entities):
         sid = entry.route.service_id or ""
         host = str(services[sid].get("host") or "") if sid in services else ""
         key = (
+            https,
             workspace,
             entry.matcher_id,
             entry.paths,
@@ -378,7 +451,7 @@ def _route_message(
         if messages is None:
             messages = [
                 json_format.ParseDict(r, route_components_pb2.Route())
-                for r in _envoy_routes(workspace, entry, services, upstreams)
+                for r in _envoy_routes(workspace, entry, services, upstreams, https)
             ]
             _ROUTE_MEMO[key] = messages
         vhost.routes.extend(messages)
@@ -480,8 +553,10 @@ def translate(
     workspace: str,
     entities: Mapping[str, Mapping[str, Mapping[str, Any]]],
     listen: Sequence[ListenAddress],
+    listen_tls: Sequence[ListenAddress] = (),
 ) -> dict[str, list[Resource]]:
-    """The gateway's resources ``{type_url: [Resource]}`` for a workspace's entities (``Workspace.entities``)."""
+    """The gateway's resources ``{type_url: [Resource]}`` for a workspace's entities (``Workspace.entities``):
+    HTTP listeners on ``listen``, HTTPS listeners on ``listen_tls`` (once the workspace has a certificate)."""
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     targets: dict[str, list[Mapping[str, Any]]] = {}
     for t in sorted(entities.get("targets", {}).values(), key=lambda t: (str(t.get("target")), str(t["id"]))):
@@ -493,10 +568,20 @@ def translate(
         json_format.ParseDict(cluster(workspace, s, upstreams, targets, cas), cluster_pb2.Cluster())
         for _, s in sorted(entities.get("services", {}).items())
     ]
-    route = _route_message(workspace, entities)
+    routes = [_route_message(workspace, entities, False)] if listen else []
     listeners = [json_format.ParseDict(listener(workspace, a), listener_pb2.Listener()) for a in listen]
+    secrets = []
+    tls = [x for x in (tls_listener(workspace, a, entities) for a in listen_tls) if x is not None]
+    if tls:
+        listeners += [json_format.ParseDict(x, listener_pb2.Listener()) for x in tls]
+        routes.append(_route_message(workspace, entities, True))
+        secrets = [
+            json_format.ParseDict(tls_secret(workspace, c), secret_pb2.Secret())
+            for _, c in sorted(entities.get("certificates", {}).items())
+        ]
     return {
         types.CLUSTER: [Resource.of(types.CLUSTER, c) for c in clusters],
         types.LISTENER: [Resource.of(types.LISTENER, x) for x in listeners],
-        types.ROUTE: [Resource.of(types.ROUTE, route)],
+        types.ROUTE: [Resource.of(types.ROUTE, r) for r in routes],
+        types.SECRET: [Resource.of(types.SECRET, x) for x in secrets],
     }
