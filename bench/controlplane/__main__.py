@@ -118,9 +118,13 @@ def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict:
     if lines is None:
         lines = _EVENTS[proc.pid] = queue.Queue()
         stdout = proc.stdout
-        threading.Thread(
-            target=lambda: [lines.put(line) for line in stdout] + [lines.put("")], daemon=True
-        ).start()
+
+        def pump(out: queue.Queue[str] = lines) -> None:
+            for text in stdout:
+                out.put(text)
+            out.put("")
+
+        threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         try:
@@ -129,7 +133,7 @@ def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict:
             break
         if not line:
             raise RuntimeError("simulator exited")
-        ev = json.loads(line)
+        ev: dict = json.loads(line)
         if ev.get("event") == want:
             return ev
     raise TimeoutError(f"no {want!r} from the simulator within {timeout}s (see the control plane's log)")
