@@ -120,12 +120,19 @@ def _stop_on_signals(*servers: uvicorn.Server) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def xds_authenticator(store: ResourceStore, reconciler: Reconciler | None = None) -> XdsAuthenticator:
-    """Checks of ADS streams' tokens, reading the store through a 1 s cache (a restart reconnects every data
-    plane at once; see :mod:`isthmus.cp.read_cache`), and the Dataplanes in the generation loop's view first."""
-    reads = CachedReads(store)
+def token_service(store: ResourceStore) -> TokenService:
+    """The control plane's tokens, shared by the REST API and ADS stream authentication: signing keys and
+    revocation lists are read through a 1 s cache (every request and stream checks a token; a restart reconnects
+    every data plane at once; see :mod:`isthmus.cp.read_cache`), and revocations, rotations and key deletions
+    made through it drop what it cached at once. Sharing it, a token verified at its REST registration is not
+    verified again for its ADS stream."""
+    return TokenService(CachedReads(store))
+
+
+def xds_authenticator(tokens: TokenService, reconciler: Reconciler | None = None) -> XdsAuthenticator:
+    """Checks of ADS streams' tokens, with the Dataplanes in the generation loop's view first."""
     known = reconciler.dataplane_spec if reconciler is not None else None
-    return XdsAuthenticator(TokenService(reads), reads, known)
+    return XdsAuthenticator(tokens, tokens.store, known)
 
 
 def _listen(address: str, what: str) -> socket.socket:
@@ -165,11 +172,11 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     insights = Insights()
     certificates = WorkloadCertificates(sds_acks(insights))  # a CA switch advances on ACKs
     reconciler = Reconciler(store, registry, cache, certificates, metrics=metrics)
-    tokens = TokenService(store)
+    tokens = token_service(store)
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token
         log.info("admin user token in %s", await write_admin_token(tokens, options.data_dir))
-    authenticator = xds_authenticator(store, reconciler) if options.dp_auth == "token" else None
+    authenticator = xds_authenticator(tokens, reconciler) if options.dp_auth == "token" else None
     ads = AdsServer(
         cache,
         callbacks=insights,
