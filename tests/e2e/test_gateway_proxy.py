@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from tests.conftest import free_port
-from tests.e2e.harness import ISTHMUS, App, ControlPlane, Proc, wait_for
+from tests.e2e.harness import ISTHMUS, App, ControlPlane, Proc, Sidecar, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -28,11 +28,21 @@ mtls:
   - name: ca-1
     type: builtin
 """
+ONLY_EDGE = """type: MeshTrafficPermission
+mesh: default
+name: only-edge
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+  - targetRef: {kind: MeshService, name: edge}
+    default: {action: Allow}
+"""
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
-def gateway_dataplane(name: str) -> str:
+def gateway_dataplane(name: str, outbounds: tuple[tuple[int, str], ...] = ()) -> str:
+    out = "".join(f"\n  - port: {p}\n    tags:\n      kuma.io/service: {s}" for p, s in outbounds)
     return f"""type: Dataplane
 mesh: default
 name: {name}
@@ -42,6 +52,7 @@ networking:
     type: DELEGATED
     tags:
       kuma.io/service: edge
+  outbound:{out or " []"}
 """
 
 
@@ -49,14 +60,20 @@ class Gateway:
     """``isthmus dp run --proxy-type gateway`` with a data-plane token, verifying the control plane."""
 
     def __init__(
-        self, tmp: Path, cp: ControlPlane, name: str, workspace: str = "default", tls: bool = False
+        self,
+        tmp: Path,
+        cp: ControlPlane,
+        name: str,
+        workspace: str = "default",
+        tls: bool = False,
+        outbounds: tuple[tuple[int, str], ...] = (),
     ) -> None:
         self.name = name
         self.port = free_port()
         self.tls_port = free_port()
         self.admin_port = free_port()
         self.file = tmp / f"gw-{name}.yaml"
-        self.file.write_text(gateway_dataplane(name))
+        self.file.write_text(gateway_dataplane(name, outbounds))
         token = tmp / f"token-{name}"
         token.write_text(cp.dataplane_token("default", name))
         args = [
@@ -293,6 +310,43 @@ def test_gateway_tls_listener(setup: tuple[ControlPlane, httpx.Client, App, App,
         assert plain.status_code == 426 and plain.json() == {"message": "Please use HTTPS protocol"}
     finally:
         gw.stop()
+
+
+def test_gateway_reaches_a_mesh_service_over_mtls_with_its_identity(
+    setup: tuple[ControlPlane, httpx.Client, App, App, Path],
+) -> None:
+    cp, kong, _, _, tmp = setup
+    backend_app = App(tmp, "backend", instance="backend-1").start()
+    backend = Sidecar(
+        tmp,
+        cp,
+        f"""type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {free_port()}
+    servicePort: {backend_app.port}
+    tags:
+      kuma.io/service: backend
+      kuma.io/protocol: http
+""",
+    ).start()
+    # the backend allows only the gateway's identity
+    cp.apply(ONLY_EDGE)
+    _created(kong.put("/services/backend", json={"url": "http://backend.mesh/api"}))
+    _created(kong.put("/services/backend/routes/backend", json={"paths": ["/backend"]}))
+    gw = Gateway(tmp, cp, "edge-mesh", outbounds=((free_port(), "backend"),)).start()
+    try:
+        wait_for(_serves(gw, "/backend/items", "backend"), 60, what="gateway -> backend over the mesh")
+        body = _json(gw.get("/backend/items"))
+        assert body["path"] == "/api/items"
+        assert "spiffe://default/edge" in body["caller"]  # mTLS with the gateway's identity
+    finally:
+        gw.stop()
+        backend.stop()
+        backend_app.stop()
 
 
 def test_gateway_keeps_serving_across_a_control_plane_restart(

@@ -317,3 +317,14 @@ def test_tls_listener_selects_certificates_by_sni(tmp_path: Path) -> None:
     https = route_configuration(WS, entities, https=True)
     assert _simulate(https, "/secure")[0] == "https /secure"
     _envoy_validate(xds, tmp_path)
+
+
+def test_mesh_service_host_routes_to_the_mesh_cluster() -> None:
+    entities = _entities([_route("r-m", name="mesh", paths=["/m"], service="s-mesh")])
+    entities["services"]["s-mesh"] = {"id": "s-mesh", "host": "backend.mesh", "port": 80, "protocol": "http"}
+    out = translate(WS, entities, [ListenAddress("127.0.0.1", 8000)])
+    assert cluster_name(WS, "s-mesh") not in {r.name for r in out[types.CLUSTER]}
+    routes = route_configuration(WS, entities)["virtual_hosts"][0]["routes"]
+    mesh = next(r for r in routes if r["name"] == "mesh /m")
+    assert mesh["route"]["cluster"] == "backend"
+    assert mesh["route"]["host_rewrite_literal"] == "backend.mesh"

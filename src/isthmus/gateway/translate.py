@@ -37,8 +37,12 @@ regex path, ``strip_path: false`` and a service path without a trailing ``/`` se
   certificate there), certificates as SDS secrets; its RouteConfiguration (``kong:<ws>:https``) has no https
   redirects.
 
-Not yet: routes' ``snis``, ``hash_on: consumer`` and ``uri_capture``, health checks, ``snis``, the mesh
-leg (a Service host that is a mesh name), plugins.
+* A Service whose host is ``<kuma.io/service>.mesh`` (Kuma's DNS names) is routed to the mesh's cluster of that
+  service (:func:`mesh_service`): the gateway Dataplane lists the service in ``networking.outbound`` for now, and the
+  mesh reconciler builds that cluster (mTLS with the gateway's identity, the mesh's policies for that outbound).
+
+Not yet: routes' ``snis``, ``hash_on: consumer`` and ``uri_capture``, health checks, the mesh leg without an
+outbound entry (and Kong values overriding mesh policies), plugins.
 """
 
 from __future__ import annotations
@@ -297,6 +301,20 @@ def _path_match(path: str | None) -> dict[str, Any]:
     return {"prefix": path}
 
 
+MESH_DOMAIN = ".mesh"
+
+
+def mesh_service(service: Mapping[str, Any]) -> str | None:
+    """The mesh service a Kong Service reaches (host ``<kuma.io/service>.mesh``, as Kuma's DNS names them), or None.
+    Its traffic goes to the mesh's cluster of that name, which the mesh reconciler builds from the gateway
+    Dataplane's ``networking.outbound`` entry for the service: mTLS with the gateway's identity, the mesh's
+    policies for that outbound."""
+    host = str(service.get("host") or "")
+    if host.endswith(MESH_DOMAIN) and len(host) > len(MESH_DOMAIN):
+        return host[: -len(MESH_DOMAIN)]
+    return None
+
+
 def _host_rewrite(service: Mapping[str, Any], upstreams: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     host = str(service.get("host") or "")
     upstream = upstreams.get(host)
@@ -361,7 +379,7 @@ def _envoy_routes(
             out.append(_direct(name, match, 503, NO_SERVICE_MESSAGE))
             continue
         action: dict[str, Any] = {
-            "cluster": cluster_name(workspace, str(service["id"])),
+            "cluster": mesh_service(service) or cluster_name(workspace, str(service["id"])),
             "timeout": "0s",
             "idle_timeout": _ms(
                 max(service.get("read_timeout") or 0, service.get("write_timeout") or 0), 60000
@@ -567,6 +585,7 @@ def translate(
     clusters = [
         json_format.ParseDict(cluster(workspace, s, upstreams, targets, cas), cluster_pb2.Cluster())
         for _, s in sorted(entities.get("services", {}).items())
+        if mesh_service(s) is None
     ]
     routes = [_route_message(workspace, entities, False)] if listen else []
     listeners = [json_format.ParseDict(listener(workspace, a), listener_pb2.Listener()) for a in listen]
