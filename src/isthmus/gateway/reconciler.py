@@ -12,7 +12,8 @@ over it. :class:`GatewayReconciler` watches the store: a change of a ``Kong*`` r
 gateway proxy of that workspace, a change of a gateway Dataplane rebuilds that proxy. Translation is memoised per
 (workspace generation, listen addresses), so many gateway processes of one workspace cost one translation.
 
-Not yet: the mesh leg (a Kong Service whose host is a mesh name over mTLS with the gateway's identity).
+A Kong Service whose host is ``<service>.mesh`` uses the mesh cluster of that service from the mesh part (see
+:func:`isthmus.gateway.translate.mesh_service`); for now the gateway Dataplane lists it in ``networking.outbound``.
 """
 
 from __future__ import annotations
