@@ -212,11 +212,12 @@ def run_size(
     profile: str = "",
     restarts_n: int = 1,
     baseline_src: str = "",
+    cp_src: str = "",
 ) -> dict:
     api, xds = free_port(), free_port()
     tmp = tempfile.TemporaryDirectory()
     data_dir = Path(tmp.name) / "cp"
-    cp = start_cp(api, xds, data_dir, plain, dp_auth)
+    cp = start_cp(api, xds, data_dir, plain, dp_auth, cp_src)
     http = httpx.Client(base_url=f"http://127.0.0.1:{api}", timeout=30)
     sim = None
     try:
@@ -277,7 +278,7 @@ def run_size(
         # everything again. With a baseline, restarts alternate between the baseline's control plane and this
         # tree's, on the same store and clients; each one's median is reported.
         restarts: dict[str, list[tuple[float, float]]] = {}
-        variants = ([("baseline", baseline_src)] if baseline_src else []) + [("this tree", "")]
+        variants = ([("baseline", baseline_src)] if baseline_src else []) + [("this tree", cp_src)]
         for k in range(restarts_n):
             for label, src in variants:
                 assert sim.stdin is not None
@@ -364,6 +365,13 @@ def main() -> None:
         help="the src directory of a baseline checkout (e.g. `git worktree add /tmp/base <commit>`): restarts "
         "alternate between its control plane and this tree's, on the same store and clients",
     )
+    ap.add_argument(
+        "--cp-src",
+        default="",
+        metavar="DIR",
+        help="run the control plane of another checkout's src directory instead of this tree's (every phase; "
+        "'this tree' in the output then means it)",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = [
@@ -377,6 +385,7 @@ def main() -> None:
             args.profile_restart.replace("{n}", str(n)),
             args.restarts,
             args.baseline_src,
+            args.cp_src,
         )
         for n in sizes
     ]
