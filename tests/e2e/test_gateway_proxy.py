@@ -184,6 +184,10 @@ def test_gateway_serves_kong_configuration(setup: tuple[ControlPlane, httpx.Clie
         assert _json(first.get("/api"))["path"] == "/base"
         # normalisation before routing, as Kong: /x/../api/a -> /api/a
         assert _json(first.get("/x/../api/a"))["path"] == "/base/a"
+        decoded = _json(first.get("/%61pi//b"))  # unreserved octets decoded, slashes merged
+        assert decoded["path"] == "/base/b"
+        if "headers" in decoded:  # Envoy's own request headers are not sent upstream (Kong sends none such)
+            assert not [h for h in decoded["headers"] if h.startswith("x-envoy-original")], decoded["headers"]
         # the catch-all "/" route (beta); a host-specific route wins over it (Kong: more fields, plain host)
         other = _json(first.get("/other"))
         assert (other["service"], other["path"]) == ("beta", "/other")

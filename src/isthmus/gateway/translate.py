@@ -141,7 +141,14 @@ def _hcm_filter(workspace: str, address: ListenAddress, https: bool) -> dict[str
                 "route_config_name": route_config_name(workspace, https),
                 "config_source": {"ads": {}, "resource_api_version": "V3"},
             },
-            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+            # no x-envoy-* request or response headers from the router (x-envoy-original-path, upstream service
+            # time, ...): Kong sends none of them
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": ROUTER, "suppress_envoy_headers": True},
+                }
+            ],
         },
     }
 
