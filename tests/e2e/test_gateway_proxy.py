@@ -188,6 +188,10 @@ def test_gateway_serves_kong_configuration(setup: tuple[ControlPlane, httpx.Clie
         assert decoded["path"] == "/base/b"
         if "headers" in decoded:  # Envoy's own request headers are not sent upstream (Kong sends none such)
             assert not [h for h in decoded["headers"] if h.startswith("x-envoy-original")], decoded["headers"]
+            # Kong's X-Real-IP, X-Forwarded-Port and X-Forwarded-Host (the client's Host; with its port, unlike Kong)
+            assert decoded["headers"]["x-real-ip"] == "127.0.0.1"
+            assert decoded["headers"]["x-forwarded-port"] == str(first.port)
+            assert decoded["headers"]["x-forwarded-host"] == f"127.0.0.1:{first.port}"
         # the catch-all "/" route (beta); a host-specific route wins over it (Kong: more fields, plain host)
         other = _json(first.get("/other"))
         assert (other["service"], other["path"]) == ("beta", "/other")

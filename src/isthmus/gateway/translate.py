@@ -30,7 +30,9 @@
   query_arg); Envoy's ring is not Kong's, so which target a given key reaches differs, but a key keeps its target.
 
 Approximations: for a ``~`` path the text stripped is the regex's match plus one following ``/``; a route with a
-regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``.
+regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``; a host with
+a port matches only a Host header that carries that port (Kong also takes the listener's port); X-Forwarded-Host
+keeps the client's port and is sent only when the Host is rewritten (not with ``preserve_host``).
 
 * ``--proxy-listen-tls`` addresses get an HTTPS listener once the workspace has a certificate: one filter chain per
   certificate selected by its SNI entities, the oldest certificate for any other name (Kong serves its own default
@@ -398,6 +400,7 @@ def _envoy_routes(
             action["retry_policy"] = {"retry_on": "connect-failure,refused-stream", "num_retries": retries}
         if not spec.preserve_host:
             action.update(_host_rewrite(service, upstreams))
+            action["append_x_forwarded_host"] = True  # the client's Host, as Kong's X-Forwarded-Host
         hashing = _hash_policy(upstreams.get(str(service.get("host") or "")))
         if hashing:
             action["hash_policy"] = hashing
@@ -415,6 +418,25 @@ def _direct(name: str, match: dict[str, Any], status: int, message: str) -> dict
         "direct_response": {"status": status, "body": {"inline_string": _body(message)}},
         "response_headers_to_add": [
             {"header": {"key": "content-type", "value": _JSON}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+
+
+def _virtual_host(workspace: str) -> dict[str, Any]:
+    """The one catch-all virtual host, with the request headers Kong adds that Envoy does not (Envoy sets
+    X-Forwarded-For and X-Forwarded-Proto itself; X-Forwarded-Host is appended on a host rewrite)."""
+    return {
+        "name": f"kong:{workspace}",
+        "domains": ["*"],
+        "request_headers_to_add": [
+            {
+                "header": {"key": key, "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+            for key, value in (
+                ("x-real-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                ("x-forwarded-port", "%DOWNSTREAM_LOCAL_PORT%"),
+            )
         ],
     }
 
@@ -440,7 +462,7 @@ def route_configuration(
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
         "name": route_config_name(workspace, https),
-        "virtual_hosts": [{"name": f"kong:{workspace}", "domains": ["*"], "routes": routes}],
+        "virtual_hosts": [{**_virtual_host(workspace), "routes": routes}],
     }
 
 
@@ -459,7 +481,8 @@ def _route_message(
     if len(_ROUTE_MEMO) > _ROUTE_MEMO_LIMIT:
         _ROUTE_MEMO.clear()
     out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https))
-    vhost = out.virtual_hosts.add(name=f"kong:{workspace}", domains=["*"])
+    vhost = out.virtual_hosts.add()
+    json_format.ParseDict(_virtual_host(workspace), vhost)
     for entry in _sorted_entries(entities):
         sid = entry.route.service_id or ""
         host = str(services[sid].get("host") or "") if sid in services else ""
