@@ -236,7 +236,12 @@ def load_token(token: str | None, token_file: Path | None) -> str | None:
 
 
 def service_of(resource: Mapping[str, Any]) -> str:
-    """``kuma.io/service`` of the first inbound, else the Dataplane name (Envoy's ``node.cluster``)."""
+    """``kuma.io/service`` of the first inbound, or of the gateway, else the Dataplane name (Envoy's ``node.cluster``)."""
+    gateway = resource.get("networking", {}).get("gateway")
+    if isinstance(gateway, dict):
+        service = (gateway.get("tags") or {}).get(SERVICE_TAG)
+        if isinstance(service, str) and service:
+            return service
     inbound = resource.get("networking", {}).get("inbound") or []
     if inbound and isinstance(inbound[0], dict):
         service = (inbound[0].get("tags") or {}).get(SERVICE_TAG)
