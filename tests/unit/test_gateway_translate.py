@@ -328,3 +328,25 @@ def test_mesh_service_host_routes_to_the_mesh_cluster() -> None:
     mesh = next(r for r in routes if r["name"] == "mesh /m")
     assert mesh["route"]["cluster"] == "backend"
     assert mesh["route"]["host_rewrite_literal"] == "backend.mesh"
+
+
+def test_host_with_a_port_compares_with_the_listener_port(tmp_path: Path) -> None:
+    routes = [
+        _route(_rid(1), name="ported", hosts=["example.com:8000"]),
+        _route(_rid(2), name="all", paths=["/"]),
+    ]
+    entities = _entities(routes)
+    out = translate(WS, entities, [ListenAddress("127.0.0.1", 8000), ListenAddress("127.0.0.1", 9000)])
+    assert {r.name for r in out[types.ROUTE]} == {"kong:default:8000", "kong:default:9000"}
+    specs = [RouteSpec.from_kong(r, entities["services"][SVC]) for r in routes]
+    for port in (8000, 9000):
+        config = route_configuration(WS, entities, port=port)
+        for host in ("example.com", "example.com:8000", "example.com:9000"):
+            expected = match(specs, Request(method="GET", path="/x", host=host, port=port))
+            assert expected is not None
+            assert _simulate(config, "/x", host)[0].split(" ")[0] == expected.route.name, (port, host)
+    xds = {
+        t: [json_format.MessageToDict(_unpack(r.packed), preserving_proto_field_name=True) for r in res]
+        for t, res in out.items()
+    }
+    _envoy_validate(xds, tmp_path)

@@ -6,7 +6,8 @@
 * That RouteConfiguration has one catch-all virtual host whose routes are Kong's matchers in
   :func:`isthmus.gateway.router.sort_routes` order (Envoy takes the first route that matches, as Kong does):
   hosts as a case-insensitive ``:authority`` regex (exact, ``*.x`` suffix, ``x.*`` prefix; a host without a port
-  accepts any port), prefix paths as ``prefix``, ``~`` paths as ``safe_regex`` (Kong anchors at the start only, so
+  accepts any port; ``host:port`` needs that port in the Host header or, without one there, as the listener's: then
+  each listener port gets its own RouteConfiguration), prefix paths as ``prefix``, ``~`` paths as ``safe_regex`` (Kong anchors at the start only, so
   ``.*`` is appended), methods as a ``:method`` regex, headers as regexes (``~*`` values searched
   case-insensitively). A matcher with several paths becomes consecutive Envoy routes.
 * The upstream path is Kong's ``v0`` join (:func:`isthmus.gateway.router.upstream_path`) expressed as
@@ -30,8 +31,7 @@
   query_arg); Envoy's ring is not Kong's, so which target a given key reaches differs, but a key keeps its target.
 
 Approximations: for a ``~`` path the text stripped is the regex's match plus one following ``/``; a route with a
-regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``; a host with
-a port matches only a Host header that carries that port (Kong also takes the listener's port); X-Forwarded-Host
+regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``; X-Forwarded-Host
 keeps the client's port and is sent only when the Host is rewritten (not with ``preserve_host``).
 
 * ``--proxy-listen-tls`` addresses get an HTTPS listener once the workspace has a certificate: one filter chain per
@@ -97,8 +97,11 @@ class ListenAddress:
         return f"{self.host}:{self.port}"
 
 
-def route_config_name(workspace: str, https: bool = False) -> str:
-    return f"kong:{workspace}:https" if https else f"kong:{workspace}"
+def route_config_name(workspace: str, https: bool = False, port: int | None = None) -> str:
+    """``kong:<ws>`` (``:https`` for the TLS listeners; ``:<port>`` when some route host names a port, since Kong
+    then compares it with the listener's port)."""
+    name = f"kong:{workspace}:https" if https else f"kong:{workspace}"
+    return name if port is None else f"{name}:{port}"
 
 
 def secret_name(workspace: str, certificate_id: str) -> str:
@@ -129,7 +132,9 @@ def _is_ip(host: str) -> bool:
 # -- listeners ---------------------------------------------------------------------------------------------------
 
 
-def _hcm_filter(workspace: str, address: ListenAddress, https: bool) -> dict[str, Any]:
+def _hcm_filter(
+    workspace: str, address: ListenAddress, https: bool, per_port: bool = False
+) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -140,7 +145,7 @@ def _hcm_filter(workspace: str, address: ListenAddress, https: bool) -> dict[str
             "merge_slashes": True,
             "use_remote_address": True,
             "rds": {
-                "route_config_name": route_config_name(workspace, https),
+                "route_config_name": route_config_name(workspace, https, address.port if per_port else None),
                 "config_source": {"ads": {}, "resource_api_version": "V3"},
             },
             # no x-envoy-* request or response headers from the router (x-envoy-original-path, upstream service
@@ -156,7 +161,10 @@ def _hcm_filter(workspace: str, address: ListenAddress, https: bool) -> dict[str
 
 
 def tls_listener(
-    workspace: str, address: ListenAddress, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    workspace: str,
+    address: ListenAddress,
+    entities: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    per_port: bool = False,
 ) -> dict[str, Any] | None:
     """The HTTPS listener: a filter chain per certificate, chosen by SNI among its SNI entities (``*.x`` and exact
     names, as Envoy's ``server_names``); the oldest certificate answers other names. None without certificates."""
@@ -186,7 +194,7 @@ def tls_listener(
                     },
                 },
             },
-            "filters": [_hcm_filter(workspace, address, True)],
+            "filters": [_hcm_filter(workspace, address, True, per_port)],
         }
         if server_names:
             out["filter_chain_match"] = {"server_names": sorted(server_names)}
@@ -218,18 +226,20 @@ def tls_secret(workspace: str, certificate: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
-def listener(workspace: str, address: ListenAddress) -> dict[str, Any]:
+def listener(workspace: str, address: ListenAddress, per_port: bool = False) -> dict[str, Any]:
     return {
         "name": f"kong:http:{address}",
         "address": {"socket_address": {"address": address.host.strip("[]"), "port_value": address.port}},
-        "filter_chains": [{"filters": [_hcm_filter(workspace, address, False)]}],
+        "filter_chains": [{"filters": [_hcm_filter(workspace, address, False, per_port)]}],
     }
 
 
 # -- routes ------------------------------------------------------------------------------------------------------
 
 
-def _host_regex(hosts: Sequence[str]) -> str:
+def _host_regex(hosts: Sequence[str], listener_port: int | None = None) -> str:
+    """A host without a port accepts any port; ``host:port`` requires that port in the Host header, or no port
+    there when the listener's is that port."""
     options = []
     for pattern in hosts:
         name, sep, port = pattern.partition(":")
@@ -241,8 +251,18 @@ def _host_regex(hosts: Sequence[str]) -> str:
             body = re.escape(name[:-1]) + ".*"
         else:
             body = re.escape(name)
-        options.append(body + (":" + port if port else "(?::[0-9]+)?"))
+        if not port:
+            options.append(body + "(?::[0-9]+)?")
+        elif listener_port is not None and int(port) == listener_port:
+            options.append(body + "(?::" + port + ")?")
+        else:
+            options.append(body + ":" + port)
     return "(?i)(?:" + "|".join(options) + ")"
+
+
+def _has_port(host: str) -> bool:
+    name, sep, port = host.rpartition(":")
+    return bool(sep and name and port.isdigit())
 
 
 def _header_value_regex(values: Sequence[str]) -> str:
@@ -254,10 +274,10 @@ def _regex(pattern: str) -> dict[str, Any]:
     return {"safe_regex": {"regex": pattern}}
 
 
-def _headers(spec: RouteSpec) -> list[dict[str, Any]]:
+def _headers(spec: RouteSpec, port: int | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if spec.hosts:
-        out.append({"name": ":authority", "string_match": _regex(_host_regex(spec.hosts))})
+        out.append({"name": ":authority", "string_match": _regex(_host_regex(spec.hosts, port))})
     if spec.methods:
         out.append({"name": ":method", "string_match": _regex("|".join(re.escape(m) for m in spec.methods))})
     for name, values in spec.headers or ():
@@ -369,9 +389,10 @@ def _envoy_routes(
     services: Mapping[str, Mapping[str, Any]],
     upstreams: Mapping[str, Mapping[str, Any]],
     https: bool = False,
+    port: int | None = None,
 ) -> list[dict[str, Any]]:
     spec = entry.route
-    headers = _headers(spec)
+    headers = _headers(spec, port)
     out: list[dict[str, Any]] = []
     for path in entry.paths or (None,):
         name = f"{spec.name or spec.id}" + (f" {path}" if path else "")
@@ -452,16 +473,21 @@ def _sorted_entries(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
 
 
 def route_configuration(
-    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]], https: bool = False
+    workspace: str,
+    entities: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    https: bool = False,
+    port: int | None = None,
 ) -> dict[str, Any]:
     """The RouteConfiguration as a dict (Envoy's JSON field names)."""
     services = entities.get("services", {})
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     entries = _sorted_entries(entities)
-    routes = [r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams, https)]
+    routes = [
+        r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams, https, port)
+    ]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
-        "name": route_config_name(workspace, https),
+        "name": route_config_name(workspace, https, port),
         "virtual_hosts": [{**_virtual_host(workspace), "routes": routes}],
     }
 
@@ -472,7 +498,7 @@ _ROUTE_MEMO_LIMIT = 200_000
 
 
 def _route_message(
-    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]], https: bool
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]], https: bool, port: int | None
 ) -> route_pb2.RouteConfiguration:
     services = entities.get("services", {})
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
@@ -480,7 +506,7 @@ def _route_message(
     upstream_keys = {name: json.dumps(u, sort_keys=True, default=str) for name, u in upstreams.items()}
     if len(_ROUTE_MEMO) > _ROUTE_MEMO_LIMIT:
         _ROUTE_MEMO.clear()
-    out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https))
+    out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https, port))
     vhost = out.virtual_hosts.add()
     json_format.ParseDict(_virtual_host(workspace), vhost)
     for entry in _sorted_entries(entities):
@@ -488,6 +514,7 @@ def _route_message(
         host = str(services[sid].get("host") or "") if sid in services else ""
         key = (
             https,
+            port if entry.route.hosts and any(_has_port(h) for h in entry.route.hosts) else None,
             workspace,
             entry.matcher_id,
             entry.paths,
@@ -499,7 +526,7 @@ def _route_message(
         if messages is None:
             messages = [
                 json_format.ParseDict(r, route_components_pb2.Route())
-                for r in _envoy_routes(workspace, entry, services, upstreams, https)
+                for r in _envoy_routes(workspace, entry, services, upstreams, https, port)
             ]
             _ROUTE_MEMO[key] = messages
         vhost.routes.extend(messages)
@@ -617,13 +644,23 @@ def translate(
         for _, s in sorted(entities.get("services", {}).items())
         if mesh_service(s) is None
     ]
-    routes = [_route_message(workspace, entities, False)] if listen else []
-    listeners = [json_format.ParseDict(listener(workspace, a), listener_pb2.Listener()) for a in listen]
+    per_port = any(_has_port(h) for r in entities.get("routes", {}).values() for h in r.get("hosts") or ())
+
+    def ports(addresses: Sequence[ListenAddress]) -> list[int | None]:
+        out: list[int | None] = [None]
+        if per_port:
+            out = [*sorted({a.port for a in addresses})]
+        return out
+
+    routes = [_route_message(workspace, entities, False, p) for p in ports(listen)] if listen else []
+    listeners = [
+        json_format.ParseDict(listener(workspace, a, per_port), listener_pb2.Listener()) for a in listen
+    ]
     secrets = []
-    tls = [x for x in (tls_listener(workspace, a, entities) for a in listen_tls) if x is not None]
+    tls = [x for x in (tls_listener(workspace, a, entities, per_port) for a in listen_tls) if x is not None]
     if tls:
         listeners += [json_format.ParseDict(x, listener_pb2.Listener()) for x in tls]
-        routes.append(_route_message(workspace, entities, True))
+        routes += [_route_message(workspace, entities, True, p) for p in ports(listen_tls)]
         secrets = [
             json_format.ParseDict(tls_secret(workspace, c), secret_pb2.Secret())
             for _, c in sorted(entities.get("certificates", {}).items())
