@@ -13,8 +13,9 @@ import pytest
 from google.protobuf import json_format
 
 from isthmus.dp.envoy_binary import find_envoy_binary
+from isthmus.gateway.envoy_routes import cluster_name, route_configuration
 from isthmus.gateway.router import Request, RouteSpec, match, sort_routes
-from isthmus.gateway.translate import ListenAddress, cluster_name, route_configuration, translate
+from isthmus.gateway.translate import ListenAddress, translate
 from isthmus.xds import types
 
 WS = "default"

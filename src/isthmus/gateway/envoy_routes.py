@@ -1,0 +1,351 @@
+"""The RouteConfiguration of a gateway: Kong's routes in its router's order as Envoy routes (pure; no I/O).
+
+See :mod:`isthmus.gateway.translate` for what is generated and the known differences with Kong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from google.protobuf import json_format
+
+from isthmus.gateway.router import (
+    NO_ROUTE_MESSAGE,
+    RouteEntry,
+    RouteSpec,
+    sort_routes,
+    upstream_path,
+)
+
+NO_SERVICE_MESSAGE = "no Service found with those values"
+HTTPS_REQUIRED_MESSAGE = "Please use HTTPS protocol"
+_JSON = "application/json; charset=utf-8"
+_REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}  # fmt: skip
+
+
+def route_config_name(workspace: str, https: bool = False, port: int | None = None) -> str:
+    """``kong:<ws>`` (``:https`` for the TLS listeners; ``:<port>`` when some route host names a port, since Kong
+    then compares it with the listener's port)."""
+    name = f"kong:{workspace}:https" if https else f"kong:{workspace}"
+    return name if port is None else f"{name}:{port}"
+
+
+def cluster_name(workspace: str, service_id: str) -> str:
+    return f"kong:{workspace}:service:{service_id}"
+
+
+def json_body(message: str) -> str:
+    return json.dumps({"message": message}, indent=2) + "\n"
+
+
+def seconds(value: Any, default: int) -> str:
+    ms = int(value) if isinstance(value, int) and value >= 0 else default
+    return f"{ms / 1000:.3f}s"
+
+
+# -- routes ------------------------------------------------------------------------------------------------------
+
+
+def _host_regex(hosts: Sequence[str], listener_port: int | None = None) -> str:
+    """A host without a port accepts any port; ``host:port`` requires that port in the Host header, or no port
+    there when the listener's is that port."""
+    options = []
+    for pattern in hosts:
+        name, sep, port = pattern.partition(":")
+        if sep and not port.isdigit():
+            name, port = pattern, ""
+        if name.startswith("*"):
+            body = ".*" + re.escape(name[1:])
+        elif name.endswith("*"):
+            body = re.escape(name[:-1]) + ".*"
+        else:
+            body = re.escape(name)
+        if not port:
+            options.append(body + "(?::[0-9]+)?")
+        elif listener_port is not None and int(port) == listener_port:
+            options.append(body + "(?::" + port + ")?")
+        else:
+            options.append(body + ":" + port)
+    return "(?i)(?:" + "|".join(options) + ")"
+
+
+def has_port(host: str) -> bool:
+    name, sep, port = host.rpartition(":")
+    return bool(sep and name and port.isdigit())
+
+
+def _header_value_regex(values: Sequence[str]) -> str:
+    options = [f".*(?:{v[2:].lower()}).*" if v.startswith("~*") else re.escape(v) for v in values]
+    return "(?i)(?:" + "|".join(options) + ")"
+
+
+def _regex(pattern: str) -> dict[str, Any]:
+    return {"safe_regex": {"regex": pattern}}
+
+
+def _headers(spec: RouteSpec, port: int | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if spec.hosts:
+        out.append({"name": ":authority", "string_match": _regex(_host_regex(spec.hosts, port))})
+    if spec.methods:
+        out.append({"name": ":method", "string_match": _regex("|".join(re.escape(m) for m in spec.methods))})
+    for name, values in spec.headers or ():
+        if values:
+            out.append({"name": name.lower(), "string_match": _regex(_header_value_regex(values))})
+    return out
+
+
+def _exact_result(base: str, prefix: str) -> str:
+    """Kong's upstream path when the request path is exactly the stripped ``prefix``."""
+    return upstream_path(base, True, prefix, prefix)
+
+
+def _rewrites(spec: RouteSpec, path: str | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(extra match fields, route action fields) pairs, most specific first, for one path of a matcher."""
+    base = spec.service_path or "/"
+    if not spec.strip_path or path is None:
+        if base == "/":
+            return [({}, {})]
+        if base.endswith("/"):
+            return [({}, {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base}})]
+        rest: tuple[dict[str, Any], dict[str, Any]] = (
+            {},
+            {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": base + "/"}},
+        )
+        if path is not None and path != "/":  # the route cannot match "/" itself
+            return [rest]
+        return [({"path": "/"}, {"regex_rewrite": {"pattern": {"regex": "^/$"}, "substitution": base}}), rest]
+    after = base if base.endswith("/") else base + "/"
+    if path.startswith("~"):
+        exact_match: dict[str, Any] = {"safe_regex": {"regex": path[1:]}}
+        exact = _exact_result(base, "/x")  # a regex's text never "ends with /" for this purpose
+        pattern = "^(?:" + path[1:] + ")/?"
+    else:
+        exact_match = {"path": path}
+        exact = _exact_result(base, path)
+        pattern = "^" + re.escape(path) + "/?"
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if exact != after:
+        out.append((exact_match, {"regex_rewrite": {"pattern": {"regex": "^.*$"}, "substitution": exact}}))
+    out.append(({}, {"regex_rewrite": {"pattern": {"regex": pattern}, "substitution": after}}))
+    return out
+
+
+def _path_match(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {"prefix": "/"}
+    if path.startswith("~"):
+        return {"safe_regex": {"regex": "(?:" + path[1:] + ").*"}}
+    return {"prefix": path}
+
+
+MESH_DOMAIN = ".mesh"
+
+
+def mesh_service(service: Mapping[str, Any]) -> str | None:
+    """The mesh service a Kong Service reaches (host ``<kuma.io/service>.mesh``, as Kuma's DNS names them), or None.
+    Its traffic goes to the mesh's cluster of that name, which the mesh reconciler builds from the gateway
+    Dataplane's ``networking.outbound`` entry for the service: mTLS with the gateway's identity, the mesh's
+    policies for that outbound."""
+    host = str(service.get("host") or "")
+    if host.endswith(MESH_DOMAIN) and len(host) > len(MESH_DOMAIN):
+        return host[: -len(MESH_DOMAIN)]
+    return None
+
+
+def _host_rewrite(service: Mapping[str, Any], upstreams: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    host = str(service.get("host") or "")
+    upstream = upstreams.get(host)
+    if upstream is not None:
+        if upstream.get("host_header"):
+            return {"host_rewrite_literal": str(upstream["host_header"])}
+        return {"auto_host_rewrite": True}
+    port = service.get("port")
+    default = 443 if service.get("protocol") in ("https", "grpcs") else 80
+    return {"host_rewrite_literal": host if port in (None, default) else f"{host}:{port}"}
+
+
+def _hash_policy(upstream: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Envoy's hash policies for an Upstream's ``hash_on`` then ``hash_fallback`` (Envoy, like Kong, falls back to
+    the next one when a request lacks the first one's input). ``consumer`` and ``uri_capture`` are not there yet."""
+    if upstream is None or upstream.get("algorithm") != "consistent-hashing":
+        return []
+    out: list[dict[str, Any]] = []
+    for prefix in ("hash_on", "hash_fallback"):
+        kind = upstream.get(prefix)
+        if kind == "ip":
+            out.append({"connection_properties": {"source_ip": True}})
+        elif kind == "header" and upstream.get(f"{prefix}_header"):
+            out.append({"header": {"header_name": str(upstream[f"{prefix}_header"]).lower()}})
+        elif kind == "cookie" and upstream.get("hash_on_cookie"):
+            # a missing cookie is generated (a session cookie on hash_on_cookie_path), as Kong does
+            cookie = {
+                "name": upstream["hash_on_cookie"],
+                "ttl": "0s",
+                "path": upstream.get("hash_on_cookie_path") or "/",
+            }
+            out.append({"cookie": cookie})
+        elif kind == "path":
+            out.append({"header": {"header_name": ":path"}})
+        elif kind == "query_arg" and upstream.get(f"{prefix}_query_arg"):
+            out.append({"query_parameter": {"name": upstream[f"{prefix}_query_arg"]}})
+    return out
+
+
+def _envoy_routes(
+    workspace: str,
+    entry: RouteEntry,
+    services: Mapping[str, Mapping[str, Any]],
+    upstreams: Mapping[str, Mapping[str, Any]],
+    https: bool = False,
+    port: int | None = None,
+) -> list[dict[str, Any]]:
+    spec = entry.route
+    headers = _headers(spec, port)
+    out: list[dict[str, Any]] = []
+    for path in entry.paths or (None,):
+        name = f"{spec.name or spec.id}" + (f" {path}" if path else "")
+        match = {**_path_match(path), **({"headers": headers} if headers else {})}
+        if not https and "https" in spec.protocols and "http" not in spec.protocols:
+            code = spec.https_redirect_status_code
+            if code in _REDIRECT_CODES:
+                out.append({"name": name, "match": match, "redirect": {"https_redirect": True, "response_code": _REDIRECT_CODES[code]}})  # fmt: skip
+            else:
+                out.append(_direct(name, match, code, HTTPS_REQUIRED_MESSAGE))
+            continue
+        service = services.get(spec.service_id or "")
+        if service is None:
+            out.append(_direct(name, match, 503, NO_SERVICE_MESSAGE))
+            continue
+        action: dict[str, Any] = {
+            "cluster": mesh_service(service) or cluster_name(workspace, str(service["id"])),
+            "timeout": "0s",
+            "idle_timeout": seconds(
+                max(service.get("read_timeout") or 0, service.get("write_timeout") or 0), 60000
+            ),
+        }
+        retries = service.get("retries")
+        retries = 5 if retries is None else int(retries)
+        if retries > 0:
+            action["retry_policy"] = {"retry_on": "connect-failure,refused-stream", "num_retries": retries}
+        if not spec.preserve_host:
+            action.update(_host_rewrite(service, upstreams))
+            action["append_x_forwarded_host"] = True  # the client's Host, as Kong's X-Forwarded-Host
+        hashing = _hash_policy(upstreams.get(str(service.get("host") or "")))
+        if hashing:
+            action["hash_policy"] = hashing
+        for extra, rewrite in _rewrites(spec, path):
+            # an extra path specifier (the exact path of a stripped prefix) replaces the matcher's own
+            fields = {**({k: v for k, v in match.items() if k == "headers"} if extra else match), **extra}
+            out.append({"name": name, "match": fields, "route": {**action, **rewrite}})
+    return out
+
+
+def _direct(name: str, match: dict[str, Any], status: int, message: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "match": match,
+        "direct_response": {"status": status, "body": {"inline_string": json_body(message)}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": _JSON}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+
+
+def _virtual_host(workspace: str) -> dict[str, Any]:
+    """The one catch-all virtual host, with the request headers Kong adds that Envoy does not (Envoy sets
+    X-Forwarded-For and X-Forwarded-Proto itself; X-Forwarded-Host is appended on a host rewrite)."""
+    return {
+        "name": f"kong:{workspace}",
+        "domains": ["*"],
+        "request_headers_to_add": [
+            {
+                "header": {"key": key, "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+            for key, value in (
+                ("x-real-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                ("x-forwarded-port", "%DOWNSTREAM_LOCAL_PORT%"),
+            )
+        ],
+    }
+
+
+def _sorted_entries(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[RouteEntry]:
+    services = entities.get("services", {})
+    specs = []
+    for route in entities.get("routes", {}).values():
+        ref = route.get("service")
+        service = services.get(ref.get("id", "")) if isinstance(ref, Mapping) else None
+        specs.append(RouteSpec.from_kong(route, service))
+    return sort_routes(specs)
+
+
+def route_configuration(
+    workspace: str,
+    entities: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    https: bool = False,
+    port: int | None = None,
+) -> dict[str, Any]:
+    """The RouteConfiguration as a dict (Envoy's JSON field names)."""
+    services = entities.get("services", {})
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    entries = _sorted_entries(entities)
+    routes = [
+        r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams, https, port)
+    ]
+    routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
+    return {
+        "name": route_config_name(workspace, https, port),
+        "virtual_hosts": [{**_virtual_host(workspace), "routes": routes}],
+    }
+
+
+# Envoy routes of one matcher, by everything they are made of: a change to one route among thousands converts one.
+_ROUTE_MEMO: dict[tuple[object, ...], list[route_components_pb2.Route]] = {}
+_ROUTE_MEMO_LIMIT = 200_000
+
+
+def route_message(
+    workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]], https: bool, port: int | None
+) -> route_pb2.RouteConfiguration:
+    services = entities.get("services", {})
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    service_keys = {sid: json.dumps(svc, sort_keys=True, default=str) for sid, svc in services.items()}
+    upstream_keys = {name: json.dumps(u, sort_keys=True, default=str) for name, u in upstreams.items()}
+    if len(_ROUTE_MEMO) > _ROUTE_MEMO_LIMIT:
+        _ROUTE_MEMO.clear()
+    out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https, port))
+    vhost = out.virtual_hosts.add()
+    json_format.ParseDict(_virtual_host(workspace), vhost)
+    for entry in _sorted_entries(entities):
+        sid = entry.route.service_id or ""
+        host = str(services[sid].get("host") or "") if sid in services else ""
+        key = (
+            https,
+            port if entry.route.hosts and any(has_port(h) for h in entry.route.hosts) else None,
+            workspace,
+            entry.matcher_id,
+            entry.paths,
+            entry.route,
+            service_keys.get(sid),
+            upstream_keys.get(host),
+        )
+        messages = _ROUTE_MEMO.get(key)
+        if messages is None:
+            messages = [
+                json_format.ParseDict(r, route_components_pb2.Route())
+                for r in _envoy_routes(workspace, entry, services, upstreams, https, port)
+            ]
+            _ROUTE_MEMO[key] = messages
+        vhost.routes.extend(messages)
+    vhost.routes.append(
+        json_format.ParseDict(
+            _direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE), route_components_pb2.Route()
+        )
+    )
+    return out
