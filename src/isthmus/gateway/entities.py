@@ -37,7 +37,8 @@ MAX_LIST = 10_000
 PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss")
 HTTP_REDIRECT_CODES = (426, 301, 302, 307, 308)
 
-# The plugins Isthmus implements (others are refused with Kong's "not enabled" message).
+# Kong's bundled plugins Isthmus knows (others are refused with Kong's "not enabled" message); those not in
+# isthmus.gateway.plugins.kinds() yet are stored but not applied (to be refused as "not supported yet").
 PLUGINS = (
     "acl",
     "basic-auth",
@@ -596,11 +597,19 @@ class Plugin(Entity):
         return data
 
     def entity_errors(self) -> dict[str, Any]:
+        from isthmus.gateway import plugins
+
         if self.name not in PLUGINS:
             return {
                 "name": f"plugin '{self.name}' not enabled; add it to the 'plugins' configuration property"
             }
-        return {}
+        if self.name not in plugins.kinds():
+            # TODO(issue 8): refuse with f"plugin '{self.name}' is not supported yet" once the test fixtures
+            # (key-auth, rate-limiting, kong.md's example) use implemented plugins; stored, not applied, until then
+            return {}
+        if self.consumer is not None:
+            return {"consumer": f"plugin '{self.name}' scoped to a consumer is not supported yet"}
+        return plugins.config_errors(self.name, self.config)
 
 
 # -- Certificates ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import json_format
 
+from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.router import (
     NO_ROUTE_MESSAGE,
     RouteEntry,
@@ -203,7 +204,10 @@ def _envoy_routes(
     upstreams: Mapping[str, Mapping[str, Any]],
     https: bool = False,
     port: int | None = None,
+    plugins: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
+    """The Envoy routes of one Kong matcher; ``plugins`` (:func:`isthmus.gateway.plugins.effective`) apply to them
+    all but an https redirect, which Kong answers before its plugins run."""
     spec = entry.route
     headers = _headers(spec, port)
     out: list[dict[str, Any]] = []
@@ -219,7 +223,7 @@ def _envoy_routes(
             continue
         service = services.get(spec.service_id or "")
         if service is None:
-            out.append(_direct(name, match, 503, NO_SERVICE_MESSAGE))
+            out += kong_plugins.apply(plugins or {}, [_direct(name, match, 503, NO_SERVICE_MESSAGE)])
             continue
         action: dict[str, Any] = {
             "cluster": mesh_service(service) or cluster_name(workspace, str(service["id"])),
@@ -238,10 +242,12 @@ def _envoy_routes(
         hashing = _hash_policy(upstreams.get(str(service.get("host") or "")))
         if hashing:
             action["hash_policy"] = hashing
+        proxied = []
         for extra, rewrite in _rewrites(spec, path):
             # an extra path specifier (the exact path of a stripped prefix) replaces the matcher's own
             fields = {**({k: v for k, v in match.items() if k == "headers"} if extra else match), **extra}
-            out.append({"name": name, "match": fields, "route": {**action, **rewrite}})
+            proxied.append({"name": name, "match": fields, "route": {**action, **rewrite}})
+        out += kong_plugins.apply(plugins or {}, proxied)
     return out
 
 
@@ -295,8 +301,19 @@ def route_configuration(
     services = entities.get("services", {})
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     entries = _sorted_entries(entities)
+    plugins = entities.get("plugins", {})
     routes = [
-        r for entry in entries for r in _envoy_routes(workspace, entry, services, upstreams, https, port)
+        r
+        for entry in entries
+        for r in _envoy_routes(
+            workspace,
+            entry,
+            services,
+            upstreams,
+            https,
+            port,
+            kong_plugins.effective(plugins, entry.route.id, entry.route.service_id),
+        )
     ]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
@@ -322,9 +339,11 @@ def route_message(
     out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https, port))
     vhost = out.virtual_hosts.add()
     json_format.ParseDict(_virtual_host(workspace), vhost)
+    all_plugins = entities.get("plugins", {})
     for entry in _sorted_entries(entities):
         sid = entry.route.service_id or ""
         host = str(services[sid].get("host") or "") if sid in services else ""
+        plugins = kong_plugins.effective(all_plugins, entry.route.id, entry.route.service_id)
         key = (
             https,
             port if entry.route.hosts and any(has_port(h) for h in entry.route.hosts) else None,
@@ -334,12 +353,13 @@ def route_message(
             entry.route,
             service_keys.get(sid),
             upstream_keys.get(host),
+            json.dumps(plugins, sort_keys=True, default=str) if plugins else None,
         )
         messages = _ROUTE_MEMO.get(key)
         if messages is None:
             messages = [
                 json_format.ParseDict(r, route_components_pb2.Route())
-                for r in _envoy_routes(workspace, entry, services, upstreams, https, port)
+                for r in _envoy_routes(workspace, entry, services, upstreams, https, port, plugins)
             ]
             _ROUTE_MEMO[key] = messages
         vhost.routes.extend(messages)

@@ -45,7 +45,9 @@ keeps the client's port and is sent only when the Host is rewritten (not with ``
   mesh reconciler builds that cluster (mTLS with the gateway's identity, the mesh's policies for that outbound).
 
 Not yet: routes' ``snis``, ``hash_on: consumer`` and ``uri_capture``, health checks, the mesh leg without an
-outbound entry (and Kong values overriding mesh policies), plugins.
+outbound entry (and Kong values overriding mesh policies).
+
+Plugins: :mod:`isthmus.gateway.plugins` (their HCM filters on every listener, their per-route configuration).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from google.protobuf import json_format
 
+from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.envoy_routes import (
     cluster_name,
     has_port,
@@ -126,10 +129,11 @@ def _hcm_filter(
             # no x-envoy-* request or response headers from the router (x-envoy-original-path, upstream service
             # time, ...): Kong sends none of them
             "http_filters": [
+                *kong_plugins.http_filters(),
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": ROUTER, "suppress_envoy_headers": True},
-                }
+                },
             ],
         },
     }

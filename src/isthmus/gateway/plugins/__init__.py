@@ -1,0 +1,95 @@
+"""Kong plugins as native Envoy configuration: a registry of the implemented plugins and Kong's scoping.
+
+Each plugin is one module with a pydantic ``Config`` (Kong's config fields, defaults and checks) and a
+:class:`PluginKind`: the HCM filters it needs (placed before the router on every gateway listener; without a
+per-route config they do nothing) and a function that changes the Envoy routes of one Kong route (its
+``typed_per_filter_config``, or a ``direct_response``). For each plugin name exactly one configuration applies to
+a Kong route, the most specific one, as Kong's ``plugins_iterator``: route+service > route > service > global
+(consumer-scoped configurations are refused at the Admin API for now).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+EnvoyRoute = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PluginKind:
+    name: str
+    config: type[BaseModel]
+    # the Envoy routes of one Kong route -> those routes with the plugin applied
+    apply: Callable[[Any, list[EnvoyRoute]], list[EnvoyRoute]]
+    http_filters: tuple[dict[str, Any], ...] = ()
+    # Kong's entity checks across config fields: field -> message
+    checks: Callable[[Any], dict[str, str]] | None = None
+
+
+def _registry() -> dict[str, PluginKind]:
+    from isthmus.gateway.plugins import cors, request_termination
+
+    kinds = (request_termination.KIND, cors.KIND)
+    return {k.name: k for k in kinds}
+
+
+_KINDS: dict[str, PluginKind] = {}
+
+
+def kinds() -> dict[str, PluginKind]:
+    """The implemented plugins by name."""
+    if not _KINDS:
+        _KINDS.update(_registry())
+    return _KINDS
+
+
+def http_filters() -> list[dict[str, Any]]:
+    """The HCM filters of every implemented plugin, in Kong's execution order (before the router)."""
+    return [f for kind in kinds().values() for f in kind.http_filters]
+
+
+def config_errors(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Kong's schema-violation fields for a plugin's ``config`` (``{}`` when valid)."""
+    from isthmus.gateway.entities import pydantic_fields
+
+    kind = kinds()[name]
+    try:
+        parsed = kind.config.model_validate(dict(config))
+    except ValidationError as exc:
+        return {"config": pydantic_fields(exc)}
+    problems = kind.checks(parsed) if kind.checks else {}
+    return {"config": problems} if problems else {}
+
+
+def _ref(value: Any) -> str | None:
+    return str(value["id"]) if isinstance(value, Mapping) and value.get("id") else None
+
+
+def effective(
+    plugins: Mapping[str, Mapping[str, Any]], route_id: str, service_id: str | None
+) -> dict[str, Mapping[str, Any]]:
+    """Plugin name -> the plugin entity that applies to the route (Kong's precedence; enabled ones only)."""
+    best: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    for plugin in plugins.values():
+        if not plugin.get("enabled", True) or plugin.get("consumer") or plugin.get("name") not in kinds():
+            continue
+        route, service = _ref(plugin.get("route")), _ref(plugin.get("service"))
+        if (route is not None and route != route_id) or (service is not None and service != service_id):
+            continue
+        rank = (2 if route else 0) + (1 if service else 0)
+        name = str(plugin["name"])
+        if name not in best or rank > best[name][0]:
+            best[name] = (rank, plugin)
+    return {name: plugin for name, (_, plugin) in sorted(best.items())}
+
+
+def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    """The Envoy routes of one Kong route with its effective plugins applied (``effective``'s result)."""
+    for name, plugin in plugins.items():
+        kind = kinds()[name]
+        routes = kind.apply(kind.config.model_validate(plugin.get("config") or {}), routes)
+    return routes

@@ -1,0 +1,93 @@
+"""Kong plugins end to end: a real control plane, a real gateway Envoy, plugins made through the Admin API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import App, ControlPlane, wait_for
+from tests.e2e.test_gateway_proxy import MESH, Gateway, _created, _json
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, httpx.Client, App, Path]]:
+    tmp = tmp_path_factory.mktemp("gateway-plugins")
+    cp = ControlPlane(tmp).start()
+    alpha = App(tmp, "alpha").start()
+    kong = httpx.Client(base_url=f"http://127.0.0.1:{cp.gateway_admin_port}", timeout=10)
+    try:
+        cp.apply(MESH)
+        yield cp, kong, alpha, tmp
+    finally:
+        kong.close()
+        alpha.stop()
+        cp.stop()
+
+
+def test_request_termination_and_cors(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> None:
+    cp, kong, alpha, tmp = setup
+    _created(kong.put("/services/alpha", json={"url": f"http://127.0.0.1:{alpha.port}"}))
+    _created(kong.put("/services/alpha/routes/open", json={"paths": ["/open"]}))
+    _created(kong.put("/services/alpha/routes/closed", json={"paths": ["/closed"]}))
+    # a bad config is refused with Kong's error body, naming the field
+    bad = kong.post(
+        "/routes/closed/plugins", json={"name": "request-termination", "config": {"status_code": 99}}
+    )
+    assert bad.status_code == 400
+    assert bad.json()["fields"] == {"config": {"status_code": "value should be between 100 and 599"}}
+    _created(
+        kong.post(
+            "/routes/closed/plugins",
+            json={"name": "request-termination", "config": {"status_code": 403, "message": "closed for now"}},
+        )
+    )
+    gw = Gateway(tmp, cp, "edge-plugins").start()
+    try:
+        wait_for(lambda: gw.get("/closed/x").status_code == 403, 60, what="request-termination on /closed")
+        closed = gw.get("/closed/x")
+        assert closed.json() == {"message": "closed for now"}
+        assert closed.headers["content-type"].startswith("application/json")
+        assert _json(gw.get("/open/x"))["service"] == "alpha"
+        # a service-wide cors: the preflight is answered with the allowed origin, other origins get no CORS headers
+        _created(
+            kong.post(
+                "/services/alpha/plugins",
+                json={"name": "cors", "config": {"origins": ["http://app.example"], "methods": ["GET", "POST"],
+                                                 "max_age": 600, "credentials": True}},
+            )
+        )  # fmt: skip
+        preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+
+        def answered() -> bool:
+            response = gw.http.options("/open/x", headers=preflight)
+            return bool(response.headers.get("access-control-allow-origin") == "http://app.example")
+
+        wait_for(answered, 30, what="cors preflight")
+        response = gw.http.options("/open/x", headers=preflight)
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-methods"] == "GET,POST"
+        assert response.headers["access-control-max-age"] == "600"
+        assert response.headers["access-control-allow-credentials"] == "true"
+        simple = gw.get("/open/x", headers={"Origin": "http://app.example"})
+        assert (
+            simple.status_code == 200
+            and simple.headers["access-control-allow-origin"] == "http://app.example"
+        )
+        other = gw.get("/open/x", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        # the route's own request-termination still answers (cors headers on it too, as Kong runs cors first)
+        assert gw.get("/closed/x", headers={"Origin": "http://app.example"}).status_code == 403
+        # removing the plugin opens the route again
+        plugin_id = next(
+            p["id"] for p in kong.get("/plugins").json()["data"] if p["name"] == "request-termination"
+        )
+        assert kong.delete(f"/plugins/{plugin_id}").status_code == 204
+        wait_for(lambda: gw.get("/closed/x").status_code == 200, 30, what="termination removed")
+        assert _json(gw.get("/closed/x"))["service"] == "alpha"
+    finally:
+        gw.stop()

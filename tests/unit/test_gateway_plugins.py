@@ -1,0 +1,130 @@
+"""Kong plugins -> Envoy configuration (isthmus.gateway.plugins): scoping, config checks, ``envoy --mode validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from isthmus.gateway import entities as e
+from isthmus.gateway import plugins
+from isthmus.gateway.errors import KongError
+from isthmus.gateway.translate import ListenAddress, translate
+from isthmus.xds import types
+from tests.unit.test_gateway_translate import SVC, WS, _entities, _envoy_validate, _rid, _route, _unpack
+
+
+def _plugin(pid: str, name: str, config: dict[str, Any] | None = None, **scope: str) -> dict[str, Any]:
+    refs = {k: {"id": v} for k, v in scope.items()}
+    return {"id": pid, "name": name, "config": config or {}, "enabled": True, "route": None, "service": None,
+            "consumer": None, **refs}  # fmt: skip
+
+
+def _xds(entities: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out = translate(WS, entities, [ListenAddress("127.0.0.1", 8000)])
+    return {
+        t: [json_format.MessageToDict(_unpack(r.packed), preserving_proto_field_name=True) for r in res]
+        for t, res in out.items()
+    }
+
+
+def _routes(xds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in xds[types.ROUTE][0]["virtual_hosts"][0]["routes"]}
+
+
+def test_most_specific_configuration_wins() -> None:
+    a, b, c = _rid(1), _rid(2), _rid(3)
+    found = {
+        "global": _plugin("p1", "cors", {"origins": ["http://global"]}),
+        "service": _plugin("p2", "cors", {"origins": ["http://service"]}, service=SVC),
+        "route": _plugin("p3", "cors", {"origins": ["http://route"]}, route=a),
+        "both": _plugin("p4", "cors", {"origins": ["http://both"]}, route=b, service=SVC),
+        "disabled": {**_plugin("p5", "cors", {"origins": ["http://off"]}, route=c), "enabled": False},
+    }
+    picked = {rid: plugins.effective(found, rid, SVC)["cors"]["id"] for rid in (a, b, c)}
+    assert picked == {a: "p3", b: "p4", c: "p2"}
+    assert plugins.effective(found, c, "other")["cors"]["id"] == "p1"
+
+
+def test_request_termination_answers_its_status_and_body(tmp_path: Path) -> None:
+    entities = _entities(
+        [_route(_rid(1), name="closed", paths=["/closed"]), _route(_rid(2), name="open", paths=["/open"])]
+    )
+    entities["plugins"] = {
+        "p1": _plugin("p1", "request-termination", {"status_code": 418, "body": "teapot", "content_type": "text/plain"}, route=_rid(1)),
+    }  # fmt: skip
+    xds = _xds(entities)
+    routes = _routes(xds)
+    closed = routes["closed /closed"]
+    assert closed["direct_response"] == {"status": 418, "body": {"inline_string": "teapot"}}
+    assert closed["response_headers_to_add"][0]["header"] == {"key": "content-type", "value": "text/plain"}
+    assert "route" in routes["open /open"]
+    _envoy_validate(xds, tmp_path)
+    # the default: 503 with Kong's error body
+    entities["plugins"]["p1"]["config"] = {}
+    body = _routes(_xds(entities))["closed /closed"]["direct_response"]
+    assert body["status"] == 503 and json.loads(body["body"]["inline_string"]) == {
+        "message": "Service unavailable"
+    }
+
+
+def test_cors_policy_per_route(tmp_path: Path) -> None:
+    entities = _entities([_route(_rid(1), name="api", paths=["/api"])])
+    config = {"origins": ["http://a.example", r"https://.*\.b\.example"], "headers": ["X-A"],
+              "exposed_headers": ["X-B"], "credentials": True, "max_age": 600, "methods": ["GET", "POST"]}  # fmt: skip
+    entities["plugins"] = {"p1": _plugin("p1", "cors", config, service=SVC)}
+    xds = _xds(entities)
+    policy = _routes(xds)["api /api"]["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [
+        {"exact": "http://a.example"},
+        {"safe_regex": {"regex": r"https://.*\.b\.example"}},
+    ]
+    assert (policy["allow_methods"], policy["allow_headers"], policy["expose_headers"]) == (
+        "GET,POST",
+        "X-A",
+        "X-B",
+    )
+    assert policy["allow_credentials"] is True and policy["max_age"] == "600"
+    hcm = xds[types.LISTENER][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == [
+        "envoy.filters.http.cors",
+        "envoy.filters.http.router",
+    ]
+    _envoy_validate(xds, tmp_path)
+
+
+def _violation(data: dict[str, Any]) -> dict[str, Any]:
+    with pytest.raises(KongError) as info:
+        e.validate(e.Plugin, data)
+    return info.value.body()
+
+
+@pytest.mark.parametrize(
+    ("data", "fields"),
+    [
+        ({"name": "request-termination", "config": {"status_code": 700}},
+         {"config": {"status_code": "value should be between 100 and 599"}}),
+        ({"name": "request-termination", "config": {"message": "x", "body": "y"}},
+         {"config": {"message": "message cannot be used with content_type or body"}}),
+        ({"name": "request-termination", "config": {"content_type": "text/plain"}},
+         {"config": {"content_type": "content_type requires a body"}}),
+        ({"name": "cors", "config": {"methods": ["FETCH"]}},
+         {"config": {"methods": ["expected one of: GET, HEAD, PUT, PATCH, POST, DELETE, OPTIONS, TRACE, CONNECT"]}}),
+        ({"name": "cors", "config": {"origins": ["("]}}, {"config": {"origins": "'(' is not a valid regex"}}),
+        ({"name": "cors", "config": {"nope": 1}}, {"config": {"nope": "unknown field"}}),
+        ({"name": "cors", "consumer": {"id": "6f1d0b1e-0000-4000-8000-00000000000c"}},
+         {"consumer": "plugin 'cors' scoped to a consumer is not supported yet"}),
+    ],
+)  # fmt: skip
+def test_config_errors_in_kong_shape(data: dict[str, Any], fields: dict[str, Any]) -> None:
+    body = _violation(data)
+    assert body["code"] == 2 and body["name"] == "schema violation"
+    assert body["fields"] == fields
+
+
+def test_valid_configs_pass() -> None:
+    e.validate(e.Plugin, {"name": "request-termination", "config": {"status_code": 403, "message": "no"}})
+    e.validate(e.Plugin, {"name": "cors", "config": {"origins": ["*"], "max_age": 3600}})
