@@ -91,3 +91,22 @@ def test_request_termination_and_cors(setup: tuple[ControlPlane, httpx.Client, A
         assert _json(gw.get("/closed/x"))["service"] == "alpha"
     finally:
         gw.stop()
+
+
+def test_correlation_id(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> None:
+    cp, kong, alpha, tmp = setup
+    _created(kong.put("/services/corr", json={"url": f"http://127.0.0.1:{alpha.port}"}))
+    _created(kong.put("/services/corr/routes/corr", json={"paths": ["/corr"]}))
+    config = {"header_name": "X-Corr", "generator": "uuid", "echo_downstream": True}
+    _created(kong.post("/routes/corr/plugins", json={"name": "correlation-id", "config": config}))
+    gw = Gateway(tmp, cp, "edge-corr").start()
+    try:
+        wait_for(lambda: "x-corr" in gw.get("/corr").headers, 60, what="correlation-id on /corr")
+        first, second = gw.get("/corr"), gw.get("/corr")
+        made = first.headers["x-corr"]
+        assert len(made) == 36 and made != second.headers["x-corr"]  # a fresh UUID per request
+        assert _json(first)["headers"]["x-corr"] == made  # the upstream got the same value
+        kept = gw.get("/corr", headers={"X-Corr": "client-id-1"})
+        assert kept.headers["x-corr"] == "client-id-1" and _json(kept)["headers"]["x-corr"] == "client-id-1"
+    finally:
+        gw.stop()

@@ -128,3 +128,18 @@ def test_config_errors_in_kong_shape(data: dict[str, Any], fields: dict[str, Any
 def test_valid_configs_pass() -> None:
     e.validate(e.Plugin, {"name": "request-termination", "config": {"status_code": 403, "message": "no"}})
     e.validate(e.Plugin, {"name": "cors", "config": {"origins": ["*"], "max_age": 3600}})
+
+
+def test_correlation_id_header_kept_or_made(tmp_path: Path) -> None:
+    entities = _entities([_route(_rid(1), name="api", paths=["/api"])])
+    config = {"header_name": "X-Corr", "echo_downstream": True}
+    entities["plugins"] = {"p1": _plugin("p1", "correlation-id", config)}
+    xds = _xds(entities)
+    route = _routes(xds)["api /api"]
+    assert route["request_headers_to_add"] == [
+        {"header": {"key": "x-corr", "value": "%UNIQUE_ID%"}, "append_action": "ADD_IF_ABSENT"}
+    ]
+    assert route["response_headers_to_add"][-1]["header"] == {"key": "x-corr", "value": "%REQ(x-corr)%"}
+    _envoy_validate(xds, tmp_path)
+    body = _violation({"name": "correlation-id", "config": {"generator": "nope"}})
+    assert body["fields"] == {"config": {"generator": "expected one of: uuid, uuid#counter, tracker"}}

@@ -31,9 +31,9 @@ class PluginKind:
 
 
 def _registry() -> dict[str, PluginKind]:
-    from isthmus.gateway.plugins import cors, request_termination
+    from isthmus.gateway.plugins import correlation_id, cors, request_termination
 
-    kinds = (request_termination.KIND, cors.KIND)
+    kinds = (request_termination.KIND, cors.KIND, correlation_id.KIND)
     return {k.name: k for k in kinds}
 
 
