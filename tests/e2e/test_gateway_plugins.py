@@ -110,3 +110,28 @@ def test_correlation_id(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> 
         assert kept.headers["x-corr"] == "client-id-1" and _json(kept)["headers"]["x-corr"] == "client-id-1"
     finally:
         gw.stop()
+
+
+def test_request_size_limiting(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> None:
+    cp, kong, alpha, tmp = setup
+    _created(kong.put("/services/sized", json={"url": f"http://127.0.0.1:{alpha.port}"}))
+    _created(kong.put("/services/sized/routes/sized", json={"paths": ["/sized"]}))
+    config = {"allowed_payload_size": 1, "size_unit": "kilobytes"}
+    _created(kong.post("/routes/sized/plugins", json={"name": "request-size-limiting", "config": config}))
+    gw = Gateway(tmp, cp, "edge-sized").start()
+    try:
+        wait_for(
+            lambda: gw.http.post("/sized", content=b"x" * 2000).status_code == 413, 60, what="size limit"
+        )
+        too_big = gw.http.post("/sized", content=b"x" * 1025)
+        assert too_big.status_code == 413 and too_big.json() == {"message": "Request size limit exceeded"}
+        assert _json(gw.http.post("/sized", content=b"x" * 1024))["service"] == "alpha"
+
+        def chunks() -> Iterator[bytes]:
+            yield from (b"y" * 600, b"y" * 600)
+
+        assert (
+            gw.http.post("/sized", content=chunks()).status_code == 413
+        )  # no Content-Length: Envoy's buffer
+    finally:
+        gw.stop()

@@ -89,10 +89,7 @@ def test_cors_policy_per_route(tmp_path: Path) -> None:
     )
     assert policy["allow_credentials"] is True and policy["max_age"] == "600"
     hcm = xds[types.LISTENER][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert [f["name"] for f in hcm["http_filters"]] == [
-        "envoy.filters.http.cors",
-        "envoy.filters.http.router",
-    ]
+    assert hcm["http_filters"][0]["name"] == "envoy.filters.http.cors"
     _envoy_validate(xds, tmp_path)
 
 
@@ -143,3 +140,39 @@ def test_correlation_id_header_kept_or_made(tmp_path: Path) -> None:
     _envoy_validate(xds, tmp_path)
     body = _violation({"name": "correlation-id", "config": {"generator": "nope"}})
     assert body["fields"] == {"config": {"generator": "expected one of: uuid, uuid#counter, tracker"}}
+
+
+def test_request_size_limiting_routes_and_buffer(tmp_path: Path) -> None:
+    entities = _entities([_route(_rid(1), name="up", paths=["/up"])])
+    config = {"allowed_payload_size": 10, "size_unit": "kilobytes", "require_content_length": True}
+    entities["plugins"] = {
+        "p1": _plugin("p1", "request-size-limiting", config, route=_rid(1)),
+        "p2": _plugin("p2", "request-termination", {"status_code": 418}, service=SVC),
+    }
+    xds = _xds(entities)
+    routes = [r for r in xds[types.ROUTE][0]["virtual_hosts"][0]["routes"] if r["name"] == "up /up"]
+    # Kong runs request-size-limiting (priority 951) before request-termination (2)
+    assert [r["direct_response"]["status"] for r in routes] == [413, 411, 418]
+    assert routes[0]["match"]["headers"][-1]["range_match"] == {
+        "start": "10241",
+        "end": "9223372036854775807",
+    }
+    assert json.loads(routes[0]["direct_response"]["body"]["inline_string"]) == {
+        "message": "Request size limit exceeded"
+    }
+    hcm = xds[types.LISTENER][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == [
+        "envoy.filters.http.cors",
+        "envoy.filters.http.buffer",
+        "envoy.filters.http.router",
+    ]
+    _envoy_validate(xds, tmp_path)
+    del entities["plugins"]["p2"]
+    proxied = [r for r in _routes_list(_xds(entities)) if r["name"] == "up /up" and "route" in r]
+    buffer = proxied[0]["typed_per_filter_config"]["envoy.filters.http.buffer"]
+    assert buffer["buffer"]["max_request_bytes"] == 10240
+
+
+def _routes_list(xds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = xds[types.ROUTE][0]["virtual_hosts"][0]["routes"]
+    return routes

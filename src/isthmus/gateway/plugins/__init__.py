@@ -22,6 +22,7 @@ EnvoyRoute = dict[str, Any]
 @dataclass(frozen=True)
 class PluginKind:
     name: str
+    priority: int  # Kong's PRIORITY: a higher one runs first, so it is applied last (its effect outermost)
     config: type[BaseModel]
     # the Envoy routes of one Kong route -> those routes with the plugin applied
     apply: Callable[[Any, list[EnvoyRoute]], list[EnvoyRoute]]
@@ -31,10 +32,10 @@ class PluginKind:
 
 
 def _registry() -> dict[str, PluginKind]:
-    from isthmus.gateway.plugins import correlation_id, cors, request_termination
+    from isthmus.gateway.plugins import correlation_id, cors, request_size_limiting, request_termination
 
-    kinds = (request_termination.KIND, cors.KIND, correlation_id.KIND)
-    return {k.name: k for k in kinds}
+    kinds = (correlation_id.KIND, cors.KIND, request_size_limiting.KIND, request_termination.KIND)
+    return {k.name: k for k in sorted(kinds, key=lambda k: -k.priority)}
 
 
 _KINDS: dict[str, PluginKind] = {}
@@ -88,8 +89,9 @@ def effective(
 
 
 def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
-    """The Envoy routes of one Kong route with its effective plugins applied (``effective``'s result)."""
-    for name, plugin in plugins.items():
+    """The Envoy routes of one Kong route with its effective plugins applied (``effective``'s result), the lowest
+    Kong priority first: a request-size-limiting 413 comes before a request-termination, as in Kong."""
+    for name, plugin in sorted(plugins.items(), key=lambda item: kinds()[item[0]].priority):
         kind = kinds()[name]
         routes = kind.apply(kind.config.model_validate(plugin.get("config") or {}), routes)
     return routes

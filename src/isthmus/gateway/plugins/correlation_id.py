@@ -48,4 +48,4 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     return out
 
 
-KIND = PluginKind(name="correlation-id", config=Config, apply=apply)
+KIND = PluginKind(priority=100001, name="correlation-id", config=Config, apply=apply)

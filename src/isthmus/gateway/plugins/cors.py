@@ -86,6 +86,7 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
 
 
 KIND = PluginKind(
+    priority=2000,
     name="cors",
     config=Config,
     apply=apply,

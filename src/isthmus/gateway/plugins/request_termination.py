@@ -97,4 +97,4 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     return out
 
 
-KIND = PluginKind(name="request-termination", config=Config, apply=apply, checks=checks)
+KIND = PluginKind(priority=2, name="request-termination", config=Config, apply=apply, checks=checks)
