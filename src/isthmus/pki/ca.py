@@ -115,30 +115,20 @@ class CertificateAuthority:
         return ext.value.digest
 
 
-def generate_ca(
-    mesh: str, *, backend: str, validity: timedelta = CA_VALIDITY, now: datetime | None = None
-) -> CertificateAuthority:
-    """A new self-signed CA for ``mesh``.
-
-    Subject ``O=Isthmus, CN=<mesh>``, URI SAN ``spiffe://<mesh>``, ``CA:true`` (critical, no intermediates
-    below it), key usage certificate and CRL signing (critical), a subject key identifier and a random 128-bit
-    serial. Valid from ``now`` minus one minute of clock skew until ``now + validity``. ``backend`` names the
-    mesh's CA backend that owns this CA; it is checked but does not appear in the certificate (as in Kuma).
-    """
-    check_uri_part("mesh", mesh)
-    if not backend:
-        raise ValueError("backend must not be empty")
-    if validity <= timedelta(0):
-        raise ValueError(f"validity must be positive (got {validity})")
-    start = utc_now_seconds(now)
+def self_signed_ca(
+    common_name: str, start: datetime, validity: timedelta, uris: tuple[str, ...] = ()
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed EC P-256 CA certificate and its key: subject ``O=Isthmus, CN=<common_name>``, ``CA:true``
+    (critical, no intermediates below it), key usage certificate and CRL signing (critical), the given URI SANs,
+    a subject key identifier and a random serial; valid from ``start`` minus the clock skew for ``validity``."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-            x509.NameAttribute(NameOID.COMMON_NAME, mesh),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -161,12 +151,34 @@ def generate_ca(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{mesh}")]), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    if uris:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
+        )
+    cert = builder.add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+    ).sign(key, hashes.SHA256())
+    return cert, key
+
+
+def generate_ca(
+    mesh: str, *, backend: str, validity: timedelta = CA_VALIDITY, now: datetime | None = None
+) -> CertificateAuthority:
+    """A new self-signed CA for ``mesh``.
+
+    Subject ``O=Isthmus, CN=<mesh>``, URI SAN ``spiffe://<mesh>``, ``CA:true`` (critical, no intermediates
+    below it), key usage certificate and CRL signing (critical), a subject key identifier and a random 128-bit
+    serial. Valid from ``now`` minus one minute of clock skew until ``now + validity``. ``backend`` names the
+    mesh's CA backend that owns this CA; it is checked but does not appear in the certificate (as in Kuma).
+    """
+    check_uri_part("mesh", mesh)
+    if not backend:
+        raise ValueError("backend must not be empty")
+    if validity <= timedelta(0):
+        raise ValueError(f"validity must be positive (got {validity})")
+    start = utc_now_seconds(now)
+    cert, key = self_signed_ca(mesh, start, validity, uris=(f"spiffe://{mesh}",))
     return CertificateAuthority(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
         key_pem=key.private_bytes(
