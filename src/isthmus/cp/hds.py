@@ -48,8 +48,8 @@ from isthmus.resources.common import STORED
 from isthmus.resources.dataplane import LOOPBACK, DataplaneSpec, Inbound, InboundState
 from isthmus.resources.duration import parse_duration
 from isthmus.store.base import Conflict, Op, OpKind, ResourceStore
-from isthmus.xds.node import MAX_NODE_ID_LENGTH, InvalidNodeId, loggable_node_id, parse_node_id
-from isthmus.xds.server import Authenticator, StreamDenied
+from isthmus.xds.node import MAX_NODE_ID_LENGTH, InvalidNodeId, parse_node_id
+from isthmus.xds.server import Authenticator, authenticate_stream
 
 __all__ = [
     "HdsServer",
@@ -295,15 +295,7 @@ class HdsServer(hds_pb2_grpc.HealthDiscoveryServiceServicer):  # type: ignore[mi
 
     async def _authenticate(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
         assert self.authenticator is not None
-        metadata = tuple((str(k).lower(), v) for k, v in (context.invocation_metadata() or ()))
-        try:
-            await self.authenticator(node_id, metadata)
-        except StreamDenied as exc:
-            log.warning("HDS stream of %r refused: %s", loggable_node_id(node_id), exc.message)
-            await context.abort(exc.code, exc.message)
-        except Exception:
-            log.exception("the authenticator failed for node %r", loggable_node_id(node_id))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "could not authenticate the stream; retry later")
+        await authenticate_stream(self.authenticator, node_id, context, "HDS")
 
     async def _specifier(self, mesh: str, name: str) -> hds_pb2.HealthCheckSpecifier:
         record = await self.store.get("Dataplane", mesh, name)

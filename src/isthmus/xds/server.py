@@ -340,17 +340,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             self._pending -= 1
 
     async def _authenticate(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
-        """Run the authenticator; a refusal aborts the RPC before anything is served."""
         assert self.authenticator is not None
-        metadata = tuple((str(k).lower(), v) for k, v in (context.invocation_metadata() or ()))
-        try:
-            await self.authenticator(node_id, metadata)
-        except StreamDenied as exc:
-            log.warning("xDS stream of %s refused: %s", loggable_node_id(node_id), exc.message)
-            await context.abort(exc.code, exc.message)
-        except Exception:
-            log.exception("the authenticator failed for node %s", loggable_node_id(node_id))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "could not authenticate the stream; retry later")
+        await authenticate_stream(self.authenticator, node_id, context, "xDS")
 
     async def DeltaAggregatedResources(
         self,
@@ -554,3 +545,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             callback(*args)
         except Exception:
             log.exception("xDS callback %s failed", getattr(callback, "__name__", callback))
+
+
+async def authenticate_stream(
+    authenticator: Authenticator, node_id: str, context: grpc.aio.ServicerContext, service: str
+) -> None:
+    """Run ``authenticator`` on a stream's node id and metadata; a refusal aborts the RPC before anything is
+    served (``service`` names the stream in the log: xDS, HDS)."""
+    metadata = tuple((str(k).lower(), v) for k, v in (context.invocation_metadata() or ()))
+    try:
+        await authenticator(node_id, metadata)
+    except StreamDenied as exc:
+        log.warning("%s stream of %s refused: %s", service, loggable_node_id(node_id), exc.message)
+        await context.abort(exc.code, exc.message)
+    except Exception:
+        log.exception("the authenticator failed for node %s", loggable_node_id(node_id))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "could not authenticate the stream; retry later")
