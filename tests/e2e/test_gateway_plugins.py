@@ -135,3 +135,30 @@ def test_request_size_limiting(setup: tuple[ControlPlane, httpx.Client, App, Pat
         )  # no Content-Length: Envoy's buffer
     finally:
         gw.stop()
+
+
+def test_rate_limiting_local(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> None:
+    cp, kong, alpha, tmp = setup
+    _created(kong.put("/services/limited", json={"url": f"http://127.0.0.1:{alpha.port}"}))
+    _created(kong.put("/services/limited/routes/limited", json={"paths": ["/limited"]}))
+    gw = Gateway(tmp, cp, "edge-limited").start()
+    try:
+        wait_for(lambda: gw.get("/limited").status_code == 200, 60, what="gateway serving /limited")
+        # an hour window: nothing refills during the test, so the count is exact
+        config = {"hour": 3, "limit_by": "ip"}
+        _created(kong.post("/routes/limited/plugins", json={"name": "rate-limiting", "config": config}))
+        wait_for(lambda: "x-ratelimit-limit" in gw.get("/limited").headers, 30, what="rate limit applied")
+        statuses = [gw.get("/limited") for _ in range(4)]
+        refused = [r for r in statuses if r.status_code == 429]
+        assert refused, [r.status_code for r in statuses]
+        assert refused[0].json() == {"message": "API rate limit exceeded"}
+        assert refused[0].headers["content-type"].startswith("application/json")
+        assert refused[0].headers["x-ratelimit-remaining"] == "0"
+        # Kong's rate-limit body is for Envoy's own 429s: a request-termination 429 keeps its message
+        _created(kong.put("/services/limited/routes/slow", json={"paths": ["/slow"]}))
+        slow = {"status_code": 429, "message": "slow down"}
+        _created(kong.post("/routes/slow/plugins", json={"name": "request-termination", "config": slow}))
+        wait_for(lambda: gw.get("/slow").status_code == 429, 30, what="request-termination 429")
+        assert gw.get("/slow").json() == {"message": "slow down"}
+    finally:
+        gw.stop()

@@ -113,7 +113,7 @@ def _violation(data: dict[str, Any]) -> dict[str, Any]:
         ({"name": "cors", "config": {"origins": ["("]}}, {"config": {"origins": "'(' is not a valid regex"}}),
         ({"name": "cors", "config": {"nope": 1}}, {"config": {"nope": "unknown field"}}),
         ({"name": "cors", "consumer": {"id": "6f1d0b1e-0000-4000-8000-00000000000c"}},
-         {"consumer": "plugin 'cors' scoped to a consumer is not supported yet"}),
+         {"consumer": "value must be null"}),
     ],
 )  # fmt: skip
 def test_config_errors_in_kong_shape(data: dict[str, Any], fields: dict[str, Any]) -> None:
@@ -164,6 +164,7 @@ def test_request_size_limiting_routes_and_buffer(tmp_path: Path) -> None:
     assert [f["name"] for f in hcm["http_filters"]] == [
         "envoy.filters.http.cors",
         "envoy.filters.http.buffer",
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.router",
     ]
     _envoy_validate(xds, tmp_path)
@@ -176,3 +177,37 @@ def test_request_size_limiting_routes_and_buffer(tmp_path: Path) -> None:
 def _routes_list(xds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = xds[types.ROUTE][0]["virtual_hosts"][0]["routes"]
     return routes
+
+
+def test_rate_limiting_local_buckets_per_window(tmp_path: Path) -> None:
+    entities = _entities([_route(_rid(1), name="api", paths=["/api"])])
+    entities["plugins"] = {"p1": _plugin("p1", "rate-limiting", {"second": 2, "minute": 5, "limit_by": "ip"})}
+    xds = _xds(entities)
+    limit = _routes(xds)["api /api"]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert [d["token_bucket"] for d in limit["descriptors"]] == [
+        {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "1s"},
+        {"max_tokens": 5, "tokens_per_fill": 5, "fill_interval": "60s"},
+    ]
+    assert limit["descriptors"][0]["entries"] == [
+        {"key": "kong_window", "value": "second"},
+        {"key": "remote_address"},
+    ]
+    assert limit["status"] == {"code": "TooManyRequests"}
+    hcm = xds[types.LISTENER][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "local_rate_limited" in json.dumps(hcm["local_reply_config"]["mappers"][0]["filter"])
+    _envoy_validate(xds, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("config", "fields"),
+    [
+        ({"limit_by": "ip"}, {"config": {"@entity": [
+            "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', "
+            "'config.day', 'config.month', 'config.year'"]}}),
+        ({"minute": 10, "hour": 5}, {"config": {"hour": "The limit for hour(5) cannot be lower than the limit for minute(10)"}}),
+        ({"minute": 10, "policy": "redis"}, {"config": {"policy": "policy 'redis' is not supported yet"}}),
+        ({"minute": 0}, {"config": {"minute": "value must be greater than 0"}}),
+    ],
+)  # fmt: skip
+def test_rate_limiting_config_errors(config: dict[str, Any], fields: dict[str, Any]) -> None:
+    assert _violation({"name": "rate-limiting", "config": config})["fields"] == fields

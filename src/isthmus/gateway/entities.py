@@ -607,8 +607,8 @@ class Plugin(Entity):
             # TODO(issue 8): refuse with f"plugin '{self.name}' is not supported yet" once the test fixtures
             # (key-auth, rate-limiting, kong.md's example) use implemented plugins; stored, not applied, until then
             return {}
-        if self.consumer is not None:
-            return {"consumer": f"plugin '{self.name}' scoped to a consumer is not supported yet"}
+        if self.consumer is not None and plugins.kinds()[self.name].no_consumer:
+            return {"consumer": "value must be null"}
         return plugins.config_errors(self.name, self.config)
 
 

@@ -126,6 +126,7 @@ def _hcm_filter(
                 "route_config_name": route_config_name(workspace, https, address.port if per_port else None),
                 "config_source": {"ads": {}, "resource_api_version": "V3"},
             },
+            "local_reply_config": {"mappers": kong_plugins.local_replies()},
             # no x-envoy-* request or response headers from the router (x-envoy-original-path, upstream service
             # time, ...): Kong sends none of them
             "http_filters": [

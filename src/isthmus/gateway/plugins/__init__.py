@@ -4,8 +4,9 @@ Each plugin is one module with a pydantic ``Config`` (Kong's config fields, defa
 :class:`PluginKind`: the HCM filters it needs (placed before the router on every gateway listener; without a
 per-route config they do nothing) and a function that changes the Envoy routes of one Kong route (its
 ``typed_per_filter_config``, or a ``direct_response``). For each plugin name exactly one configuration applies to
-a Kong route, the most specific one, as Kong's ``plugins_iterator``: route+service > route > service > global
-(consumer-scoped configurations are refused at the Admin API for now).
+a Kong route, the most specific one, as Kong's ``plugins_iterator``: route+service > route > service > global.
+Consumer-scoped configurations are stored and checked but apply to no request yet: as in Kong without an
+authentication plugin, no request has a consumer until the auth plugins are there.
 """
 
 from __future__ import annotations
@@ -27,14 +28,30 @@ class PluginKind:
     # the Envoy routes of one Kong route -> those routes with the plugin applied
     apply: Callable[[Any, list[EnvoyRoute]], list[EnvoyRoute]]
     http_filters: tuple[dict[str, Any], ...] = ()
+    # Kong's schema refuses a consumer-scoped configuration (``consumer = typedefs.no_consumer``)
+    no_consumer: bool = False
+    # HCM local reply mappers (Kong's bodies for Envoy's own answers)
+    local_replies: tuple[dict[str, Any], ...] = ()
     # Kong's entity checks across config fields: field -> message
     checks: Callable[[Any], dict[str, str]] | None = None
 
 
 def _registry() -> dict[str, PluginKind]:
-    from isthmus.gateway.plugins import correlation_id, cors, request_size_limiting, request_termination
+    from isthmus.gateway.plugins import (
+        correlation_id,
+        cors,
+        rate_limiting,
+        request_size_limiting,
+        request_termination,
+    )
 
-    kinds = (correlation_id.KIND, cors.KIND, request_size_limiting.KIND, request_termination.KIND)
+    kinds = (
+        correlation_id.KIND,
+        cors.KIND,
+        rate_limiting.KIND,
+        request_size_limiting.KIND,
+        request_termination.KIND,
+    )
     return {k.name: k for k in sorted(kinds, key=lambda k: -k.priority)}
 
 
@@ -51,6 +68,11 @@ def kinds() -> dict[str, PluginKind]:
 def http_filters() -> list[dict[str, Any]]:
     """The HCM filters of every implemented plugin, in Kong's execution order (before the router)."""
     return [f for kind in kinds().values() for f in kind.http_filters]
+
+
+def local_replies() -> list[dict[str, Any]]:
+    """The HCM's local reply mappers of every implemented plugin."""
+    return [m for kind in kinds().values() for m in kind.local_replies]
 
 
 def config_errors(name: str, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,7 @@ KIND = PluginKind(
     config=Config,
     apply=apply,
     checks=checks,
+    no_consumer=True,
     http_filters=(
         {
             "name": FILTER,
