@@ -31,7 +31,7 @@ def kong(cp: ControlPlane) -> Iterator[httpx.Client]:
 def test_root_and_status(kong: httpx.Client) -> None:
     root = kong.get("/").json()
     assert root["version"].startswith("3.") and len(root["configuration_hash"]) == 32
-    assert "key-auth" in root["plugins"]["available_on_server"]
+    assert "cors" in root["plugins"]["available_on_server"]
     assert kong.get("/status").json()["database"] == {"reachable": True}
     assert kong.post("/").status_code == 405
     assert kong.post("/").json() == {"message": "Method not allowed"}
@@ -93,9 +93,9 @@ def test_routes_nested_and_referenced_service(kong: httpx.Client) -> None:
     refused = kong.delete("/services/web")
     assert refused.status_code == 400 and refused.json()["name"] == "foreign key violation"
     assert kong.get("/services/web").status_code == 200
-    plugin = kong.post("/routes/flat/plugins", json={"name": "key-auth"})
+    plugin = kong.post("/routes/flat/plugins", json={"name": "correlation-id"})
     assert plugin.status_code == 201 and plugin.json()["route"] == {"id": flat.json()["id"]}
-    dup = kong.post("/plugins", json={"name": "key-auth", "route": {"id": flat.json()["id"]}})
+    dup = kong.post("/plugins", json={"name": "correlation-id", "route": {"id": flat.json()["id"]}})
     assert dup.status_code == 409
     unknown = kong.post("/plugins", json={"name": "no-such-plugin"})
     assert unknown.status_code == 400 and "not enabled" in unknown.json()["fields"]["name"]

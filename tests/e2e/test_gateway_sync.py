@@ -25,7 +25,7 @@ services:
   - name: orders-api
     paths: [/orders]
   plugins:
-  - name: key-auth
+  - name: correlation-id
 - name: billing
   host: billing.mesh
   routes:
@@ -98,10 +98,10 @@ def test_apply_reapply_remove_and_dump_round_trip(
     assert kong.get("/sync/services/orders").json() == orders
     # removing entities from the file deletes them (a route, and a service with its route)
     smaller = KONG.replace("- name: billing\n  host: billing.mesh\n  routes:\n  - name: billing-api\n    paths: [/billing]\n", "")  # fmt: skip
-    smaller = smaller.replace("  plugins:\n  - name: key-auth\n", "")
+    smaller = smaller.replace("  plugins:\n  - name: correlation-id\n", "")
     dry = ok(gateway(cp, "apply", "-f", write(tmp_path, smaller), "--workspace", "sync", "--dry-run"))
     assert dry == (
-        "deleting service billing\ndeleting route billing-api\ndeleting plugin key-auth\n"
+        "deleting service billing\ndeleting route billing-api\ndeleting plugin correlation-id\n"
         "Summary:\n  Created: 0\n  Updated: 0\n  Deleted: 3\n"
     )
     assert kong.get("/sync/services/billing").status_code == 200  # the dry run changed nothing

@@ -25,7 +25,7 @@ services:
     plugins:
     - name: cors
   plugins:
-  - name: key-auth
+  - name: correlation-id
 consumers:
 - username: example-user
   keyauth_credentials:
@@ -221,7 +221,7 @@ consumers:
 keyauth_credentials:
 - {key: k1, consumer: bob}
 plugins:
-- {name: key-auth, route: by-name}
+- {name: correlation-id, route: by-name}
 """
     report = await apply(gateway, flat)
     assert report["summary"]["created"] == 7
@@ -277,7 +277,7 @@ async def test_dump_applies_back_with_no_change(gateway: GatewayStore) -> None:
         and service["routes"][0]["plugins"][0]["name"] == "cors"
     )
     assert "service" not in service["routes"][0]
-    assert [p["name"] for p in service["plugins"]] == ["key-auth"]
+    assert [p["name"] for p in service["plugins"]] == ["correlation-id"]
     assert {p["name"] for p in dumped["plugins"]} == {"rate-limiting"}  # bound to a consumer and a service
     assert len(dumped["consumers"][0]["keyauth_credentials"]) == 2
     # the dump of one workspace applied to a fresh one makes the same entities

@@ -83,7 +83,7 @@ def test_upstream_target_consumer_plugin() -> None:
     assert e.validate(e.Target, {"upstream": ref, "target": "10.0.0.1"}).target == "10.0.0.1:8000"
     assert e.validate(e.Target, {"upstream": ref, "target": "10.0.0.1:80"}).weight == 100
     assert violation(e.Consumer, {})["fields"] == {"@entity": ["at least one of these fields must be non-empty: 'custom_id', 'username'"]}  # fmt: skip
-    plugin = e.validate(e.Plugin, {"name": "key-auth"}).dump()
+    plugin = e.validate(e.Plugin, {"name": "correlation-id"}).dump()
     assert plugin["enabled"] is True and plugin["protocols"] == ["grpc", "grpcs", "http", "https"]
     assert violation(e.Plugin, {"name": "nope"})["fields"] == {"name": "plugin 'nope' not enabled; add it to the 'plugins' configuration property"}  # fmt: skip
     huge = {"name": "cors", "config": {"origins": ["x" * 70_000]}}

@@ -211,3 +211,9 @@ def test_rate_limiting_local_buckets_per_window(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_rate_limiting_config_errors(config: dict[str, Any], fields: dict[str, Any]) -> None:
     assert _violation({"name": "rate-limiting", "config": config})["fields"] == fields
+
+
+def test_a_known_plugin_not_implemented_is_refused() -> None:
+    body = _violation({"name": "key-auth"})
+    assert body["fields"] == {"name": "plugin 'key-auth' is not supported yet"}
+    assert body["message"] == "schema violation (name: plugin 'key-auth' is not supported yet)"

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from isthmus.gateway import entities as e
 from isthmus.gateway.errors import INVALID_OFFSET, INVALID_OPTIONS, INVALID_SIZE, KongError, Plain
+from isthmus.gateway.plugins import kinds as plugin_kinds
 from isthmus.gateway.store import KINDS, GatewayStore, Workspace
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,7 @@ class AdminApi:
             "node_id": self.node_id,
             "lua_version": "Isthmus",
             "plugins": {
-                "available_on_server": {name: {"version": KONG_VERSION} for name in e.PLUGINS},
+                "available_on_server": {name: {"version": KONG_VERSION} for name in sorted(plugin_kinds())},
                 "enabled_in_cluster": enabled,
             },
             "configuration": {"database": "isthmus", "router_flavor": "traditional_compatible"},

@@ -38,7 +38,7 @@ PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", 
 HTTP_REDIRECT_CODES = (426, 301, 302, 307, 308)
 
 # Kong's bundled plugins Isthmus knows (others are refused with Kong's "not enabled" message); those not in
-# isthmus.gateway.plugins.kinds() yet are stored but not applied (to be refused as "not supported yet").
+# isthmus.gateway.plugins.kinds() yet are refused as "not supported yet".
 PLUGINS = (
     "acl",
     "basic-auth",
@@ -603,10 +603,8 @@ class Plugin(Entity):
             return {
                 "name": f"plugin '{self.name}' not enabled; add it to the 'plugins' configuration property"
             }
-        if self.name not in plugins.kinds():
-            # TODO(issue 8): refuse with f"plugin '{self.name}' is not supported yet" once the test fixtures
-            # (key-auth, rate-limiting, kong.md's example) use implemented plugins; stored, not applied, until then
-            return {}
+        if self.name not in plugins.kinds():  # refused, never accepted and ignored
+            return {"name": f"plugin '{self.name}' is not supported yet"}
         if self.consumer is not None and plugins.kinds()[self.name].no_consumer:
             return {"consumer": "value must be null"}
         return plugins.config_errors(self.name, self.config)
