@@ -301,7 +301,7 @@ def route_configuration(
     services = entities.get("services", {})
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     entries = _sorted_entries(entities)
-    plugins = entities.get("plugins", {})
+    scopes = kong_plugins.Scopes(entities.get("plugins", {}))
     routes = [
         r
         for entry in entries
@@ -312,7 +312,7 @@ def route_configuration(
             upstreams,
             https,
             port,
-            kong_plugins.effective(plugins, entry.route.id, entry.route.service_id),
+            scopes.effective(entry.route.id, entry.route.service_id),
         )
     ]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
@@ -339,11 +339,11 @@ def route_message(
     out = route_pb2.RouteConfiguration(name=route_config_name(workspace, https, port))
     vhost = out.virtual_hosts.add()
     json_format.ParseDict(_virtual_host(workspace), vhost)
-    all_plugins = entities.get("plugins", {})
+    scopes = kong_plugins.Scopes(entities.get("plugins", {}))
     for entry in _sorted_entries(entities):
         sid = entry.route.service_id or ""
         host = str(services[sid].get("host") or "") if sid in services else ""
-        plugins = kong_plugins.effective(all_plugins, entry.route.id, entry.route.service_id)
+        plugins = scopes.effective(entry.route.id, entry.route.service_id)
         key = (
             https,
             port if entry.route.hosts and any(has_port(h) for h in entry.route.hosts) else None,

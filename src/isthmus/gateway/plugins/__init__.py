@@ -92,22 +92,31 @@ def _ref(value: Any) -> str | None:
     return str(value["id"]) if isinstance(value, Mapping) and value.get("id") else None
 
 
+class Scopes:
+    """A workspace's enabled, implemented, non-consumer plugins indexed by (route id, service id) scope."""
+
+    def __init__(self, plugins: Mapping[str, Mapping[str, Any]]) -> None:
+        self._by_scope: dict[tuple[str | None, str | None], dict[str, Mapping[str, Any]]] = {}
+        for plugin in plugins.values():
+            if not plugin.get("enabled", True) or plugin.get("consumer") or plugin.get("name") not in kinds():
+                continue
+            scope = (_ref(plugin.get("route")), _ref(plugin.get("service")))
+            self._by_scope.setdefault(scope, {})[str(plugin["name"])] = plugin
+
+    def effective(self, route_id: str, service_id: str | None) -> dict[str, Mapping[str, Any]]:
+        """Plugin name -> the plugin entity that applies to the route (Kong's precedence)."""
+        out: dict[str, Mapping[str, Any]] = {}
+        # least specific first: a more specific scope overwrites
+        for scope in ((None, None), (None, service_id), (route_id, None), (route_id, service_id)):
+            out.update(self._by_scope.get(scope, {}))
+        return dict(sorted(out.items()))
+
+
 def effective(
     plugins: Mapping[str, Mapping[str, Any]], route_id: str, service_id: str | None
 ) -> dict[str, Mapping[str, Any]]:
     """Plugin name -> the plugin entity that applies to the route (Kong's precedence; enabled ones only)."""
-    best: dict[str, tuple[int, Mapping[str, Any]]] = {}
-    for plugin in plugins.values():
-        if not plugin.get("enabled", True) or plugin.get("consumer") or plugin.get("name") not in kinds():
-            continue
-        route, service = _ref(plugin.get("route")), _ref(plugin.get("service"))
-        if (route is not None and route != route_id) or (service is not None and service != service_id):
-            continue
-        rank = (2 if route else 0) + (1 if service else 0)
-        name = str(plugin["name"])
-        if name not in best or rank > best[name][0]:
-            best[name] = (rank, plugin)
-    return {name: plugin for name, (_, plugin) in sorted(best.items())}
+    return Scopes(plugins).effective(route_id, service_id)
 
 
 def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
