@@ -37,22 +37,54 @@ MAX_LIST = 10_000
 PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss")
 HTTP_REDIRECT_CODES = (426, 301, 302, 307, 308)
 
-# Kong's bundled plugins Isthmus knows (others are refused with Kong's "not enabled" message); those not in
-# isthmus.gateway.plugins.kinds() yet are refused as "not supported yet".
+# Kong's bundled plugins (OSS 3.10, ``kong/constants.lua``): other names are refused with Kong's "not enabled"
+# message; bundled ones not in isthmus.gateway.plugins.kinds() yet are refused as "not supported yet".
 PLUGINS = (
     "acl",
+    "acme",
+    "ai-prompt-decorator",
+    "ai-prompt-guard",
+    "ai-prompt-template",
+    "ai-proxy",
+    "ai-request-transformer",
+    "ai-response-transformer",
+    "aws-lambda",
+    "azure-functions",
     "basic-auth",
+    "bot-detection",
     "correlation-id",
     "cors",
+    "datadog",
+    "file-log",
+    "grpc-gateway",
+    "grpc-web",
+    "hmac-auth",
+    "http-log",
     "ip-restriction",
     "jwt",
     "key-auth",
+    "ldap-auth",
+    "loggly",
+    "oauth2",
+    "opentelemetry",
+    "post-function",
+    "pre-function",
+    "prometheus",
     "proxy-cache",
     "rate-limiting",
+    "redirect",
     "request-size-limiting",
     "request-termination",
     "request-transformer",
+    "response-ratelimiting",
     "response-transformer",
+    "session",
+    "standard-webhooks",
+    "statsd",
+    "syslog",
+    "tcp-log",
+    "udp-log",
+    "zipkin",
 )
 
 
@@ -326,6 +358,12 @@ class Route(Entity):
                     errors["headers"] = f"invalid header name: {name}"
                 elif not values:
                     errors["headers"] = f"header '{name}': length must be at least 1"
+                else:
+                    # Kong 3.x: a value starting with ``~*`` is a case-insensitive regex (Envoy runs it as RE2)
+                    for value in values:
+                        problem = regex_problem(value[2:]) if value.startswith("~*") else None
+                        if problem:
+                            errors["headers"] = f"invalid regex: '{value[2:]}' {problem}"
         groups = (
             {"http", "https"},
             {"tcp", "tls", "udp"},
