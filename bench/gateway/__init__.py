@@ -1,0 +1,1 @@
+"""Gateway benchmark (issue #8): see bench/gateway/__main__.py."""
