@@ -45,6 +45,7 @@ class MeshContext:
     hash: str
     config_hash: str = ""  # the Mesh, its policies and the CA: what every proxy depends on
     service_digests: Mapping[str, str] = field(default_factory=dict)  # service -> digest of its endpoints
+    gateway_services: tuple[str, ...] = ()  # kuma.io/service of every gateway Dataplane (networking.gateway)
 
     def policies_of(self, kind: str) -> tuple[Resource, ...]:
         return self.policies.get(kind, ())
@@ -70,10 +71,13 @@ def build_mesh_context(
     assert isinstance(spec, MeshSpec)
     by_name = {dp.name: dp for dp in sorted(dataplanes, key=lambda d: d.name)}
     endpoints: dict[str, list[ServiceEndpoint]] = {}
+    gateways: set[str] = set()
     for dp in by_name.values():
         dspec = dp.spec
         assert isinstance(dspec, DataplaneSpec)
         net = dspec.networking
+        if net.gateway is not None:
+            gateways.add(net.gateway.tags.get("kuma.io/service", ""))
         for inbound in net.inbound:
             if inbound.state is InboundState.IGNORED:
                 continue  # Kuma: an Ignored inbound keeps its listener but is nobody's endpoint
@@ -94,6 +98,7 @@ def build_mesh_context(
         "mesh": mesh.digest,
         "policies": [p.digest for ps in by_kind.values() for p in ps],
         "ca": ca_certificate,
+        "gateways": sorted(gateways),  # every sidecar's inbound trusts their consumer headers
     }
     config_hash = _digest(config)
     return MeshContext(
@@ -106,6 +111,7 @@ def build_mesh_context(
         hash=_digest([config_hash, [d.digest for d in by_name.values()]]),
         config_hash=config_hash,
         service_digests={k: _endpoints_digest(v) for k, v in endpoints.items()},
+        gateway_services=tuple(sorted(gateways - {""})),
     )
 
 

@@ -122,11 +122,15 @@ def gateway_labels(
             "--proxy-type gateway: the Dataplane needs networking.gateway "
             "(e.g. {type: DELEGATED, tags: {kuma.io/service: edge}})"
         )
+    labels = dict(resource.get("labels") or {})
     if not listen and not listen_tls:
-        raise AgentError("--proxy-type gateway: give at least one --proxy-listen HOST:PORT")
+        # Kuma's delegated mode: no workspace; the Envoy holds the gateway's mesh identity and serves only the
+        # Dataplane's networking.outbound entries on loopback, for another gateway (nginx, HAProxy, ...) in front
+        for label in (GATEWAY_WORKSPACE_LABEL, GATEWAY_LISTEN_LABEL, GATEWAY_LISTEN_TLS_LABEL):
+            labels.pop(label, None)
+        return labels
     if not _WORKSPACE_RE.fullmatch(workspace):
         raise AgentError(f"--workspace {workspace!r}: expected 1-128 letters, digits, '.', '-' or '_'")
-    labels = dict(resource.get("labels") or {})
     labels[GATEWAY_WORKSPACE_LABEL] = workspace
     labels.pop(GATEWAY_LISTEN_LABEL, None)
     labels.pop(GATEWAY_LISTEN_TLS_LABEL, None)

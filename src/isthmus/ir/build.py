@@ -50,7 +50,21 @@ def _protocol(tag_value: str) -> Protocol:
     return Protocol.TCP
 
 
-def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | None) -> ProxyIR:
+def gateway_leg_name(service: str) -> str:
+    """The RouteConfiguration name of a gateway's mesh leg to ``service`` (an outbound without a listener: Kong's
+    routes reach its cluster; :mod:`isthmus.gateway.mesh_leg` takes the mesh's route policies from it)."""
+    return f"gateway-leg:{service}"
+
+
+def build_proxy_ir(
+    ctx: MeshContext,
+    dataplane_name: str,
+    identity: Identity | None,
+    gateway_services: frozenset[str] = frozenset(),
+) -> ProxyIR:
+    """``gateway_services``: for a gateway proxy, the mesh services its workspace's Kong Services name; each gets a
+    cluster (mTLS with the gateway's identity) and an outbound without a listener, so the mesh's policies for that
+    leg apply as for an outbound."""
     dp = ctx.dataplanes[dataplane_name]
     spec = dp.spec
     assert isinstance(spec, DataplaneSpec)
@@ -70,6 +84,7 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
     clusters: dict[str, Cluster] = {}
     endpoint_sets: list[EndpointSet] = []
     inbounds: list[InboundListener] = []
+    gateway_callers = tuple(f"spiffe://{ctx.name}/{s}" for s in ctx.gateway_services) if mtls_on else ()
     for inbound in net.inbound:
         address = inbound.address or net.address
         service_port = inbound.service_port or inbound.port
@@ -93,14 +108,17 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
                 tls=tls,
                 trust_domain_prefix=f"spiffe://{ctx.name}/",
                 permissions=None,  # set by the MeshTrafficPermission plug-in when mTLS is on
+                gateway_callers=gateway_callers if protocol is not Protocol.TCP else (),
             )
         )
 
     outbounds: list[OutboundListener] = []
-    for outbound in net.outbound:
-        service = outbound.service
+    legs = [(o.service, o.backend_ref.port if o.backend_ref is not None else None, o.tags or {}, o.address or LOCALHOST, o.port) for o in net.outbound]  # fmt: skip
+    listed = {o.service for o in net.outbound}
+    # a gateway's mesh leg: the mesh services its Kong configuration names (``<service>.mesh``), without a listener
+    legs += [(s, None, {}, "", 0) for s in sorted(gateway_services) if s not in listed]
+    for service, port_filter, tags, address, port in legs:
         candidates = [e for e in ctx.endpoints.get(service, ()) if e.ready]
-        port_filter = outbound.backend_ref.port if outbound.backend_ref is not None else None
         cluster_name = service
         if port_filter is not None and any(e.port == port_filter for e in candidates):
             candidates = [e for e in candidates if e.port == port_filter]
@@ -108,9 +126,8 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
         if ctx.endpoints.get(service):
             protocol = _protocol(ctx.service_protocol(service))
         else:
-            protocol = _protocol((outbound.tags or {}).get("kuma.io/protocol", "tcp"))
-        address = outbound.address or LOCALHOST
-        name = f"outbound:{address}:{outbound.port}"
+            protocol = _protocol(tags.get("kuma.io/protocol", "tcp" if port else "http"))
+        name = f"outbound:{address}:{port}" if port else gateway_leg_name(service)
         if cluster_name not in clusters:
             clusters[cluster_name] = Cluster(
                 name=cluster_name,
@@ -135,7 +152,7 @@ def build_proxy_ir(ctx: MeshContext, dataplane_name: str, identity: Identity | N
             OutboundListener(
                 name=name,
                 address=address,
-                port=outbound.port,
+                port=port,
                 service=service,
                 protocol=protocol,
                 cluster=cluster_name,

@@ -174,6 +174,24 @@ class InboundListener:
     timeouts: Timeouts | None = None
     rate_limit: LocalRateLimit | None = None
     faults: tuple[FaultInjection, ...] = ()
+    # SPIFFE IDs of the mesh's gateways: only their requests keep Kong's consumer headers (HTTP inbounds drop them
+    # from every other caller, see :data:`CONSUMER_HEADERS`)
+    gateway_callers: tuple[str, ...] = ()
+
+
+# Kong's consumer headers: set by a gateway after authentication; a sidecar's inbound removes them unless the caller
+# (the peer certificate's SPIFFE ID) is a gateway of the mesh, so a service can trust them.
+CONSUMER_HEADERS = (
+    "x-consumer-id",
+    "x-consumer-custom-id",
+    "x-consumer-username",
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+    "x-consumer-groups",
+    "x-authenticated-groups",
+    "x-authenticated-scope",
+    "x-authenticated-userid",
+)
 
 
 @dataclass(frozen=True)

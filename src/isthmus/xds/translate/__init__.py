@@ -28,7 +28,7 @@ def translate(ir: ProxyIR) -> dict[str, list[Any]]:
     messages: dict[str, list[Any]] = {
         types.CLUSTER: [_cluster(c) for c in ir.clusters],
         types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
-        types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds],
+        types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds if o.port],
         types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [secrets.secret(s) for s in ir.secrets],
     }
@@ -74,7 +74,7 @@ def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
         types.CLUSTER: [_packed_cluster(c) for c in ir.clusters],
         types.ENDPOINT: [_packed_endpoints(e) for e in ir.endpoints],
         types.LISTENER: [_packed_inbound(i) for i in ir.inbounds]
-        + [_packed_outbound(o) for o in ir.outbounds],
+        + [_packed_outbound(o) for o in ir.outbounds if o.port],  # port 0: a gateway's mesh leg
         types.ROUTE: [_packed_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [_packed_secret(s) for s in ir.secrets],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -13,7 +14,14 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from isthmus.ir.model import InboundListener, OutboundListener, Permissions, Protocol, TlsMode
+from isthmus.ir.model import (
+    CONSUMER_HEADERS,
+    InboundListener,
+    OutboundListener,
+    Permissions,
+    Protocol,
+    TlsMode,
+)
 from isthmus.ir.traffic import Timeouts
 from isthmus.xds.translate import inbound_http, rbac, routes, timeouts, tls
 from isthmus.xds.translate.common import ads, pack, socket_address
@@ -82,14 +90,7 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
         validate_clusters={"value": False},
         virtual_hosts=[
             route_components_pb2.VirtualHost(
-                name=ir.service,
-                domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=local_route,
-                    )
-                ],
+                name=ir.service, domains=["*"], routes=_inbound_routes(ir, local_route)
             )
         ],
     )
@@ -100,6 +101,34 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
             "set_current_client_cert_details": HCM_CLS.SetCurrentClientCertDetails(uri=True),
         }
     return [_hcm(stat, http_filters, ir.timeouts, route_config=route_config, **extra)]
+
+
+def _inbound_routes(
+    ir: InboundListener, local_route: route_components_pb2.RouteAction
+) -> list[route_components_pb2.Route]:
+    """Requests from a gateway of the mesh (the ``URI`` of the X-Forwarded-Client-Cert this inbound sets from the
+    peer certificate; a client's own XFCC is replaced, SANITIZE_SET) keep Kong's consumer headers; every other
+    request loses them."""
+    out = []
+    if ir.tls is not None and ir.gateway_callers:
+        ids = "|".join(re.escape(i) for i in ir.gateway_callers)
+        xfcc = route_components_pb2.HeaderMatcher(name="x-forwarded-client-cert")
+        xfcc.string_match.safe_regex.regex = f"(?:.*[;,])?URI=(?:{ids})(?:[;,].*)?"
+        out.append(
+            route_components_pb2.Route(
+                name="gateway",
+                match=route_components_pb2.RouteMatch(prefix="/", headers=[xfcc]),
+                route=local_route,
+            )
+        )
+    out.append(
+        route_components_pb2.Route(
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            route=local_route,
+            request_headers_to_remove=list(CONSUMER_HEADERS),
+        )
+    )
+    return out
 
 
 def inbound(ir: InboundListener) -> listener_pb2.Listener:
