@@ -215,11 +215,11 @@ def test_consistent_hashing_upstream(tmp_path: Path) -> None:
     assert clusters[cluster_name(WS, "s3")]["ring_hash_lb_config"]["minimum_ring_size"] == "100"
     routes = {r["name"]: r for r in xds[types.ROUTE][0]["virtual_hosts"][0]["routes"]}
     assert routes["hashed /h"]["route"]["hash_policy"] == [
-        {"cookie": {"name": "session", "ttl": "0s", "path": "/h"}},
+        {"cookie": {"name": "session", "ttl": "0s", "path": "/h"}, "terminal": True},
         {"connection_properties": {"source_ip": True}},
     ]
     assert routes["hashed2 /h2"]["route"]["hash_policy"] == [
-        {"header": {"header_name": "x-user"}},
+        {"header": {"header_name": "x-user"}, "terminal": True},
         {"query_parameter": {"name": "user"}},
     ]
     _envoy_validate(xds, tmp_path)
@@ -238,13 +238,18 @@ def _envoy_validate(xds: dict[str, list[dict[str, Any]]], tmp_path: Path) -> Non
     routes = {r["name"]: r for r in xds[types.ROUTE]}
     listeners = json.loads(json.dumps(xds[types.LISTENER]))
     for listener in listeners:
-        for chain in [*listener["filter_chains"], *([listener["default_filter_chain"]] if "default_filter_chain" in listener else [])]:  # fmt: skip
-            hcm = chain["filters"][0]["typed_config"]
+        for chain in [*listener.get("filter_chains", []), *([listener["default_filter_chain"]] if "default_filter_chain" in listener else [])]:  # fmt: skip
+            hcm = next(f for f in chain["filters"] if f["name"].endswith("http_connection_manager"))["typed_config"]
             hcm["route_config"] = routes[hcm.pop("rds")["route_config_name"]]
             tls = chain.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
             for sds in tls.get("tls_certificate_sds_secret_configs", []):
                 sds.pop("sds_config")
-    static = {"listeners": listeners, "clusters": xds[types.CLUSTER], "secrets": xds.get(types.SECRET, [])}
+    clusters = json.loads(json.dumps(xds[types.CLUSTER]))
+    for cluster in clusters:
+        tls = cluster.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
+        for sds in tls.get("tls_certificate_sds_secret_configs", []):
+            sds.pop("sds_config")
+    static = {"listeners": listeners, "clusters": clusters, "secrets": xds.get(types.SECRET, [])}
     bootstrap = {"static_resources": static}
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(bootstrap))

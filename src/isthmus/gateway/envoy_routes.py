@@ -21,8 +21,12 @@ from isthmus.gateway.router import (
     sort_routes,
     upstream_path,
 )
+from isthmus.policies.regex import RegexError, compile_regex
 
 NO_SERVICE_MESSAGE = "no Service found with those values"
+CONSUMER_ID_HEADER = (
+    "x-consumer-id"  # set by the auth filter once a consumer is identified (hash_on: consumer)
+)
 HTTPS_REQUIRED_MESSAGE = "Please use HTTPS protocol"
 _JSON = "application/json; charset=utf-8"
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}  # fmt: skip
@@ -86,6 +90,31 @@ def _header_value_regex(values: Sequence[str]) -> str:
 
 def _regex(pattern: str) -> dict[str, Any]:
     return {"safe_regex": {"regex": pattern}}
+
+
+# The filter-state key that the TLS listeners' ``set_filter_state`` network filter fills with the connection's SNI
+# (``%REQUESTED_SERVER_NAME%``, absent without SNI); routes with ``snis`` match it on the https RouteConfiguration.
+SNI_FILTER_STATE = "isthmus.gateway.sni"
+
+
+def sni_regex(snis: Sequence[str]) -> str:
+    """Kong's SNI comparison: exact (a trailing dot ignored), ``*.x`` as a suffix, ``x.*`` as a prefix."""
+    options = []
+    for pattern in snis:
+        if pattern.startswith("*"):
+            options.append(".*" + re.escape(pattern[1:].rstrip(".")))
+        elif pattern.endswith("*"):
+            options.append(re.escape(pattern[:-1]) + ".*")
+        else:
+            options.append(re.escape(pattern[:-1] if len(pattern) > 1 and pattern.endswith(".") else pattern))
+    return "(?i)(?:" + "|".join(options) + ")"
+
+
+def _sni_match(spec: RouteSpec, https: bool) -> dict[str, Any]:
+    """SNIs only count for https requests (Kong's router skips them for plain HTTP)."""
+    if not https or not spec.snis:
+        return {}
+    return {"filter_state": [{"key": SNI_FILTER_STATE, "string_match": _regex(sni_regex(spec.snis))}]}
 
 
 def _headers(spec: RouteSpec, port: int | None) -> list[dict[str, Any]]:
@@ -170,18 +199,38 @@ def _host_rewrite(service: Mapping[str, Any], upstreams: Mapping[str, Mapping[st
     return {"host_rewrite_literal": host if port in (None, default) else f"{host}:{port}"}
 
 
-def _hash_policy(upstream: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Envoy's hash policies for an Upstream's ``hash_on`` then ``hash_fallback`` (Envoy, like Kong, falls back to
-    the next one when a request lacks the first one's input). ``consumer`` and ``uri_capture`` are not there yet."""
+def _capture_rewrite(path: str | None, capture: str) -> dict[str, Any] | None:
+    """A ``regex_rewrite`` of ``:path`` that leaves the route regex's capture ``capture`` (a name or a number, as
+    Kong's ``uri_captures``), or None when the route's path is not a regex with that capture."""
+    if path is None or not path.startswith("~"):
+        return None
+    try:
+        compiled = compile_regex(path[1:])
+    except RegexError:
+        return None
+    index = int(capture) if capture.isdigit() else compiled.groupindex.get(capture)
+    if not isinstance(index, int) or not 0 < index <= compiled.groups:
+        return None
+    return {"pattern": {"regex": "^(?:" + path[1:] + ").*$"}, "substitution": f"\\{index}"}
+
+
+def _hash_policy(upstream: Mapping[str, Any] | None, path: str | None = None) -> list[dict[str, Any]]:
+    """Envoy's hash policies for an Upstream's ``hash_on`` then ``hash_fallback``: the first is ``terminal``, so
+    Envoy hashes on it alone when the request has its input and on the fallback otherwise, as Kong does.
+    ``consumer`` hashes on ``x-consumer-id`` (set by the auth filter), ``uri_capture`` on a capture of the
+    matched route's regex path (``path``, one Envoy route per path)."""
     if upstream is None or upstream.get("algorithm") != "consistent-hashing":
         return []
     out: list[dict[str, Any]] = []
     for prefix in ("hash_on", "hash_fallback"):
         kind = upstream.get(prefix)
-        if kind == "ip":
-            out.append({"connection_properties": {"source_ip": True}})
+        policy: dict[str, Any] | None = None
+        if kind == "consumer":
+            policy = {"header": {"header_name": CONSUMER_ID_HEADER}}
+        elif kind == "ip":
+            policy = {"connection_properties": {"source_ip": True}}
         elif kind == "header" and upstream.get(f"{prefix}_header"):
-            out.append({"header": {"header_name": str(upstream[f"{prefix}_header"]).lower()}})
+            policy = {"header": {"header_name": str(upstream[f"{prefix}_header"]).lower()}}
         elif kind == "cookie" and upstream.get("hash_on_cookie"):
             # a missing cookie is generated (a session cookie on hash_on_cookie_path), as Kong does
             cookie = {
@@ -189,11 +238,20 @@ def _hash_policy(upstream: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                 "ttl": "0s",
                 "path": upstream.get("hash_on_cookie_path") or "/",
             }
-            out.append({"cookie": cookie})
+            policy = {"cookie": cookie}
         elif kind == "path":
-            out.append({"header": {"header_name": ":path"}})
+            # Kong hashes the path without its query
+            policy = {"header": {"header_name": ":path", "regex_rewrite": {"pattern": {"regex": "\\?.*$"}, "substitution": ""}}}  # fmt: skip
         elif kind == "query_arg" and upstream.get(f"{prefix}_query_arg"):
-            out.append({"query_parameter": {"name": upstream[f"{prefix}_query_arg"]}})
+            policy = {"query_parameter": {"name": upstream[f"{prefix}_query_arg"]}}
+        elif kind == "uri_capture" and upstream.get(f"{prefix}_uri_capture"):
+            rewrite = _capture_rewrite(path, str(upstream[f"{prefix}_uri_capture"]))
+            if rewrite is not None:
+                policy = {"header": {"header_name": ":path", "regex_rewrite": rewrite}}
+        if policy is not None:
+            out.append(policy)
+    if len(out) > 1:
+        out[0]["terminal"] = True
     return out
 
 
@@ -213,7 +271,7 @@ def _envoy_routes(
     out: list[dict[str, Any]] = []
     for path in entry.paths or (None,):
         name = f"{spec.name or spec.id}" + (f" {path}" if path else "")
-        match = {**_path_match(path), **({"headers": headers} if headers else {})}
+        match = {**_path_match(path), **({"headers": headers} if headers else {}), **_sni_match(spec, https)}
         if not https and "https" in spec.protocols and "http" not in spec.protocols:
             code = spec.https_redirect_status_code
             if code in _REDIRECT_CODES:
@@ -239,13 +297,14 @@ def _envoy_routes(
         if not spec.preserve_host:
             action.update(_host_rewrite(service, upstreams))
             action["append_x_forwarded_host"] = True  # the client's Host, as Kong's X-Forwarded-Host
-        hashing = _hash_policy(upstreams.get(str(service.get("host") or "")))
+        hashing = _hash_policy(upstreams.get(str(service.get("host") or "")), path)
         if hashing:
             action["hash_policy"] = hashing
         proxied = []
         for extra, rewrite in _rewrites(spec, path):
             # an extra path specifier (the exact path of a stripped prefix) replaces the matcher's own
-            fields = {**({k: v for k, v in match.items() if k == "headers"} if extra else match), **extra}
+            kept = {k: v for k, v in match.items() if k in ("headers", "filter_state")}
+            fields = {**(kept if extra else match), **extra}
             proxied.append({"name": name, "match": fields, "route": {**action, **rewrite}})
         out += kong_plugins.apply(plugins or {}, proxied)
     return out

@@ -63,11 +63,15 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from google.protobuf import json_format
 
+from isthmus.gateway import healthchecks
 from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.envoy_routes import (
+    SNI_FILTER_STATE,
     cluster_name,
     has_port,
     mesh_service,
@@ -83,6 +87,7 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -174,7 +179,7 @@ def tls_listener(
                     },
                 },
             },
-            "filters": [_hcm_filter(workspace, address, True, per_port)],
+            "filters": [_sni_filter_state(), _hcm_filter(workspace, address, True, per_port)],
         }
         if server_names:
             out["filter_chain_match"] = {"server_names": sorted(server_names)}
@@ -193,6 +198,20 @@ def tls_listener(
             chain(str(c["id"]), names[str(c["id"])]) for c in certificates if names.get(str(c["id"]))
         ],
         "default_filter_chain": chain(str(certificates[0]["id"]), None),
+    }
+
+
+def _sni_filter_state() -> dict[str, Any]:
+    """The connection's SNI as filter state, for the routes with ``snis`` (absent when the client sent none)."""
+    value = {
+        "object_key": SNI_FILTER_STATE,
+        "factory_key": "envoy.string",
+        "format_string": {"text_format_source": {"inline_string": "%REQUESTED_SERVER_NAME%"}},
+        "skip_if_empty": True,
+    }
+    return {
+        "name": "envoy.filters.network.set_filter_state",
+        "typed_config": {"@type": SET_FILTER_STATE, "on_new_connection": [value]},
     }
 
 
@@ -225,6 +244,13 @@ def _endpoint(host: str, port: int, weight: int = 1) -> dict[str, Any]:
         },
         "load_balancing_weight": weight,
     }
+
+
+def _ref(value: Any) -> str | None:
+    """An entity reference's id (``{"id": ...}`` or the bare id), or None."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return str(value) if value else None
 
 
 def _target(target: str) -> tuple[str, int]:
@@ -267,6 +293,7 @@ def cluster(
     else:
         endpoints = [_endpoint(host, port)]
         dns = not _is_ip(host)
+    lb_endpoints: list[dict[str, Any]] = endpoints
     if dns:
         out["type"] = "STRICT_DNS"
         out["dns_lookup_family"] = "V4_PREFERRED"
@@ -274,12 +301,24 @@ def cluster(
         out["type"] = "STATIC"
     out["load_assignment"] = {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": endpoints}] if endpoints else [],
+        "endpoints": [{"lb_endpoints": lb_endpoints}] if lb_endpoints else [],
     }
+    if upstream is not None and isinstance(upstream.get("healthchecks"), Mapping):
+        host_header = str(upstream["host_header"]) if upstream.get("host_header") else None
+        healthchecks.apply(out, upstream["healthchecks"], host_header)
     if protocol in ("https", "grpcs", "tls"):
         context: dict[str, Any] = {"@type": UPSTREAM_TLS}
+        common: dict[str, Any] = {}
         if not _is_ip(host) and upstream is None:
             context["sni"] = host
+        client = _ref(service.get("client_certificate")) or _ref((upstream or {}).get("client_certificate"))
+        if client is not None:
+            common["tls_certificate_sds_secret_configs"] = [
+                {
+                    "name": secret_name(workspace, client),
+                    "sds_config": {"ads": {}, "resource_api_version": "V3"},
+                }
+            ]
         if service.get("tls_verify") is True:
             pems = [
                 str(ca_certificates[c["id"] if isinstance(c, Mapping) else str(c)]["cert"])
@@ -292,7 +331,12 @@ def cluster(
                 validation["match_typed_subject_alt_names"] = [
                     {"san_type": "DNS", "matcher": {"exact": host}}
                 ]
-            context["common_tls_context"] = {"validation_context": validation}
+            depth = service.get("tls_verify_depth")
+            if isinstance(depth, int):
+                validation["max_verify_depth"] = depth
+            common["validation_context"] = validation
+        if common:
+            context["common_tls_context"] = common
         out["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
     return out
 
@@ -332,15 +376,15 @@ def translate(
     listeners = [
         json_format.ParseDict(listener(workspace, a, per_port), listener_pb2.Listener()) for a in listen
     ]
-    secrets = []
     tls = [x for x in (tls_listener(workspace, a, entities, per_port) for a in listen_tls) if x is not None]
     if tls:
         listeners += [json_format.ParseDict(x, listener_pb2.Listener()) for x in tls]
         routes += [route_message(workspace, entities, True, p) for p in ports(listen_tls)]
-        secrets = [
-            json_format.ParseDict(tls_secret(workspace, c), secret_pb2.Secret())
-            for _, c in sorted(entities.get("certificates", {}).items())
-        ]
+    # certificates: the TLS listeners' and the Services' client certificates (Envoy asks only for those it uses)
+    secrets = [
+        json_format.ParseDict(tls_secret(workspace, c), secret_pb2.Secret())
+        for _, c in sorted(entities.get("certificates", {}).items())
+    ]
     return {
         types.CLUSTER: [Resource.of(types.CLUSTER, c) for c in clusters],
         types.LISTENER: [Resource.of(types.LISTENER, x) for x in listeners],
