@@ -164,7 +164,9 @@ def test_request_size_limiting_routes_and_buffer(tmp_path: Path) -> None:
     assert [f["name"] for f in hcm["http_filters"]] == [
         "envoy.filters.http.cors",
         "envoy.filters.http.buffer",
+        "isthmus.kong.rate_limiting_status",
         "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.ratelimit",
         "envoy.filters.http.router",
     ]
     _envoy_validate(xds, tmp_path)
@@ -205,7 +207,8 @@ def test_rate_limiting_local_buckets_per_window(tmp_path: Path) -> None:
             "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', "
             "'config.day', 'config.month', 'config.year'"]}}),
         ({"minute": 10, "hour": 5}, {"config": {"hour": "The limit for hour(5) cannot be lower than the limit for minute(10)"}}),
-        ({"minute": 10, "policy": "redis"}, {"config": {"policy": "policy 'redis' is not supported yet"}}),
+        ({"minute": 10, "policy": "redis"}, {"config": {"redis": {"host": "required field missing"}}}),
+        ({"minute": 10, "policy": "cluster"}, {"config": {"policy": "policy 'cluster' is not supported yet"}}),
         ({"minute": 0}, {"config": {"minute": "value must be greater than 0"}}),
     ],
 )  # fmt: skip

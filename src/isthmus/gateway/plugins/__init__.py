@@ -34,6 +34,9 @@ class PluginKind:
     local_replies: tuple[dict[str, Any], ...] = ()
     # Kong's entity checks across config fields: field -> message
     checks: Callable[[Any], dict[str, str]] | None = None
+    # instead of ``apply``, for a plugin that keys state on its scope (Kong's ``conf.route_id``/``conf.service_id``):
+    # (config, {"route_id": ..., "service_id": ...}, routes) -> routes
+    scoped_apply: Callable[[Any, Mapping[str, str | None], list[EnvoyRoute]], list[EnvoyRoute]] | None = None
 
 
 def _registry() -> dict[str, PluginKind]:
@@ -124,5 +127,10 @@ def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) ->
     Kong priority first: a request-size-limiting 413 comes before a request-termination, as in Kong."""
     for name, plugin in sorted(plugins.items(), key=lambda item: kinds()[item[0]].priority):
         kind = kinds()[name]
-        routes = kind.apply(kind.config.model_validate(plugin.get("config") or {}), routes)
+        config = kind.config.model_validate(plugin.get("config") or {})
+        if kind.scoped_apply is not None:
+            scope = {"route_id": _ref(plugin.get("route")), "service_id": _ref(plugin.get("service"))}
+            routes = kind.scoped_apply(config, scope, routes)
+        else:
+            routes = kind.apply(config, routes)
     return routes

@@ -1,34 +1,69 @@
-"""rate-limiting with ``policy: local``: Envoy's local rate limit filter per route, one token bucket per window
-(``second`` .. ``year``) and per client address (``limit_by`` ip, and consumer/credential, which fall back to the
-client address as Kong does without a consumer), or per route (``service``) or per header value (``header``).
+"""rate-limiting: Kong's request counts per second .. year, per consumer, credential, address, service, header or
+path, as native Envoy configuration.
 
-Approximations: Envoy's buckets refill continuously where Kong counts calendar-aligned fixed windows; a
-service-scoped configuration counts per route; the limit headers are Envoy's ``X-RateLimit-Limit``,
-``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (draft 03), not Kong's per-window names; a request without the
-``limit_by: header`` header is not limited (Kong counts it by address). The 429 body is Kong's
-(a local reply mapper on every gateway listener rewrites the rate limit filter's answers). Not supported yet: ``policy`` cluster and
-redis, ``limit_by: path``, an ``error_code`` or ``error_message`` other than Kong's defaults.
+``policy: local``: Envoy's local rate limit filter per route, one token bucket per window and per client
+(``limit_by`` consumer: the ``x-consumer-id`` the auth filter sets, else ``x-credential-identifier``, else the
+client address; credential: ``x-credential-identifier``, else the address; header: the header's value, else the
+address; path: the configured path, other paths by address; service: one bucket per route). Approximations: Envoy's
+buckets refill continuously where Kong counts calendar-aligned fixed windows; a service-scoped configuration
+counts per route; the limit headers are Envoy's ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
+``X-RateLimit-Reset`` (draft 03), not Kong's per-window names; the 429 body is Kong's (a local reply mapper);
+an ``error_code`` or ``error_message`` other than Kong's defaults is not supported yet with this policy.
+
+``policy: redis``: Envoy's ``envoy.filters.http.ratelimit`` asks the rate-limit service the gateway agent runs
+next to its Envoy (:mod:`isthmus.gateway.ratelimit_service`); the route's descriptor carries the plan (windows,
+limits, Redis, the plugin's scope, Kong's answers) and the client's identifiers, so every gateway that shares a
+Redis shares the counts, in Kong's keys, fixed calendar windows and headers. Not supported yet: ``policy:
+cluster`` (Kong's database), ``redis.server_name``. ``sync_rate`` is accepted; counting is always synchronous.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 # Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from isthmus.gateway.plugins import EnvoyRoute, PluginKind
+from isthmus.gateway.ratelimit_service import plan as rl_plan
+from isthmus.gateway.ratelimit_service.server import CLUSTER, STATUS_HEADER
 
 FILTER = "envoy.filters.http.local_ratelimit"
+REDIS_FILTER = "envoy.filters.http.ratelimit"
+STATUS_FILTER = "isthmus.kong.rate_limiting_status"
 _TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
-DEFAULT_MESSAGE = "API rate limit exceeded"
+_REDIS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit"
+_LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+DEFAULT_MESSAGE = rl_plan.DEFAULT_MESSAGE
 WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "month": 2592000, "year": 31536000}
 _CEL = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 _UNLIMITED = (1 << 32) - 1
 _ALL = {"numerator": 100, "denominator": "HUNDRED"}
+CONSUMER_HEADER = "x-consumer-id"
+CREDENTIAL_HEADER = "x-credential-identifier"
+# the service answers within redis.timeout; this only bounds a service that does not answer at all
+_SERVICE_TIMEOUT = "30s"
+_MAX_TIMEOUT = 2**31 - 2
+_STATUS_LUA = f"""
+function envoy_on_request(handle)
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local status = headers:get("{STATUS_HEADER}")
+  if status ~= nil then
+    headers:remove("{STATUS_HEADER}")
+    headers:replace(":status", status)
+  end
+end
+"""
 
 
 def _positive(value: float | None) -> float | None:
@@ -38,6 +73,28 @@ def _positive(value: float | None) -> float | None:
 
 
 Limit = Annotated[float | None, AfterValidator(_positive)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Timeout = Annotated[int, Field(ge=0, le=_MAX_TIMEOUT)]
+
+
+class RedisConfig(BaseModel):
+    """Kong's ``config.redis`` record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = None
+    port: Port | None = 6379
+    timeout: Timeout | None = 2000
+    username: str | None = None
+    password: str | None = None
+    database: int | None = 0
+    ssl: bool | None = False
+    ssl_verify: bool | None = False
+    server_name: str | None = None
+
+
+# Kong 3.x's deprecated flat fields and the ``redis`` field each one sets
+SHORTHANDS = {f"redis_{name}": name for name in RedisConfig.model_fields}
 
 
 class Config(BaseModel):
@@ -55,10 +112,28 @@ class Config(BaseModel):
     policy: Literal["local", "cluster", "redis"] = "local"
     fault_tolerant: bool = True
     hide_client_headers: bool = False
-    error_code: int = 429
+    error_code: Annotated[float, Field(gt=0)] = 429
     error_message: str = DEFAULT_MESSAGE
-    sync_rate: float = -1
-    redis: dict[str, Any] | None = None
+    sync_rate: float | None = -1
+    redis: RedisConfig | None = None
+    redis_host: str | None = None
+    redis_port: Port | None = None
+    redis_timeout: Timeout | None = None
+    redis_username: str | None = None
+    redis_password: str | None = None
+    redis_database: int | None = None
+    redis_ssl: bool | None = None
+    redis_ssl_verify: bool | None = None
+    redis_server_name: str | None = None
+
+    def redis_settings(self) -> RedisConfig:
+        """``redis`` with the deprecated flat fields given laid over it, as Kong's shorthands do."""
+        given = {
+            field: getattr(self, flat)
+            for flat, field in SHORTHANDS.items()
+            if getattr(self, flat) is not None
+        }
+        return (self.redis or RedisConfig()).model_copy(update=given)
 
 
 def checks(config: Config) -> dict[str, Any]:
@@ -71,34 +146,88 @@ def checks(config: Config) -> dict[str, Any]:
             return {
                 long: f"The limit for {long}({high:g}) cannot be lower than the limit for {short}({low:g})"
             }
-    if config.policy != "local":
-        return {"policy": f"policy '{config.policy}' is not supported yet"}
-    if config.limit_by == "path":
-        return {"limit_by": "limit_by 'path' is not supported yet"}
     if config.limit_by == "header" and not config.header_name:
         return {"header_name": "required field missing"}
+    if config.limit_by == "path" and not config.path:
+        return {"path": "required field missing"}
+    if config.policy == "cluster":
+        return {"policy": "policy 'cluster' is not supported yet"}
+    if config.policy == "redis":
+        redis = config.redis_settings()
+        if not redis.host:
+            return {"redis": {"host": "required field missing"}}
+        if redis.server_name:
+            return {"redis": {"server_name": "redis.server_name is not supported yet"}}
+        return {}
     if config.error_code != 429:
-        return {"error_code": "an error_code other than 429 is not supported yet"}
+        return {"error_code": "an error_code other than 429 is not supported yet with policy 'local'"}
     if config.error_message != DEFAULT_MESSAGE:
-        return {"error_message": "an error_message other than Kong's default is not supported yet"}
+        return {
+            "error_message": "an error_message other than Kong's default is not supported yet with policy 'local'"
+        }
     return {}
 
 
-def _identifier(config: Config) -> tuple[dict[str, Any] | None, str]:
-    """The rate limit action that tells clients apart and its descriptor key (None: one bucket per route)."""
-    if config.limit_by == "service":
-        return None, ""
-    if config.limit_by == "header" and config.header_name:
-        action = {
-            "request_headers": {"header_name": config.header_name.lower(), "descriptor_key": "kong_header"}
+# -- policy local ------------------------------------------------------------------------------------------------
+
+
+def _absent(*headers: str) -> dict[str, Any]:
+    """An action adding the entry ``kong_absent: <names>`` when none of ``headers`` is in the request."""
+    matchers = [{"name": h, "present_match": True, "invert_match": True} for h in headers]
+    return {
+        "header_value_match": {
+            "descriptor_key": "kong_absent",
+            "descriptor_value": ",".join(headers),
+            "expect_match": True,
+            "headers": matchers,
         }
-        return action, "kong_header"
-    return {"remote_address": {}}, "remote_address"
+    }
+
+
+def _path_matcher(path: str) -> dict[str, Any]:
+    return {"name": ":path", "string_match": {"safe_regex": {"regex": re.escape(path) + r"(\?.*)?"}}}
+
+
+def _alternatives(config: Config) -> list[tuple[list[dict[str, Any]], list[dict[str, str]]]]:
+    """Kong's identifier as mutually exclusive (actions, descriptor entries) pairs: the first present identifier,
+    else the client address. An entry with an empty value is one bucket per distinct value."""
+    address: tuple[dict[str, Any], dict[str, str]] = (
+        {"remote_address": {}},
+        {"key": "remote_address", "value": ""},
+    )
+    if config.limit_by == "service":
+        return [([], [])]
+    if config.limit_by == "ip":
+        return [([address[0]], [address[1]])]
+    if config.limit_by == "path" and config.path:
+        match = {"header_value_match": {"descriptor_key": "kong_path", "descriptor_value": config.path, "expect_match": True, "headers": [_path_matcher(config.path)]}}  # fmt: skip
+        other = {"header_value_match": {"descriptor_key": "kong_other_path", "descriptor_value": "1", "expect_match": False, "headers": [_path_matcher(config.path)]}}  # fmt: skip
+        return [
+            ([match], [{"key": "kong_path", "value": config.path}]),
+            ([other, address[0]], [{"key": "kong_other_path", "value": "1"}, address[1]]),
+        ]
+    if config.limit_by == "consumer":
+        headers = [CONSUMER_HEADER, CREDENTIAL_HEADER]
+    elif config.limit_by == "credential":
+        headers = [CREDENTIAL_HEADER]
+    else:
+        headers = [(config.header_name or "").lower()]
+    out: list[tuple[list[dict[str, Any]], list[dict[str, str]]]] = []
+    for i, header in enumerate(headers):
+        key = f"kong_by_{header}"
+        actions: list[dict[str, Any]] = [_absent(*headers[:i])] if i else []
+        entries = [{"key": "kong_absent", "value": ",".join(headers[:i])}] if i else []
+        actions.append({"request_headers": {"header_name": header, "descriptor_key": key}})
+        entries.append({"key": key, "value": ""})
+        out.append((actions, entries))
+    out.append(
+        ([_absent(*headers), address[0]], [{"key": "kong_absent", "value": ",".join(headers)}, address[1]])
+    )
+    return out
 
 
 def policy(config: Config) -> dict[str, Any]:
     """The route's ``LocalRateLimit``."""
-    action, key = _identifier(config)
     rate_limits = []
     descriptors = []
     for window, seconds in WINDOWS.items():
@@ -106,20 +235,17 @@ def policy(config: Config) -> dict[str, Any]:
         if limit is None:
             continue
         tokens = max(1, int(limit))
-        actions: list[dict[str, Any]] = [
-            {"generic_key": {"descriptor_key": "kong_window", "descriptor_value": window}}
-        ]
-        entries: list[dict[str, Any]] = [{"key": "kong_window", "value": window}]
-        if action is not None:
-            actions.append(action)
-            entries.append({"key": key, "value": ""})  # empty: one bucket per distinct value
-        rate_limits.append({"actions": actions})
         bucket = {"max_tokens": tokens, "tokens_per_fill": tokens, "fill_interval": f"{seconds}s"}
-        descriptors.append({"entries": entries, "token_bucket": bucket})
+        head = {"generic_key": {"descriptor_key": "kong_window", "descriptor_value": window}}
+        for actions, entries in _alternatives(config):
+            rate_limits.append({"actions": [head, *actions]})
+            descriptors.append(
+                {"entries": [{"key": "kong_window", "value": window}, *entries], "token_bucket": bucket}
+            )
     out: dict[str, Any] = {
         "@type": _TYPE,
         "stat_prefix": "kong_rate_limiting",
-        "status": {"code": config.error_code},
+        "status": {"code": 429},
         # Envoy needs a route-wide bucket: one that never runs out, used only by requests no descriptor matches
         "token_bucket": {"max_tokens": _UNLIMITED, "tokens_per_fill": _UNLIMITED, "fill_interval": "1s"},
         "always_consume_default_token_bucket": False,
@@ -134,7 +260,94 @@ def policy(config: Config) -> dict[str, Any]:
     return out
 
 
+# -- policy redis ------------------------------------------------------------------------------------------------
+
+_SERVICE_CLUSTER = re.compile(r"kong:[^:]*:service:(.+)")
+
+
+def route_service(route: EnvoyRoute) -> str | None:
+    """The Kong Service id an Envoy route proxies to (its cluster's; a mesh service's name)."""
+    cluster = str(route.get("route", {}).get("cluster") or "")
+    found = _SERVICE_CLUSTER.fullmatch(cluster)
+    return found.group(1) if found else (cluster or None)
+
+
+def plan(config: Config, scope: Mapping[str, str | None], service_id: str | None) -> rl_plan.Plan:
+    redis = config.redis_settings()
+    return rl_plan.Plan(
+        limits=tuple((w, float(getattr(config, w))) for w in WINDOWS if getattr(config, w) is not None),
+        redis=rl_plan.RedisTarget(
+            host=redis.host or "",
+            port=6379 if redis.port is None else redis.port,
+            username=redis.username,
+            password=redis.password,
+            database=redis.database or 0,
+            timeout_ms=2000 if redis.timeout is None else redis.timeout,
+            ssl=bool(redis.ssl),
+            ssl_verify=bool(redis.ssl_verify),
+        ),
+        limit_by=config.limit_by,
+        header_name=config.header_name,
+        path=config.path,
+        route_id=scope.get("route_id"),
+        service_id=scope.get("service_id"),
+        request_service_id=service_id,
+        fault_tolerant=config.fault_tolerant,
+        hide_client_headers=config.hide_client_headers,
+        error_code=int(config.error_code),
+        error_message=config.error_message,
+    )
+
+
+def redis_actions(config: Config, encoded_plan: str) -> list[dict[str, Any]]:
+    """The route's rate-limit actions: the plan, then every identifier the request has (the service picks)."""
+    actions: list[dict[str, Any]] = [
+        {"generic_key": {"descriptor_key": rl_plan.PLAN_KEY, "descriptor_value": encoded_plan}}
+    ]
+    headers: list[tuple[str, str]] = []
+    if config.limit_by == "consumer":
+        headers = [(CONSUMER_HEADER, rl_plan.CONSUMER_KEY), (CREDENTIAL_HEADER, rl_plan.CREDENTIAL_KEY)]
+    elif config.limit_by == "credential":
+        headers = [(CREDENTIAL_HEADER, rl_plan.CREDENTIAL_KEY)]
+    elif config.limit_by == "header" and config.header_name:
+        headers = [(config.header_name.lower(), rl_plan.HEADER_KEY)]
+    elif config.limit_by == "path":
+        headers = [(":path", rl_plan.PATH_KEY)]
+    for header, key in headers:
+        actions.append(
+            {"request_headers": {"header_name": header, "descriptor_key": key, "skip_if_absent": True}}
+        )
+    actions.append({"remote_address": {}})
+    return actions
+
+
+def _apply_redis(config: Config, scope: Any, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    out = []
+    for r in routes:
+        if "route" not in r:
+            out.append(r)
+            continue
+        encoded = plan(config, scope, route_service(r)).encode()
+        rate_limits = [{"actions": redis_actions(config, encoded)}]
+        changed = {**r, "route": {**r["route"], "rate_limits": rate_limits}}
+        if config.error_code != 429 or not config.fault_tolerant:  # answers other than 429: the status filter
+            changed["typed_per_filter_config"] = {**r.get("typed_per_filter_config", {}), STATUS_FILTER: _ENABLED}
+        out.append(changed)
+    return out
+
+
+# -- both --------------------------------------------------------------------------------------------------------
+
+
+def scoped_apply(config: Config, scope: Any, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    if config.policy == "redis":
+        return _apply_redis(config, scope, routes)
+    return apply(config, routes)
+
+
 def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    if config.policy == "redis":
+        return _apply_redis(config, {}, routes)
     limit = policy(config)
     return [
         {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), FILTER: limit}}
@@ -144,13 +357,41 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     ]
 
 
+REDIS_HTTP_FILTER = {
+    "name": REDIS_FILTER,
+    "typed_config": {
+        "@type": _REDIS_TYPE,
+        "domain": rl_plan.DOMAIN,
+        "stat_prefix": "kong_rate_limiting_redis",
+        "timeout": _SERVICE_TIMEOUT,
+        "failure_mode_deny": False,
+        "disable_x_envoy_ratelimited_header": True,
+        "rate_limit_service": {
+            "grpc_service": {"envoy_grpc": {"cluster_name": CLUSTER}},
+            "transport_api_version": "V3",
+        },
+    },
+}
+_ENABLED = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": False}
+STATUS_HTTP_FILTER = {
+    "name": STATUS_FILTER,
+    "disabled": True,  # enabled on the routes that need it
+    "typed_config": {"@type": _LUA_TYPE, "default_source_code": {"inline_string": _STATUS_LUA}},
+}
+
 KIND = PluginKind(
     name="rate-limiting",
     priority=910,
     config=Config,
     apply=apply,
+    scoped_apply=scoped_apply,
     checks=checks,
-    http_filters=({"name": FILTER, "typed_config": {"@type": _TYPE, "stat_prefix": "kong_rate_limiting"}},),
+    http_filters=(
+        # before the rate limit filters, so that it sees their answers: a refusal's status other than 429
+        STATUS_HTTP_FILTER,
+        {"name": FILTER, "typed_config": {"@type": _TYPE, "stat_prefix": "kong_rate_limiting"}},
+        REDIS_HTTP_FILTER,
+    ),
     # Kong's 429 body for Envoy's rate-limited local replies
     local_replies=(
         {
