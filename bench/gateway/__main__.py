@@ -116,9 +116,11 @@ def post_config(kong: httpx.Client, workspace: str, doc: dict[str, object]) -> N
 
 def timed_apply(cp: ControlPlane, file: Path, workspace: str) -> float:
     start = time.monotonic()
-    subprocess.run([*ISTHMUS, "gateway", "apply", "-f", str(file), "--workspace", workspace,
+    done = subprocess.run([*ISTHMUS, "gateway", "apply", "-f", str(file), "--workspace", workspace,
                     "--gateway-admin-address", f"http://127.0.0.1:{cp.gateway_admin_port}"],
-                   check=True, capture_output=True)  # fmt: skip
+                   capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"gateway apply failed: {done.stdout[-500:]} {done.stderr[-500:]}")
     return time.monotonic() - start
 
 

@@ -138,7 +138,7 @@ def test_unsafe_files_are_refused_at_the_door(setup: Setup) -> None:
     _kong_error(kong.post("/config", json={"config": aliases}), 400)
     deep = '_format_version: "3.0"\ntags: ' + "[" * 1000 + "]" * 1000 + "\n"
     _kong_error(kong.post("/config", json={"config": deep}), 400)
-    huge = kong.post("/config", content=b'{"config": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    huge = kong.post("/config", content=b'{"config": "' + b"x" * (17 * 1024 * 1024) + b'"}')  # over 16 MiB
     assert huge.status_code == 413, huge.text
     assert _state(kong) == before
     assert _serves_good(gw)

@@ -38,10 +38,11 @@ def _config_path(workspace: str | None) -> str:
 
 def _workspace_of(text: str) -> str | None:
     """The file's ``_workspace`` (decK), when it is readable; the server checks the rest."""
+    from isthmus.gateway.declarative import MAX_FILE_BYTES
     from isthmus.resources.loading import load_body
 
     try:
-        doc = load_body(text)
+        doc = load_body(text, MAX_FILE_BYTES)
     except Exception:  # the server reports a bad file with its reason
         return None
     value = doc.get("_workspace") if isinstance(doc, dict) else None

@@ -339,9 +339,11 @@ class AdminApi:
         if method != "POST":
             raise not_allowed()
         chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
             chunks.append(chunk)
-            if sum(map(len, chunks)) > declarative.MAX_FILE_BYTES:
+            size += len(chunk)
+            if size > declarative.MAX_FILE_BYTES:
                 raise Plain(413, "Configuration does not fit in Kong cache")
         doc = await asyncio.to_thread(
             declarative.request_document, b"".join(chunks), request.headers.get("content-type", "")

@@ -30,6 +30,9 @@ from isthmus.resources.loading import load_body
 
 DECLARATIVE_CONFIG = 14
 FORMAT_VERSION = "3.0"
+# a declarative file may be larger than a resource (10,000 routes and consumers: ~1.5 MB); Kong's Admin API
+# takes 10 MB bodies
+MAX_FILE_BYTES = 16 << 20
 # the file's section names -> the store's collections, in the order parents come before children
 SECTIONS: dict[str, str] = {
     "vaults": "vaults",
@@ -213,7 +216,7 @@ def invalid(message: str, fields: dict[str, Any] | None = None) -> KongError:
 def load(raw: bytes | str) -> dict[str, Any]:
     """The file as a mapping (JSON or YAML; no aliases, bounded size and depth)."""
     try:
-        doc = load_body(raw)
+        doc = load_body(raw, MAX_FILE_BYTES)
     except ResourceValidationError as exc:
         reason = "; ".join(f"{f.field}: {f.reason}" if f.field else f.reason for f in exc.errors)
         raise invalid(reason) from None
@@ -735,9 +738,6 @@ async def sync(
 
     await gateway.replace(workspace, build)
     return result[0]
-
-
-MAX_FILE_BYTES = 1 << 20  # the safe loader's limit
 
 
 def request_document(raw: bytes, content_type: str) -> dict[str, Any]:

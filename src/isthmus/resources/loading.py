@@ -156,9 +156,9 @@ class SafeYamlLoader(_Composer, _BaseLoader):  # type: ignore[misc]
     }
 
 
-def check_size(size: int, what: str = "input") -> None:
-    if size > MAX_DOCUMENT_BYTES:
-        raise _refuse(f"{what} is {size} bytes; the limit is {MAX_DOCUMENT_BYTES} bytes (1 MiB)")
+def check_size(size: int, what: str = "input", limit: int = MAX_DOCUMENT_BYTES) -> None:
+    if size > limit:
+        raise _refuse(f"{what} is {size} bytes; the limit is {limit} bytes ({limit >> 20} MiB)")
 
 
 def _yaml_error(exc: yaml.YAMLError) -> ResourceValidationError:
@@ -181,9 +181,9 @@ def _documents(text: str) -> Iterator[Any]:
         loader.dispose()
 
 
-def load_yaml_documents(text: str) -> list[Any]:
+def load_yaml_documents(text: str, limit: int = MAX_DOCUMENT_BYTES) -> list[Any]:
     """Every non-empty document of a multi-document YAML (or JSON) text, each checked by :func:`check_plain`."""
-    check_size(len(text.encode("utf-8", "surrogatepass")))
+    check_size(len(text.encode("utf-8", "surrogatepass")), limit=limit)
     try:
         docs = [d for d in _documents(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -195,9 +195,9 @@ def load_yaml_documents(text: str) -> list[Any]:
     return docs
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str, limit: int = MAX_DOCUMENT_BYTES) -> Any:
     """One YAML (or JSON) document; more than one is an error. An empty text is None."""
-    docs = load_yaml_documents(text)
+    docs = load_yaml_documents(text, limit)
     if len(docs) > 1:
         raise _refuse(f"expected one document, found {len(docs)}")
     return docs[0] if docs else None
@@ -207,10 +207,11 @@ def _json_constant(name: str) -> Any:
     raise _refuse(f"{name} is not a JSON number")
 
 
-def load_body(raw: bytes | str) -> Any:
-    """A request body as JSON, else as one YAML document; same limits as files."""
+def load_body(raw: bytes | str, limit: int = MAX_DOCUMENT_BYTES) -> Any:
+    """A request body as JSON, else as one YAML document; same limits as files (``limit``: a larger size
+    for Kong's declarative files)."""
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
-    check_size(size, "request body")
+    check_size(size, "request body", limit)
     if isinstance(raw, bytes):
         try:
             text = raw.decode("utf-8")
@@ -227,7 +228,7 @@ def load_body(raw: bytes | str) -> Any:
     else:
         check_plain(value)
         return value
-    return load_yaml(text)
+    return load_yaml(text, limit)
 
 
 _IDENT = re.compile(r"^[A-Za-z_][\w\-/.]*$")
