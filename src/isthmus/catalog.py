@@ -9,21 +9,52 @@ from __future__ import annotations
 from isthmus.gateway.store import resource_types as gateway_resource_types
 from isthmus.policies.catalog import plugins
 from isthmus.resources.dataplane import DataplaneSpec
+from isthmus.resources.hostnames import HostnameGeneratorSpec
 from isthmus.resources.mesh import MeshSpec
-from isthmus.resources.registry import Registry, ResourceType, Scope
+from isthmus.resources.meshservice import (
+    MeshExternalServiceDocument,
+    MeshMultiZoneServiceDocument,
+    MeshServiceDocument,
+)
+from isthmus.resources.registry import KdsScope, Registry, ResourceType, Scope
 from isthmus.resources.secret import SecretSpec
+from isthmus.resources.zone import ZoneIngressSpec, ZoneInsightSpec, ZoneSpec
 
 
 def default_registry() -> Registry:
     """Mesh and Dataplane, the policy types in plug-in order, and the internal Secret type."""
     return Registry(
         [
-            ResourceType("Mesh", "meshes", Scope.GLOBAL, MeshSpec, spec_at_top_level=True, short_name="mesh"),
             ResourceType(
-                "Dataplane", "dataplanes", Scope.MESH, DataplaneSpec, spec_at_top_level=True, short_name="dp"
+                "Mesh",
+                "meshes",
+                Scope.GLOBAL,
+                MeshSpec,
+                spec_at_top_level=True,
+                short_name="mesh",
+                kds_scope=KdsScope.FROM_GLOBAL,
+            ),
+            ResourceType(
+                "Dataplane",
+                "dataplanes",
+                Scope.MESH,
+                DataplaneSpec,
+                spec_at_top_level=True,
+                short_name="dp",
+                kds_scope=KdsScope.FROM_ZONE,
             ),
             *(plugin.resource_type for plugin in plugins()),
-            ResourceType("Secret", "secrets", Scope.MESH, SecretSpec, spec_at_top_level=True, internal=True),
+            *_name_types(),
+            # the mesh CAs go to the zones (isthmus.kds filters the Secrets it syncs)
+            ResourceType(
+                "Secret",
+                "secrets",
+                Scope.MESH,
+                SecretSpec,
+                spec_at_top_level=True,
+                internal=True,
+                kds_scope=KdsScope.FROM_GLOBAL,
+            ),
             ResourceType(
                 "GlobalSecret",
                 "globalsecrets",
@@ -32,6 +63,46 @@ def default_registry() -> Registry:
                 spec_at_top_level=True,
                 internal=True,
             ),
+            # multi-zone (isthmus.kds)
+            ResourceType("Zone", "zones", Scope.GLOBAL, ZoneSpec, spec_at_top_level=True),
+            ResourceType(
+                "ZoneInsight", "zoneinsights", Scope.GLOBAL, ZoneInsightSpec, spec_at_top_level=True
+            ),
+            ResourceType(
+                "ZoneIngress",
+                "zoneingresses",
+                Scope.GLOBAL,
+                ZoneIngressSpec,
+                spec_at_top_level=True,
+                short_name="zi",
+                kds_scope=KdsScope.FROM_ZONE_TO_ALL,
+            ),
             *gateway_resource_types(),  # Kong's entities (isthmus.gateway), internal
         ]
     )
+
+
+def _name_types() -> list[ResourceType]:
+    """Kuma's service names (isthmus.names): the first three keep ``spec`` and ``status`` side by side."""
+    return [
+        ResourceType(
+            "MeshService", "meshservices", Scope.MESH, MeshServiceDocument, spec_at_top_level=True, short_name="ms"
+        ),
+        ResourceType(
+            "MeshMultiZoneService",
+            "meshmultizoneservices",
+            Scope.MESH,
+            MeshMultiZoneServiceDocument,
+            spec_at_top_level=True,
+            short_name="mzms",
+        ),
+        ResourceType(
+            "MeshExternalService",
+            "meshexternalservices",
+            Scope.MESH,
+            MeshExternalServiceDocument,
+            spec_at_top_level=True,
+            short_name="mes",
+        ),
+        ResourceType("HostnameGenerator", "hostnamegenerators", Scope.GLOBAL, HostnameGeneratorSpec),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,6 +30,62 @@ def parse_bool(text: str) -> bool | None:
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(1)
+
+
+def _multizone_options(
+    mode: str,
+    kds_address: str,
+    zone: str | None,
+    global_address: str | None,
+    zone_token_file: Path | None,
+    ca_cert_file: Path | None,
+) -> dict[str, Any]:
+    """The CpOptions fields of ``--mode`` and its flags, checked (a bad one exits 1 naming the flag)."""
+    from isthmus.kds.zone_client import parse_global_address
+    from isthmus.resources.zone import zone_name_problem
+
+    if mode not in ("standalone", "global", "zone"):
+        raise _fail(f"--mode: {mode!r} is not one of standalone, global, zone")
+    zone_flags = {
+        "--zone": zone,
+        "--global-address": global_address,
+        "--zone-token-file": zone_token_file,
+        "--ca-cert-file": ca_cert_file,
+    }
+    if mode != "zone":
+        given = [flag for flag, value in zone_flags.items() if value is not None]
+        if given:
+            raise _fail(f"{given[0]}: only with --mode zone")
+        if mode == "global":
+            try:
+                split_address(kds_address)
+            except ValueError as exc:
+                raise _fail(f"--kds-address: {exc}") from None
+        return {"mode": mode, "kds_address": kds_address}
+    missing = [
+        flag for flag in ("--zone", "--global-address", "--zone-token-file") if zone_flags[flag] is None
+    ]
+    if missing:
+        raise _fail(f"--mode zone needs {', '.join(missing)}")
+    assert zone is not None and global_address is not None and zone_token_file is not None
+    problem = zone_name_problem(zone)
+    if problem:
+        raise _fail(f"--zone: {zone!r} {problem}")
+    try:
+        parse_global_address(global_address)
+    except ValueError as exc:
+        raise _fail(f"--global-address: {exc}") from None
+    if not zone_token_file.is_file():
+        raise _fail(f"--zone-token-file: {zone_token_file} is not a readable file")
+    if ca_cert_file is not None and not ca_cert_file.is_file():
+        raise _fail(f"--ca-cert-file: {ca_cert_file} is not a readable file")
+    return {
+        "mode": mode,
+        "zone": zone,
+        "global_address": global_address,
+        "zone_token_file": zone_token_file,
+        "kds_ca_cert_file": ca_cert_file,
+    }
 
 
 @app.command("run")
@@ -68,6 +125,25 @@ def run(
     gateway_admin_address: str = typer.Option(
         "127.0.0.1:8001", help="Kong's Admin API of the gateway, address HOST:PORT; off: not served"
     ),
+    mode: str = typer.Option(
+        "standalone",
+        help="standalone | global (holds meshes and policies, serves zones on --kds-address) | zone (connects "
+        "to --global-address)",
+    ),
+    kds_address: str = typer.Option(
+        "127.0.0.1:5685", help="global: where zone control planes connect (gRPC, TLS), address HOST:PORT"
+    ),
+    zone: str | None = typer.Option(None, help="zone: the zone's name"),
+    global_address: str | None = typer.Option(
+        None, help="zone: the global control plane's KDS address, grpcs://HOST:PORT"
+    ),
+    zone_token_file: Path | None = typer.Option(
+        None,
+        help="zone: the zone token (isthmus generate zone-token on the global), read at every connection",
+    ),
+    ca_cert_file: Path | None = typer.Option(
+        None, help="zone: the CA that signed the global's certificate (the global's DATA_DIR/tls/ca.crt)"
+    ),
 ) -> None:
     """Run the control plane until SIGINT/SIGTERM."""
     if dp_auth not in DP_AUTH_MODES:
@@ -97,6 +173,7 @@ def run(
             split_address(value)
         except ValueError as exc:
             raise _fail(f"{flag}: {exc}") from None
+    multizone = _multizone_options(mode, kds_address, zone, global_address, zone_token_file, ca_cert_file)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = CpOptions(
         store=store,
@@ -112,6 +189,7 @@ def run(
         max_xds_streams=max_xds_streams,
         dataplane_cleanup_age=cleanup_age,
         gateway_admin_address=None if gateway_admin_address == "off" else gateway_admin_address,
+        **multizone,
     )
     try:
         asyncio.run(run_control_plane(options))

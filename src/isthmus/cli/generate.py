@@ -1,4 +1,4 @@
-"""``isthmus generate dataplane-token | user-token``: tokens issued by the control plane (as kumactl's).
+"""``isthmus generate dataplane-token | user-token | zone-token``: tokens issued by the control plane (as kumactl's).
 
 Both call the REST API (``POST /tokens/dataplane``, ``POST /tokens/user``), which needs an admin: run them on
 the control plane's host (loopback is an admin by default) or pass an admin's ``--auth-token``.
@@ -77,5 +77,29 @@ def user_token(
         body = {"name": name, "groups": list(group), "validFor": valid_for}
         with _client(cp_address, auth_token) as client:
             return client.post_text("/tokens/user", body)
+
+    typer.echo(_run(action))
+
+
+@app.command("zone-token")
+def zone_token(
+    zone: str = typer.Option(..., "--zone", help="The zone's name (its control plane's --zone)"),
+    scope: list[str] = typer.Option(
+        [], "--scope", help="cp (a zone control plane), ingress, egress; repeatable (default: all three)"
+    ),
+    valid_for: str | None = typer.Option(None, "--valid-for", help="e.g. 720h (default: 10 years)"),
+    cp_address: str = _cp_address_option(),
+    auth_token: str | None = _auth_token_option(),
+) -> None:
+    """Print a zone token for ``isthmus cp run --mode zone --zone-token-file`` (run it against the global)."""
+
+    def action() -> str:
+        body: dict[str, Any] = {"zone": zone}
+        if scope:
+            body["scope"] = list(scope)
+        if valid_for:
+            body["validFor"] = valid_for
+        with _client(cp_address, auth_token) as client:
+            return client.post_text("/tokens/zone", body)
 
     typer.echo(_run(action))

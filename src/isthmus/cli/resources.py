@@ -251,7 +251,16 @@ def get(
                 typer.echo(out.render(data, fmt), nl=False)
                 return
             headers: Sequence[str]
-            if rtype.kind == "Mesh":
+            if rtype.kind == "Zone":  # each zone online or offline (isthmus.kds)
+                from isthmus.cli.zones import ZONE_HEADERS, zone_rows
+
+                overviews = client.get_json("/zones+insights").get("items", [])
+                if name is not None:
+                    overviews = [o for o in overviews if o.get("name") == name] or [
+                        client.get(rtype, mesh, name)
+                    ]
+                headers, rows = ZONE_HEADERS, zone_rows(overviews)
+            elif rtype.kind == "Mesh":
                 items = (
                     [client.get(rtype, mesh, name)]
                     if name is not None

@@ -33,6 +33,7 @@ from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates, sds_acks
 from isthmus.cp.cleanup import DEFAULT_DATAPLANE_CLEANUP_AGE, Housekeeping
 from isthmus.cp.hds import HdsServer, HdsSettings
+from isthmus.names.controller import NamesController
 from isthmus.cp.insights import Insights
 from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
@@ -41,6 +42,10 @@ from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.gateway.admin_api import create_admin_app
 from isthmus.gateway.reconciler import GatewayCache, GatewayReconciler
 from isthmus.gateway.store import GatewayStore
+from isthmus.kds.global_server import KdsServer
+from isthmus.kds.ownership import WriteGuard
+from isthmus.kds.zone_client import ZoneSync
+from isthmus.resources.registry import Registry
 from isthmus.store import open_store
 from isthmus.store.base import ResourceStore
 from isthmus.xds.metrics import XdsMetrics
@@ -68,6 +73,14 @@ class CpOptions:
     dataplane_cleanup_age: timedelta = DEFAULT_DATAPLANE_CLEANUP_AGE
     # Kong's Admin API of the gateway (isthmus.gateway); None: not served
     gateway_admin_address: str | None = "127.0.0.1:8001"
+    # multi-zone (isthmus.kds): standalone | global (serves KDS on kds_address) | zone (connects to
+    # global_address as zone ``zone`` with the token in zone_token_file, verifying the global with kds_ca_cert_file)
+    mode: str = "standalone"
+    kds_address: str = "127.0.0.1:5685"
+    zone: str = ""
+    global_address: str = ""
+    zone_token_file: Path | None = None
+    kds_ca_cert_file: Path | None = None
 
     def store_spec(self) -> str:
         if self.store == "sqlite":
@@ -153,13 +166,33 @@ def _listen(address: str, what: str) -> socket.socket:
     return sock
 
 
+def _zone_sync(options: CpOptions, store: ResourceStore, registry: Registry, insights: Insights) -> ZoneSync:
+    """A zone's connection to its global (isthmus.kds); the token file is read at every connection."""
+    assert options.zone_token_file is not None
+    ca = options.kds_ca_cert_file.read_bytes() if options.kds_ca_cert_file is not None else None
+    return ZoneSync(
+        store,
+        registry,
+        zone=options.zone,
+        global_address=options.global_address,
+        token_file=options.zone_token_file,
+        ca_cert=ca,
+        online_proxies=lambda: [nid for nid, node in insights.nodes.items() if node.online],
+    )
+
+
 async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = None) -> None:
     api_host, api_port = split_address(options.api_address)
     split_address(options.xds_address)
     prepare_data_dir(options.data_dir)
     tls: ServerTls = ensure_server_tls(
         options.data_dir,
-        (options.xds_address, options.api_address, options.api_tls_address),
+        (
+            options.xds_address,
+            options.api_address,
+            options.api_tls_address,
+            *((options.kds_address,) if options.mode == "global" else ()),
+        ),
         cert_file=options.tls_cert_file,
         key_file=options.tls_key_file,
     )
@@ -171,7 +204,16 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     gateway_store = GatewayStore(store)
     insights = Insights()
     certificates = WorkloadCertificates(sds_acks(insights))  # a CA switch advances on ACKs
-    reconciler = Reconciler(store, registry, cache, certificates, metrics=metrics)
+    gateway_reconciler = GatewayReconciler(store, gateway_store, cache)
+    reconciler = Reconciler(
+        store,
+        registry,
+        cache,
+        certificates,
+        metrics=metrics,
+        gateway_services=gateway_reconciler.mesh_services,
+    )
+    gateway_reconciler.request_sync = reconciler.request_sync  # a gateway's mesh legs changed
     tokens = token_service(store)
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token
@@ -204,8 +246,14 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         api_socket.close()
         tls_socket.close()
         raise
+    instance_id = uuid.uuid4().hex[:12]
+    kds_server = (
+        KdsServer(store, registry, tokens, instance_id=instance_id) if options.mode == "global" else None
+    )
     try:
         xds_port = await ads.start(options.xds_address, tls.grpc_credentials())
+        if kds_server is not None:
+            await kds_server.start(options.kds_address, tls.grpc_credentials())
         xds_host = split_address(options.xds_address)[0]
         state = ControlPlaneState(
             store=store,
@@ -216,8 +264,14 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             certificates=certificates,
             metrics=metrics,
             xds_address=f"{xds_host}:{xds_port}",
-            instance_id=uuid.uuid4().hex[:12],
+            instance_id=instance_id,
             auth=auth,
+            mode=options.mode,
+            write_guard=(
+                WriteGuard(store, options.mode, zone=options.zone, global_address=options.global_address)
+                if options.mode != "standalone"
+                else None
+            ),
         )
         app = create_app(state)
         config = uvicorn.Config(
@@ -241,17 +295,25 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         with _stop_on_signals(*servers):
             async with asyncio.TaskGroup() as tg:
                 generation = tg.create_task(reconciler.run(), name="reconciler")
-                gateway_generation = tg.create_task(
-                    GatewayReconciler(store, gateway_store, cache).run(), name="gateway-reconciler"
-                )
+                gateway_generation = tg.create_task(gateway_reconciler.run(), name="gateway-reconciler")
+                names = NamesController(store, registry, mode=options.mode, zone=options.zone or "default")
+                tg.create_task(names.run(), name="names")  # generated MeshServices, VIPs, hostnames
                 await reconciler.wait_ready()
                 housekeeping = Housekeeping(
                     store,
                     insights,
                     reconciler.proxies.__contains__,
-                    dataplane_cleanup_age=options.dataplane_cleanup_age,
+                    # the global's Dataplanes are zones' copies: each zone removes its own
+                    dataplane_cleanup_age=(
+                        timedelta(0) if options.mode == "global" else options.dataplane_cleanup_age
+                    ),
                 )
                 cleanup = tg.create_task(housekeeping.run(), name="housekeeping")
+                zone_sync = (
+                    tg.create_task(_zone_sync(options, store, registry, insights).run(), name="kds-zone")
+                    if options.mode == "zone"
+                    else None
+                )
                 log.info(
                     "xDS (ADS, TLS) on %s, REST API on %s and (HTTPS) %s",
                     state.xds_address,
@@ -276,11 +338,15 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 generation.cancel()
                 gateway_generation.cancel()
                 cleanup.cancel()
+                if zone_sync is not None:
+                    zone_sync.cancel()
     finally:
         api_socket.close()
         tls_socket.close()
         if gateway_socket is not None:
             gateway_socket.close()
         hds.stop()
+        if kds_server is not None:
+            await kds_server.stop(grace=1.0)
         await ads.stop(grace=1.0)
         await store.close()

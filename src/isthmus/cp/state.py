@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +14,9 @@ from isthmus.cp.reconciler import Reconciler
 from isthmus.resources.registry import Registry
 from isthmus.store.base import ResourceStore
 from isthmus.xds.cache import SnapshotCache
+
+if TYPE_CHECKING:
+    from isthmus.kds.ownership import WriteGuard
 
 
 @dataclass
@@ -28,3 +32,7 @@ class ControlPlaneState:
     instance_id: str = field(default="")
     max_body_bytes: int = 1 << 20  # REST request bodies larger than this are answered 413
     auth: Auth = field(kw_only=True)  # tokens, --dp-auth and --api-localhost-is-admin
+    # multi-zone (isthmus.kds): which writes this control plane refuses (zone copies are read-only); None:
+    # standalone, every write allowed
+    write_guard: WriteGuard | None = field(default=None, kw_only=True)
+    mode: str = field(default="standalone", kw_only=True)  # standalone | global | zone

@@ -32,6 +32,16 @@ class Scope(str, Enum):
     MESH = "Mesh"
 
 
+class KdsScope(str, Enum):
+    """Which way a kind syncs between the global and zone control planes (:mod:`isthmus.kds`)."""
+
+    LOCAL = "local"  # never synced (internal records, Zone/ZoneInsight on the global)
+    FROM_GLOBAL = "from-global"  # made on the global only; read-only copies in every zone
+    FROM_GLOBAL_OR_ZONE = "from-global-or-zone"  # global copies in zones; a zone's own stay there
+    FROM_ZONE = "from-zone"  # made in a zone; copies on the global (Dataplane)
+    FROM_ZONE_TO_ALL = "from-zone-to-all"  # made in a zone; copies on the global and in every other zone
+
+
 @dataclass(frozen=True)
 class ResourceType:
     kind: str
@@ -42,6 +52,14 @@ class ResourceType:
     is_policy: bool = False
     internal: bool = False  # kept in the store, never served by the API (CA keys)
     short_name: str = ""
+    # how multi-zone sync treats the kind; None: FROM_GLOBAL_OR_ZONE for policies, LOCAL for the rest
+    kds_scope: KdsScope | None = None
+
+    @property
+    def sync(self) -> KdsScope:
+        if self.kds_scope is not None:
+            return self.kds_scope
+        return KdsScope.FROM_GLOBAL_OR_ZONE if self.is_policy else KdsScope.LOCAL
 
 
 SpecT = TypeVar("SpecT", bound=Model)

@@ -14,6 +14,7 @@ from isthmus.cp.api.limits import BodyLimitMiddleware
 from isthmus.cp.api.models import Index, ResourceTypes
 from isthmus.cp.api.openapi import ControlPlaneApi
 from isthmus.cp.state import ControlPlaneState
+from isthmus.kds import api as kds_api
 
 
 def create_app(state: ControlPlaneState) -> FastAPI:
@@ -57,6 +58,7 @@ def create_app(state: ControlPlaneState) -> FastAPI:
         return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(inspect.build_router(state))
+    app.include_router(kds_api.build_router(state))  # /tokens/zone, /zones+insights (before /{plural})
     app.include_router(resources.build_router(state))
     app.include_router(tokens.build_router(state))
     auth.install(app, state.auth, state.store)

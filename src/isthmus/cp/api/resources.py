@@ -172,6 +172,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         if mesh_record is not None and isinstance(res.spec, DataplaneSpec):
             _check_membership(res.spec, from_record(mesh_record, registry), res.mesh)
         existed = await state.store.get(rtype.kind, res.mesh, name) is not None
+        labels = dict(res.labels)
+        if state.write_guard is not None:  # multi-zone: copies are read-only, origin labels added
+            labels = await state.write_guard.check_put(rtype, res.mesh, name, labels)
         ops = [
             Op(
                 OpKind.UPSERT,
@@ -179,7 +182,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 res.mesh,
                 name,
                 spec=res.spec_dict(),
-                labels=dict(res.labels),
+                labels=labels,
                 expected_version=_expected(if_match) if existed else 0,
             )
         ]
@@ -243,6 +246,8 @@ def build_router(state: ControlPlaneState) -> APIRouter:
     async def delete_mesh(name: str) -> dict[str, Any]:
         if await state.store.get("Mesh", "", name) is None:
             raise NotFound("Mesh", "", name)
+        if state.write_guard is not None:
+            await state.write_guard.check_delete(registry.kind("Mesh"), "", name)  # type: ignore[arg-type]
         ops = [Op(OpKind.DELETE, "Mesh", "", name)]
         for rtype in registry.all():  # cascade: everything that lives in the mesh goes with it, atomically
             if rtype.scope is Scope.MESH:
@@ -307,8 +312,81 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         mesh: str, name: str, plural: str = plural_path, if_match: IfMatchHeader = None
     ) -> Response:
         rtype = rtype_for(plural)
+        if state.write_guard is not None:
+            await state.write_guard.check_delete(rtype, mesh, name)
         await state.store.write(
             [Op(OpKind.DELETE, rtype.kind, mesh, name, expected_version=_expected(if_match))]
+        )
+        return JSONResponse({})
+
+    # -- other global-scoped resources (Zone, ZoneIngress, ...): /{plural}[/{name}] ------------------------------
+    global_types = [t for t in registry.public() if t.scope is Scope.GLOBAL and t.kind != "Mesh"]
+    if not global_types:
+        return router
+    global_path: Any = Path(
+        description="the global resource type's plural, as listed by /_resources",
+        pattern=one_of(t.plural for t in global_types),
+        json_schema_extra={"enum": sorted(t.plural for t in global_types)},
+    )
+
+    def global_type(plural: str) -> ResourceType:
+        rtype = registry.plural(plural)
+        if rtype is None or rtype.internal or rtype.scope is not Scope.GLOBAL or rtype.kind == "Mesh":
+            raise ApiError(404, "Not found", f"unknown resource type {plural!r}")
+        return rtype
+
+    @router.get(
+        "/{plural}",
+        tags=["resources"],
+        response_model=None,
+        responses={
+            200: {"model": ResourcePage, "description": "a page of resources"},
+            **error_responses(400, 404),
+        },
+    )
+    async def list_global(
+        request: Request, plural: str = global_path, offset: OffsetQuery = 0, size: SizeQuery = 100
+    ) -> dict[str, Any]:
+        return await list_docs(request, global_type(plural).kind, None, offset, size)
+
+    @router.get(
+        "/{plural}/{name}",
+        tags=["resources"],
+        response_model=None,
+        responses={200: got, **error_responses(404)},
+    )
+    async def get_global(name: str, plural: str = global_path) -> JSONResponse:
+        rtype = global_type(plural)
+        record = await state.store.get(rtype.kind, "", name)
+        if record is None:
+            raise NotFound(rtype.kind, "", name)
+        return respond(record, 200)
+
+    @router.put(
+        "/{plural}/{name}",
+        tags=["resources"],
+        status_code=201,
+        response_model=None,
+        responses={**put_responses, **error_responses(400, 409)},
+        openapi_extra=body_schema(sorted(t.kind for t in global_types), mesh_scoped=False),
+    )
+    async def put_global(
+        name: str, request: Request, plural: str = global_path, if_match: IfMatchHeader = None
+    ) -> JSONResponse:
+        return await put(global_type(plural), "", name, await read_body(request), if_match)
+
+    @router.delete(
+        "/{plural}/{name}",
+        tags=["resources"],
+        response_model=None,
+        responses={200: {"model": Empty, "description": "deleted"}, **error_responses(400, 404, 409)},
+    )
+    async def delete_global(name: str, plural: str = global_path, if_match: IfMatchHeader = None) -> Response:
+        rtype = global_type(plural)
+        if state.write_guard is not None:
+            await state.write_guard.check_delete(rtype, "", name)
+        await state.store.write(
+            [Op(OpKind.DELETE, rtype.kind, "", name, expected_version=_expected(if_match))]
         )
         return JSONResponse({})
 
