@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,12 @@ async def test_resources_flow_both_ways(world: World) -> None:
     east, _ = await world.zone("east")
     west, _ = await world.zone("west")
     for store in (east, west):
-        copy = await eventually(lambda s=store: s.get("MeshTimeout", "default", "t1"), "the policy in a zone")
+        copy = await eventually(functools.partial(store.get, "MeshTimeout", "default", "t1"), "the policy")
         assert copy.labels["kuma.io/origin"] == "global"
         assert copy.spec == (await g.get("MeshTimeout", "default", "t1")).spec  # type: ignore[union-attr]
-        ca = await eventually(
-            lambda s=store: s.get("Secret", "default", "default.ca-builtin-cert-ca-1"), "CA"
-        )
-        assert ca.spec == (await g.get("Secret", "default", "default.ca-builtin-cert-ca-1")).spec  # type: ignore[union-attr]
+        ca_key = ("Secret", "default", "default.ca-builtin-cert-ca-1")
+        ca = await eventually(functools.partial(store.get, *ca_key), "the mesh CA in a zone")
+        assert ca.spec == (await g.get(*ca_key)).spec  # type: ignore[union-attr]
 
     # a zone's Dataplane and ZoneIngress reach the global; the ingress (not the Dataplane) the other zone
     await east.write(
