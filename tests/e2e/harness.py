@@ -165,7 +165,9 @@ class Sidecar:
         cp_address: str | None = None,
         verify: bool = True,
         token: bool = True,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        self.extra_args = extra_args  # more ``dp run`` options (``--dns-port N``)
         doc = yaml.safe_load(dataplane)
         self.name = doc["name"]
         self.mesh = doc["mesh"]
@@ -206,6 +208,7 @@ class Sidecar:
             str(self.work),
             "--log-level",
             "warning",
+            *self.extra_args,
         ]
         self.proc = Proc(f"dp-{self.name}", args, self.tmp).start()
         return self

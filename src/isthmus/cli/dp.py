@@ -41,6 +41,13 @@ def run(
         [], "--proxy-listen-tls", help="Gateway: HOST:PORT it serves HTTPS on, with the certificates' SNIs"
     ),
     workspace: str = typer.Option("default", "--workspace", help="Gateway: the Kong workspace it serves"),
+    dns_port: int | None = typer.Option(
+        None,
+        "--dns-port",
+        "--dns-envoy-port",
+        help="Serve the mesh's names (generated hostnames, <service>.mesh) on 127.0.0.1:PORT/udp, by Envoy's "
+        "DNS filter (Kuma's --dns-envoy-port); the proxy also gets listeners on the services' VIPs",
+    ),
     work_dir: Path | None = typer.Option(None, help="Directory for the bootstrap and Envoy's log"),
     drain_time: float = typer.Option(2.0, help="Seconds to drain inbound listeners on shutdown"),
     log_level: str = typer.Option("info", help="trace | debug | info | warning | error | critical | off"),
@@ -98,6 +105,7 @@ def run(
             gateway_listen=tuple(proxy_listen),
             gateway_listen_tls=tuple(proxy_listen_tls),
             gateway_workspace=workspace,
+            dns_port=dns_port,
         )
     except AgentError as exc:
         raise _fail(str(exc)) from None

@@ -110,7 +110,11 @@ def build_mesh_context(
         ca_certificate=ca_certificate,
         hash=_digest([config_hash, [d.digest for d in by_name.values()]]),
         config_hash=config_hash,
-        service_digests={k: _endpoints_digest(v) for k, v in endpoints.items()},
+        service_digests=_with_names(
+            {k: _endpoints_digest(v) for k, v in endpoints.items()},
+            by_kind,
+            [d.digest for d in by_name.values()],
+        ),
         gateway_services=tuple(sorted(gateways - {""})),
     )
 
@@ -120,3 +124,20 @@ def _endpoints_digest(endpoints: Sequence[ServiceEndpoint]) -> str:
         (e.address, e.port, e.protocol, e.ready, e.dataplane, sorted(e.tags.items())) for e in endpoints
     )
     return _digest(parts)
+
+
+def _with_names(
+    digests: dict[str, str], by_kind: Mapping[str, list[Resource]], dataplanes: list[str]
+) -> dict[str, str]:
+    """Digests for the clusters of MeshServices that select Dataplanes by anything but ``kuma.io/service``
+    tags, and of MeshMultiZoneServices (isthmus.names): they change with any Dataplane of the mesh."""
+    every = _digest(dataplanes)
+    for kind in ("MeshService", "MeshMultiZoneService"):
+        for res in by_kind.get(kind, []):
+            selector = getattr(
+                getattr(getattr(res.spec, "spec", None), "selector", None), "dataplane_tags", None
+            )
+            if kind == "MeshService" and selector == {"kuma.io/service": res.name}:
+                continue
+            digests[res.name] = _digest([digests.get(res.name, ""), every])
+    return digests

@@ -45,6 +45,7 @@ from isthmus.pki.ca import CertificateAuthority
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.errors import from_pydantic
 from isthmus.resources.mesh import MeshSpec
+from isthmus.resources.meshservice import NAME_KINDS
 from isthmus.resources.registry import Registry, Resource, from_record
 from isthmus.store.base import ChangeEvent, Record, ResourceStore
 from isthmus.xds.cache import SnapshotCache
@@ -346,7 +347,9 @@ class Reconciler:
         self.metrics.forget_mesh(mesh)
 
     def _tracked(self, kind: str) -> bool:
-        return kind == "Dataplane" or ((rtype := self.registry.kind(kind)) is not None and rtype.is_policy)
+        if kind == "Dataplane" or kind in NAME_KINDS:
+            return True
+        return (rtype := self.registry.kind(kind)) is not None and rtype.is_policy
 
     def _parse(self, record: Record) -> Resource | GenerationError:
         """The record as a resource, or why it is not valid any more (remembered per content)."""
@@ -378,7 +381,7 @@ class Reconciler:
 
     async def _load_all(self, mesh: str) -> None:
         """Read every Dataplane and policy of the mesh."""
-        for kind in ["Dataplane", *(t.kind for t in self.registry.policies())]:
+        for kind in ["Dataplane", *(t.kind for t in self.registry.policies()), *NAME_KINDS]:
             page = await self.store.list(kind, mesh)
             for record in page.items:
                 self._parse(record)

@@ -33,7 +33,6 @@ from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates, sds_acks
 from isthmus.cp.cleanup import DEFAULT_DATAPLANE_CLEANUP_AGE, Housekeeping
 from isthmus.cp.hds import HdsServer, HdsSettings
-from isthmus.names.controller import NamesController
 from isthmus.cp.insights import Insights
 from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
@@ -45,6 +44,7 @@ from isthmus.gateway.store import GatewayStore
 from isthmus.kds.global_server import KdsServer
 from isthmus.kds.ownership import WriteGuard
 from isthmus.kds.zone_client import ZoneSync
+from isthmus.names.controller import NamesController
 from isthmus.resources.registry import Registry
 from isthmus.store import open_store
 from isthmus.store.base import ResourceStore

@@ -87,6 +87,7 @@ class AgentOptions:
     gateway_listen: tuple[str, ...] = ()  # --proxy-listen HOST:PORT (proxy type gateway)
     gateway_listen_tls: tuple[str, ...] = ()  # --proxy-listen-tls HOST:PORT
     gateway_workspace: str = "default"  # --workspace: the Kong workspace the gateway serves
+    dns_port: int | None = None  # --dns-port: Envoy answers the mesh's names on 127.0.0.1:PORT (UDP)
 
 
 # -- input -------------------------------------------------------------------------------------------------
@@ -138,6 +139,20 @@ def gateway_labels(
         labels[GATEWAY_LISTEN_LABEL] = _listen_label("--proxy-listen", listen)
     if listen_tls:
         labels[GATEWAY_LISTEN_TLS_LABEL] = _listen_label("--proxy-listen-tls", listen_tls)
+    return labels
+
+
+def dns_labels(resource: Mapping[str, Any], port: int | None) -> dict[str, str]:
+    """The Dataplane's labels with ``isthmus.io/dns-port`` set to ``--dns-port`` (or removed without it): the
+    control plane then gives the proxy a DNS listener on 127.0.0.1:PORT and its VIP listeners."""
+    from isthmus.names.outbounds import DNS_PORT_LABEL
+
+    labels = dict(resource.get("labels") or {})
+    labels.pop(DNS_PORT_LABEL, None)
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise AgentError(f"--dns-port {port}: not a valid port (1-65535)")
+        labels[DNS_PORT_LABEL] = str(port)
     return labels
 
 
@@ -449,6 +464,7 @@ class DataplaneAgent:
             )
         elif options.gateway_listen or options.gateway_listen_tls:
             raise AgentError("--proxy-listen: only for --proxy-type gateway")
+        self.resource["labels"] = dns_labels(self.resource, options.dns_port)  # isthmus.names: the DNS
         self._http_client = http_client
         self._envoy: EnvoyProcess | None = None
         self._skip_drain = False

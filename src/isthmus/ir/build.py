@@ -17,6 +17,7 @@ from isthmus.ir.model import (
     Secret,
     TlsMode,
 )
+from isthmus.names import outbounds as names
 from isthmus.resources.dataplane import DataplaneSpec
 from isthmus.resources.mesh import MtlsMode
 from isthmus.resources.registry import Resource
@@ -113,7 +114,7 @@ def build_proxy_ir(
         )
 
     outbounds: list[OutboundListener] = []
-    legs = [(o.service, o.backend_ref.port if o.backend_ref is not None else None, o.tags or {}, o.address or LOCALHOST, o.port) for o in net.outbound]  # fmt: skip
+    legs = [(o.service, o.backend_ref.port if o.backend_ref is not None else None, o.tags or {}, o.address or LOCALHOST, o.port) for o in net.outbound if not names.handles(ctx, o)]  # fmt: skip
     listed = {o.service for o in net.outbound}
     # a gateway's mesh leg: the mesh services its Kong configuration names (``<service>.mesh``), without a listener
     legs += [(s, None, {}, "", 0) for s in sorted(gateway_services) if s not in listed]
@@ -176,6 +177,7 @@ def build_proxy_ir(
         endpoints=tuple(endpoint_sets),
         secrets=secrets,
     )
+    base = names.extend(base, ctx, dp, tls)  # backendRef outbounds, VIP listeners, DNS (isthmus.names)
     return apply_policies(base, ctx, dp)
 
 

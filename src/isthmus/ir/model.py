@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from isthmus.ir.names import DnsTable, ExternalUpstream
 from isthmus.ir.traffic import (
     ConnectionLimits,
     FaultInjection,
@@ -144,6 +145,7 @@ class Cluster:
     outlier: OutlierDetection | None = None
     health_check: HealthCheck | None = None
     lb: LoadBalancer | None = None
+    external: ExternalUpstream | None = None  # a MeshExternalService's upstream (isthmus.names)
 
 
 @dataclass(frozen=True)
@@ -229,3 +231,4 @@ class ProxyIR:
     endpoints: tuple[EndpointSet, ...]
     secrets: tuple[Secret, ...]
     patches: tuple[str, ...] = ()  # MeshProxyPatch modifications, canonical JSON, applied after translation
+    dns: DnsTable | None = None  # the data plane's DNS for generated names (isthmus.names)

@@ -130,8 +130,10 @@ class BackendRef(Model):
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
-        if value != "MeshService":
-            raise ValueError(f"kind {value!r} is not supported yet; only MeshService")
+        if value not in ("MeshService", "MeshMultiZoneService", "MeshExternalService"):
+            raise ValueError(
+                f"kind {value!r}: must be one of MeshService, MeshMultiZoneService, MeshExternalService"
+            )
         return value
 
     @model_validator(mode="after")

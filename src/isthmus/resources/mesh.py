@@ -148,6 +148,19 @@ class Routing(Model):
         return value
 
 
+class MeshServicesMode(str, Enum):
+    """Kuma's ``Mesh.meshServices.mode``: whether MeshServices are generated from Dataplanes and used."""
+
+    DISABLED = "Disabled"  # not generated; outbounds by kuma.io/service only
+    EVERYWHERE = "Everywhere"  # generated, and every proxy reaches every MeshService by its VIP
+    REACHABLE_BACKENDS = "ReachableBackends"  # generated, reached where a proxy lists them in reachableBackends
+    EXCLUSIVE = "Exclusive"  # generated and used; kuma.io/service outbounds are not
+
+
+class MeshServices(Model):
+    mode: MeshServicesMode = MeshServicesMode.DISABLED
+
+
 class MeshSpec(Model):
     mtls: Mtls | None = None
     logging: FreeForm | None = None
@@ -159,7 +172,7 @@ class MeshSpec(Model):
     skip_creating_initial_policies: list[str] | None = Field(
         default=None, alias="skipCreatingInitialPolicies"
     )
-    mesh_services: FreeForm | None = Field(default=None, alias="meshServices")
+    mesh_services: MeshServices | None = Field(default=None, alias="meshServices")
 
     @field_validator("logging", "tracing", "metrics")
     @classmethod
@@ -173,6 +186,10 @@ class MeshSpec(Model):
     @property
     def dataplane_constraints(self) -> DataplaneProxyConstraints | None:
         return self.constraints.dataplane_proxy if self.constraints is not None else None
+
+    @property
+    def mesh_services_mode(self) -> MeshServicesMode:
+        return self.mesh_services.mode if self.mesh_services is not None else MeshServicesMode.DISABLED
 
     @property
     def enabled_backend(self) -> CaBackend | None:

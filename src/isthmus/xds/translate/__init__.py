@@ -12,7 +12,7 @@ from typing import Any
 from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR, Secret
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
-from isthmus.xds.translate import clusters, listeners, secrets
+from isthmus.xds.translate import clusters, listeners, names, secrets
 from isthmus.xds.translate.patches import apply_patches
 
 _cluster = lru_cache(maxsize=65536)(clusters.cluster)
@@ -28,7 +28,8 @@ def translate(ir: ProxyIR) -> dict[str, list[Any]]:
     messages: dict[str, list[Any]] = {
         types.CLUSTER: [_cluster(c) for c in ir.clusters],
         types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
-        types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds if o.port],
+        types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds if o.port]
+        + ([names.dns_listener(ir.dns)] if ir.dns is not None else []),
         types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [secrets.secret(s) for s in ir.secrets],
     }
@@ -74,7 +75,8 @@ def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
         types.CLUSTER: [_packed_cluster(c) for c in ir.clusters],
         types.ENDPOINT: [_packed_endpoints(e) for e in ir.endpoints],
         types.LISTENER: [_packed_inbound(i) for i in ir.inbounds]
-        + [_packed_outbound(o) for o in ir.outbounds if o.port],  # port 0: a gateway's mesh leg
+        + [_packed_outbound(o) for o in ir.outbounds if o.port]  # port 0: a gateway's mesh leg
+        + ([Resource.of(types.LISTENER, names.dns_listener(ir.dns))] if ir.dns is not None else []),
         types.ROUTE: [_packed_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [_packed_secret(s) for s in ir.secrets],
     }

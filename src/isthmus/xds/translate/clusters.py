@@ -8,7 +8,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from isthmus.ir.model import Cluster, Endpoint, EndpointSet, Protocol
-from isthmus.xds.translate import resilience, timeouts, tls
+from isthmus.xds.translate import names, resilience, timeouts, tls
 from isthmus.xds.translate.common import ads, duration_ms, pack, socket_address
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -55,6 +55,7 @@ def cluster(ir: Cluster) -> cluster_pb2.Cluster:
         out.transport_socket.CopyFrom(
             tls.upstream_socket(ir.tls, ir.verify_spiffe_id, http2=ir.protocol is Protocol.HTTP2)
         )
+    names.external(out, ir)  # a MeshExternalService's upstream: DNS, its own TLS
     return out
 
 

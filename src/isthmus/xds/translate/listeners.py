@@ -23,7 +23,7 @@ from isthmus.ir.model import (
     TlsMode,
 )
 from isthmus.ir.traffic import Timeouts
-from isthmus.xds.translate import inbound_http, rbac, routes, timeouts, tls
+from isthmus.xds.translate import inbound_http, names, rbac, routes, timeouts, tls
 from isthmus.xds.translate.common import ads, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -175,12 +175,14 @@ def outbound(ir: OutboundListener) -> listener_pb2.Listener:
     else:
         rds = hcm_pb2.Rds(config_source=ads(), route_config_name=ir.route_config)
         filters = [_hcm(stat, [], ir.timeouts, rds=rds)]
-    return listener_pb2.Listener(
+    out = listener_pb2.Listener(
         name=ir.name,
         address=socket_address(ir.address, ir.port),
         traffic_direction=base_pb2.OUTBOUND,
         filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
     )
+    names.bind_vip(out, ir.address)  # a virtual IP (isthmus.names) binds with freebind
+    return out
 
 
 def outbound_routes(ir: OutboundListener) -> route_pb2.RouteConfiguration:
