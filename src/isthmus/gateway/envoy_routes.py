@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import json_format
 
 from isthmus.gateway import plugins as kong_plugins
+from isthmus.gateway.plugins.auth.routes import consumer_copies
 from isthmus.gateway.router import (
     NO_ROUTE_MESSAGE,
     RouteEntry,
@@ -364,15 +366,19 @@ def route_configuration(
     routes = [
         r
         for entry in entries
-        for r in _envoy_routes(
-            workspace,
-            entry,
-            services,
-            upstreams,
-            https,
-            port,
-            scopes.effective(entry.route.id, entry.route.service_id),
-        )
+        for r in [
+            # consumer-scoped plugin configurations: the consumers' copies first (isthmus.gateway.plugins.auth)
+            *consumer_copies(scopes, entry.route.id, entry.route.service_id, partial(_envoy_routes, workspace, entry, services, upstreams, https, port)),  # fmt: skip
+            *_envoy_routes(
+                workspace,
+                entry,
+                services,
+                upstreams,
+                https,
+                port,
+                scopes.effective(entry.route.id, entry.route.service_id),
+            ),
+        ]
     ]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
@@ -421,6 +427,8 @@ def route_message(
                 for r in _envoy_routes(workspace, entry, services, upstreams, https, port, plugins)
             ]
             _ROUTE_MEMO[key] = messages
+        copies = consumer_copies(scopes, entry.route.id, entry.route.service_id, partial(_envoy_routes, workspace, entry, services, upstreams, https, port))  # fmt: skip
+        vhost.routes.extend(json_format.ParseDict(r, route_components_pb2.Route()) for r in copies)
         vhost.routes.extend(messages)
     vhost.routes.append(
         json_format.ParseDict(

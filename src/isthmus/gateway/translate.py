@@ -66,6 +66,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
+from envoy.config.core.v3 import extension_pb2
 from google.protobuf import json_format
 
 from isthmus.gateway import healthchecks
@@ -390,4 +391,9 @@ def translate(
         types.LISTENER: [Resource.of(types.LISTENER, x) for x in listeners],
         types.ROUTE: [Resource.of(types.ROUTE, r) for r in routes],
         types.SECRET: [Resource.of(types.SECRET, x) for x in secrets],
+        # the filter configurations the listeners' HTTP filters name (ECDS: consumers and credentials, by auth)
+        kong_plugins.EXTENSION_CONFIG: [
+            Resource.of(kong_plugins.EXTENSION_CONFIG, json_format.ParseDict(x, extension_pb2.TypedExtensionConfig()))
+            for x in kong_plugins.extension_configs(entities)
+        ],
     }

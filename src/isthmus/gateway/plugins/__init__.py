@@ -4,9 +4,10 @@ Each plugin is one module with a pydantic ``Config`` (Kong's config fields, defa
 :class:`PluginKind`: the HCM filters it needs (placed before the router on every gateway listener; without a
 per-route config they do nothing) and a function that changes the Envoy routes of one Kong route (its
 ``typed_per_filter_config``, or a ``direct_response``). For each plugin name exactly one configuration applies to
-a Kong route, the most specific one, as Kong's ``plugins_iterator``: route+service > route > service > global.
-Consumer-scoped configurations are stored and checked but apply to no request yet: as in Kong without an
-authentication plugin, no request has a consumer until the auth plugins are there.
+a Kong route, the most specific one, as Kong's ``plugins_iterator``: route+service+consumer > route+consumer >
+service+consumer > route+service > consumer > route > service > global. Consumer-scoped configurations apply to
+the consumer the auth plugins identify (:mod:`isthmus.gateway.plugins.auth`): the RouteConfiguration has, before a
+Kong route's Envoy routes, a copy for each consumer whose effective plugins differ, matching ``x-consumer-id``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 EnvoyRoute = dict[str, Any]
+EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,13 @@ def _registry() -> dict[str, PluginKind]:
         request_termination,
     )
 
+    from isthmus.gateway.plugins.auth import acl, basic_auth, jwt, key_auth
+
     kinds = (
+        acl.KIND,
+        basic_auth.KIND,
+        jwt.KIND,
+        key_auth.KIND,
         correlation_id.KIND,
         cors.KIND,
         rate_limiting.KIND,
@@ -95,24 +103,46 @@ def _ref(value: Any) -> str | None:
     return str(value["id"]) if isinstance(value, Mapping) and value.get("id") else None
 
 
+Scope = tuple[str | None, str | None, str | None]  # (route id, service id, consumer id)
+
+
 class Scopes:
-    """A workspace's enabled, implemented, non-consumer plugins indexed by (route id, service id) scope."""
+    """A workspace's enabled, implemented plugins indexed by (route id, service id, consumer id) scope."""
 
     def __init__(self, plugins: Mapping[str, Mapping[str, Any]]) -> None:
-        self._by_scope: dict[tuple[str | None, str | None], dict[str, Mapping[str, Any]]] = {}
+        self._by_scope: dict[Scope, dict[str, Mapping[str, Any]]] = {}
+        # (route id, service id) scope -> the consumers with consumer-scoped configurations there
+        self._consumers: dict[tuple[str | None, str | None], set[str]] = {}
         for plugin in plugins.values():
-            if not plugin.get("enabled", True) or plugin.get("consumer") or plugin.get("name") not in kinds():
+            if not plugin.get("enabled", True) or plugin.get("name") not in kinds():
                 continue
-            scope = (_ref(plugin.get("route")), _ref(plugin.get("service")))
+            scope = (_ref(plugin.get("route")), _ref(plugin.get("service")), _ref(plugin.get("consumer")))
             self._by_scope.setdefault(scope, {})[str(plugin["name"])] = plugin
+            if scope[2] is not None:
+                self._consumers.setdefault(scope[:2], set()).add(scope[2])
 
-    def effective(self, route_id: str, service_id: str | None) -> dict[str, Mapping[str, Any]]:
-        """Plugin name -> the plugin entity that applies to the route (Kong's precedence)."""
+    def effective(
+        self, route_id: str, service_id: str | None, consumer_id: str | None = None
+    ) -> dict[str, Mapping[str, Any]]:
+        """Plugin name -> the plugin entity that applies to the route (for that consumer), by Kong's precedence."""
+        r, s, c = route_id, service_id, consumer_id
         out: dict[str, Mapping[str, Any]] = {}
-        # least specific first: a more specific scope overwrites
-        for scope in ((None, None), (None, service_id), (route_id, None), (route_id, service_id)):
+        # least specific first: a more specific scope overwrites (plugins_iterator's order, reversed)
+        order: tuple[Scope, ...] = ((None, None, None), (None, s, None), (r, None, None))
+        if c is not None:
+            order += ((None, None, c), (r, s, None), (None, s, c), (r, None, c), (r, s, c))
+        else:
+            order += ((r, s, None),)
+        for scope in order:
             out.update(self._by_scope.get(scope, {}))
         return dict(sorted(out.items()))
+
+    def consumers(self, route_id: str, service_id: str | None) -> list[str]:
+        """The consumers with consumer-scoped configurations that can reach the route."""
+        found: set[str] = set()
+        for scope in ((None, None), (None, service_id), (route_id, None), (route_id, service_id)):
+            found |= self._consumers.get(scope, set())
+        return sorted(found)
 
 
 def effective(
@@ -120,6 +150,13 @@ def effective(
 ) -> dict[str, Mapping[str, Any]]:
     """Plugin name -> the plugin entity that applies to the route (Kong's precedence; enabled ones only)."""
     return Scopes(plugins).effective(route_id, service_id)
+
+
+def extension_configs(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The ECDS resources (``TypedExtensionConfig`` dicts) the gateway's HTTP filters name."""
+    from isthmus.gateway.plugins import auth
+
+    return auth.extension_configs(entities)
 
 
 def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) -> list[EnvoyRoute]:

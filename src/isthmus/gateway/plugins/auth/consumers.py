@@ -1,0 +1,128 @@
+"""The workspace's consumers and credentials as one Lua table ``D``, prepended to kong.auth's source.
+
+``D.consumers[id] = {id, custom_id, username, groups}``, ``D.usernames[username] = id`` (``anonymous`` may name
+a consumer by id or username), ``D.keys[key] = {id, c, exp}`` (key-auth; ``exp`` from the credential's ``ttl``),
+``D.basics[username] = {u, c, h}`` (basic-auth; ``h`` is Kong's stored ``sha1(password .. consumer_id)``),
+``D.jwts[key] = {id, c, key, alg, b64}`` (jwt; ``b64``: the secret decodes as base64 for ``secret_is_base64``),
+``D.consumer_routes``: whether consumer-scoped plugin configurations exist (then kong.auth re-selects routes).
+
+The table is filled by functions of at most :data:`CHUNK` entries each (LuaJIT limits the constants of one
+function), so 10,000 consumers compile in one source.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from isthmus.gateway.plugins import auth
+
+CHUNK = 2000
+
+
+def lua_str(value: str) -> str:
+    """A Lua string literal of ``value``'s UTF-8 bytes (printable ASCII kept, every other byte escaped)."""
+    out = ['"']
+    for byte in value.encode():
+        if 0x20 <= byte < 0x7F and byte not in (0x22, 0x5C):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    out.append('"')
+    return "".join(out)
+
+
+def _lua(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "{" + ",".join(_lua(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"[{lua_str(str(k))}]={_lua(v)}" for k, v in value.items() if v is not None) + "}"
+    return lua_str(str(value))
+
+
+def b64_secret(secret: str) -> bytes | None:
+    """Kong's ``secret_is_base64`` decoding (base64url, padding optional), None when it is not base64."""
+    text = secret.rstrip("=")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _statements(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Iterator[str]:
+    groups: dict[str, list[str]] = {}
+    for acl in sorted(entities.get("acls", {}).values(), key=lambda a: (a.get("created_at") or 0, str(a["id"]))):
+        consumer = auth.ref_id(acl.get("consumer"))
+        if consumer:
+            groups.setdefault(consumer, []).append(str(acl["group"]))
+    for cid, c in sorted(entities.get("consumers", {}).items()):
+        record = {"id": cid, "custom_id": c.get("custom_id"), "username": c.get("username"), "groups": groups.get(cid, [])}
+        yield f"C[{lua_str(cid)}]={_lua(record)}"
+        if c.get("username"):
+            yield f"U[{lua_str(str(c['username']))}]={lua_str(cid)}"
+    for cred in entities.get("key-auths", {}).values():
+        consumer = auth.ref_id(cred.get("consumer"))
+        ttl = cred.get("ttl")
+        expiry = int(cred.get("created_at") or 0) + int(ttl) if isinstance(ttl, int) and ttl > 0 else None
+        yield f"K[{lua_str(str(cred['key']))}]={_lua({'id': cred['id'], 'c': consumer, 'exp': expiry})}"
+    for cred in entities.get("basic-auths", {}).values():
+        consumer = auth.ref_id(cred.get("consumer"))
+        record = {"u": cred["username"], "c": consumer, "h": cred["password"]}
+        yield f"B[{lua_str(str(cred['username']))}]={_lua(record)}"
+    for cred in entities.get("jwts", {}).values():
+        consumer = auth.ref_id(cred.get("consumer"))
+        algorithm = str(cred.get("algorithm") or "HS256")
+        record = {
+            "id": cred["id"],
+            "c": consumer,
+            "key": cred["key"],
+            "alg": algorithm,
+            "b64": b64_secret(str(cred.get("secret") or "")) is not None,
+        }
+        yield f"J[{lua_str(str(cred['key']))}]={_lua(record)}"
+
+
+def consumer_scoped(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> bool:
+    from isthmus.gateway import plugins
+
+    return any(
+        p.get("consumer") and p.get("enabled", True) and p.get("name") in plugins.kinds()
+        for p in entities.get("plugins", {}).values()
+    )
+
+
+def data_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    lines = [
+        "local D = {consumers = {}, usernames = {}, keys = {}, basics = {}, jwts = {}, "
+        f"consumer_routes = {_lua(consumer_scoped(entities))}}}"
+    ]
+    chunk: list[str] = []
+
+    def flush() -> None:
+        if chunk:
+            lines.append(
+                "(function() local C, U, K, B, J = D.consumers, D.usernames, D.keys, D.basics, D.jwts\n"
+                + "\n".join(chunk)
+                + "\nend)()"
+            )
+            chunk.clear()
+
+    for statement in _statements(entities):
+        chunk.append(statement)
+        if len(chunk) >= CHUNK:
+            flush()
+    flush()
+    return "\n".join(lines) + "\n"
+
+
+def lua_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """kong.auth's whole Lua source: the helpers, ``D``, then the plugins."""
+    return auth.lua("codec", "request", "sha1") + "\n" + data_source(entities) + auth.lua("auth")
