@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.plugins.auth.routes import consumer_copies
+from isthmus.gateway.route_index import index_routes
 from isthmus.gateway.router import (
     NO_ROUTE_MESSAGE,
     RouteEntry,
@@ -435,4 +436,5 @@ def route_message(
             _direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE), route_components_pb2.Route()
         )
     )
+    index_routes(vhost)  # thousands of routes: a prefix map instead of a list tried in turn
     return out
