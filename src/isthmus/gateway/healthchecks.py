@@ -104,6 +104,8 @@ def active_health_check(
         "timeout": _duration(_number(active, "timeout") or 1),
         "interval": _duration(healthy_interval or unhealthy_interval),
         "unhealthy_interval": _duration(unhealthy_interval) if unhealthy_interval else NEVER,
+        # Kong probes whether or not traffic flows (Envoy would wait 60 s between probes until it does)
+        "no_traffic_interval": _duration(healthy_interval or unhealthy_interval),
         "healthy_threshold": int(_number(healthy, "successes")) or NEVER_COUNT,
         "reuse_connection": False,
         "transport_socket_match_criteria": dict(PROBE_CRITERIA),

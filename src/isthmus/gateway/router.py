@@ -314,7 +314,7 @@ def split_host_port(value: str) -> tuple[str, int | None]:
 
 
 def _host_matches(pattern: str, host: str, port: int | None) -> bool:
-    name, want_port = split_host_port(pattern)
+    name, want_port = split_host_port(pattern.lower())
     if want_port is not None and port != want_port:
         return False
     if name.startswith("*"):
@@ -443,7 +443,7 @@ def _entry_matches(
 def match_sorted(entries: Sequence[RouteEntry], request: Request) -> Match | None:
     """The first of ``entries`` (from :func:`sort_routes`) that matches ``request``, or None (Kong's 404)."""
     path = request_path(request.path)
-    host, host_port = split_host_port(request.host)
+    host, host_port = split_host_port(request.host.lower())  # nginx's $host is lower-cased
     port = host_port if host_port is not None else request.port
     headers = _request_headers(request.headers)
     for entry in entries:
