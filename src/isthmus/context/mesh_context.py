@@ -56,6 +56,20 @@ class MeshContext:
         return protocols.pop() if len(protocols) == 1 else "tcp"
 
 
+# the label ``isthmus dp run --proxy-type gateway`` sets to its --proxy-listen addresses (isthmus.dp.agent)
+GATEWAY_LISTEN_LABEL = "isthmus.io/gateway-listen"
+
+
+def gateway_listen(dp: Resource) -> tuple[str, int] | None:
+    """The first proxy listener (host, port) of a gateway Dataplane that serves a Kong workspace, else None: other
+    members of the mesh reach the gateway there (its mesh inbound shares that port, see isthmus.gateway.mesh_leg)."""
+    first = dp.labels.get(GATEWAY_LISTEN_LABEL, "").split("_")[0]
+    host, sep, port = first.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def _digest(parts: object) -> str:
     raw = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:24]
@@ -78,6 +92,19 @@ def build_mesh_context(
         net = dspec.networking
         if net.gateway is not None:
             gateways.add(net.gateway.tags.get("kuma.io/service", ""))
+            listen = gateway_listen(dp)
+            if listen is not None and net.gateway.tags.get("kuma.io/service"):
+                # a gateway serving Kong routes is an endpoint of its service (gateway to gateway by mesh name)
+                endpoints.setdefault(net.gateway.tags["kuma.io/service"], []).append(
+                    ServiceEndpoint(
+                        dataplane=dp.name,
+                        address=net.advertised_address or net.address,
+                        port=listen[1],
+                        protocol="http",
+                        tags=dict(net.gateway.tags),
+                        ready=True,
+                    )
+                )
         for inbound in net.inbound:
             if inbound.state is InboundState.IGNORED:
                 continue  # Kuma: an Ignored inbound keeps its listener but is nobody's endpoint

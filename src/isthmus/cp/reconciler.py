@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,7 +47,7 @@ from isthmus.resources.errors import from_pydantic
 from isthmus.resources.mesh import MeshSpec
 from isthmus.resources.meshservice import NAME_KINDS
 from isthmus.resources.registry import Registry, Resource, from_record
-from isthmus.store.base import ChangeEvent, Record, ResourceStore
+from isthmus.store.base import ChangeEvent, EventKind, Record, ResourceStore
 from isthmus.xds.cache import SnapshotCache
 from isthmus.xds.node import mesh_name_usable, node_id, node_id_or_none
 from isthmus.xds.snapshot import Snapshot
@@ -90,8 +90,13 @@ class Reconciler:
         cache: SnapshotCache,
         certificates: WorkloadCertificates,
         metrics: CollectorRegistry | None = None,
+        gateway_services: Callable[[str, str], frozenset[str]] | None = None,
     ) -> None:
         self.store = store
+        # (mesh, Dataplane name) -> the mesh services a gateway proxy's Kong configuration reaches (its mesh leg,
+        # isthmus.gateway.reconciler); request_sync(mesh) when they change
+        self.gateway_services = gateway_services
+        self._queue: asyncio.Queue[ChangeEvent | None] | None = None
         self.registry = registry
         self.cache = cache
         self.certificates = certificates
@@ -132,8 +137,14 @@ class Reconciler:
         return None
 
     # -- main loop -------------------------------------------------------------------------------------------
+    def request_sync(self, mesh: str) -> None:
+        """Generate ``mesh`` again soon (its proxies whose inputs did not change are skipped)."""
+        if self._queue is not None:
+            self._queue.put_nowait(ChangeEvent(EventKind.UPDATED, "Mesh", "", mesh, 0))
+
     async def run(self) -> None:
         queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
+        self._queue = queue
         async with self.store.subscribe() as events, asyncio.TaskGroup() as tg:
             # the event iterator is drained by its own task: timeouts below must never cancel it
             tg.create_task(self._drain(events, queue))
@@ -432,6 +443,9 @@ class Reconciler:
             key = _failed_key(ctx, dp, issued)  # retried when anything in the mesh changes
         else:
             key = _inputs_key(ctx, dp, state.services if state is not None else (), issued)
+        legs = self.gateway_services(ctx.name, dp.name) if self.gateway_services is not None else frozenset()
+        if legs:
+            key = (*key, tuple(sorted(legs)))
         if state is not None and state.inputs_key == key:
             return
         identity = None
@@ -439,7 +453,7 @@ class Reconciler:
             identity = Identity(issued.certificate.cert_pem.decode(), issued.certificate.key_pem.decode())
         stage = "ir"
         try:
-            ir = build_proxy_ir(ctx, dp.name, identity)
+            ir = build_proxy_ir(ctx, dp.name, identity, legs)
             stage = "translate"
             snapshot = Snapshot.of_resources(translate_packed(ir))
             # Generated resources are consistent by construction (every golden case and protocol test checks
@@ -452,6 +466,8 @@ class Reconciler:
             return
         services = tuple(sorted({c.service for c in ir.clusters if c.service}))
         key = _inputs_key(ctx, dp, services, issued)
+        if legs:
+            key = (*key, tuple(sorted(legs)))
         self.proxies[nid] = ProxyState(
             ctx.name, dp.name, key, ir, snapshot, "", datetime.now(UTC), "", services
         )

@@ -14,6 +14,7 @@ from typing import Any
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import json_format
 
+from isthmus.gateway import mesh_leg
 from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.plugins.auth.routes import consumer_copies
 from isthmus.gateway.route_index import index_routes
@@ -287,7 +288,9 @@ def _envoy_routes(
             out += kong_plugins.apply(plugins or {}, [_direct(name, match, 503, NO_SERVICE_MESSAGE)])
             continue
         action: dict[str, Any] = {
-            "cluster": mesh_service(service) or cluster_name(workspace, str(service["id"])),
+            "cluster": mesh_leg.cluster_for(workspace, service, upstreams)
+            if mesh_service(service)
+            else cluster_name(workspace, str(service["id"])),
             "timeout": "0s",
             "idle_timeout": seconds(
                 max(service.get("read_timeout") or 0, service.get("write_timeout") or 0), 60000
@@ -309,7 +312,7 @@ def _envoy_routes(
             kept = {k: v for k, v in match.items() if k in ("headers", "filter_state")}
             fields = {**(kept if extra else match), **extra}
             proxied.append({"name": name, "match": fields, "route": {**action, **rewrite}})
-        out += kong_plugins.apply(plugins or {}, proxied)
+        out += mesh_leg.mark(kong_plugins.apply(plugins or {}, proxied), service, upstreams)
     return out
 
 

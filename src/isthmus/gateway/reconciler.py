@@ -12,8 +12,11 @@ over it. :class:`GatewayReconciler` watches the store: a change of a ``Kong*`` r
 gateway proxy of that workspace, a change of a gateway Dataplane rebuilds that proxy. Translation is memoised per
 (workspace generation, listen addresses), so many gateway processes of one workspace cost one translation.
 
-A Kong Service whose host is ``<service>.mesh`` uses the mesh cluster of that service from the mesh part (see
-:func:`isthmus.gateway.translate.mesh_service`); for now the gateway Dataplane lists it in ``networking.outbound``.
+A Kong Service whose host is ``<service>.mesh`` reaches that mesh service with the gateway's identity, with no
+``networking.outbound`` entry: :meth:`GatewayReconciler.mesh_services` tells the mesh reconciler which mesh services a
+gateway's workspace names (``request_sync`` when that changes), the mesh pipeline builds their clusters and the
+mesh policies of each leg, and :func:`isthmus.gateway.mesh_leg.fuse` lays the gateway's resources over them (Kong's
+values win where the Kong entity sets them).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
+from isthmus.gateway import mesh_leg
 from isthmus.gateway.store import SCOPE_PREFIX, GatewayStore
 from isthmus.gateway.translate import ListenAddress, translate
 from isthmus.store.base import ChangeEvent, Record, ResourceStore
@@ -105,11 +109,7 @@ class GatewayCache(SnapshotCache):
         overlay = self._overlays.get(node_id)
         if not overlay:
             return super().set_snapshot(node_id, base)
-        merged: dict[str, list[Resource]] = {t: list(r.values()) for t, r in base.resources.items()}
-        for type_url, resources in overlay.items():
-            names = {r.name for r in resources}
-            merged[type_url] = [r for r in merged.get(type_url, []) if r.name not in names] + resources
-        return super().set_snapshot(node_id, Snapshot.of_resources(merged))
+        return super().set_snapshot(node_id, Snapshot.of_resources(mesh_leg.fuse(base, overlay)))
 
 
 class GatewayReconciler:
@@ -120,6 +120,26 @@ class GatewayReconciler:
         self.proxies: dict[str, GatewayProxy] = {}  # node id -> what it serves
         self.errors: dict[str, str] = {}  # node id -> why its configuration is not current
         self._memo: dict[_MemoKey, Overlay] = {}
+        self._legs: dict[
+            tuple[str, str], frozenset[str]
+        ] = {}  # (mesh, name) -> mesh services its workspace names
+        # set by the control plane: generate a mesh again (isthmus.cp.reconciler.Reconciler.request_sync)
+        self.request_sync: Callable[[str], None] | None = None
+
+    def mesh_services(self, mesh: str, name: str) -> frozenset[str]:
+        """The mesh services gateway proxy ``mesh``/``name`` reaches by their mesh names (its mesh legs)."""
+        return self._legs.get((mesh, name), frozenset())
+
+    def _set_legs(self, nid: str, services: frozenset[str]) -> None:
+        mesh, _, name = nid.partition(".")
+        if self._legs.get((mesh, name), frozenset()) == services:
+            return
+        if services:
+            self._legs[(mesh, name)] = services
+        else:
+            self._legs.pop((mesh, name), None)
+        if self.request_sync is not None:
+            self.request_sync(mesh)
 
     async def run(self) -> None:
         queue: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
@@ -153,6 +173,7 @@ class GatewayReconciler:
                     if self.proxies.pop(nid, None) is not None:
                         self.cache.set_overlay(nid, None)
                         self.errors.pop(nid, None)
+                        self._set_legs(nid, frozenset())
                     continue
                 dirty.add(nid)
             elif ev.type == "Mesh":  # the mesh part may have been rebuilt: lay the overlay again
@@ -175,6 +196,7 @@ class GatewayReconciler:
             if proxy is None:
                 continue
             ws = await self.gateways.workspace(proxy.workspace)
+            self._set_legs(nid, mesh_leg.mesh_services(ws.entities))
             key = (proxy.workspace, ws.generation, proxy.listen, proxy.listen_tls)
             live.add(key)
             overlay = self._memo.get(key)

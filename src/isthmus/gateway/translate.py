@@ -69,7 +69,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noq
 from envoy.config.core.v3 import extension_pb2
 from google.protobuf import json_format
 
-from isthmus.gateway import healthchecks
+from isthmus.gateway import healthchecks, mesh_leg
 from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.envoy_routes import (
     SNI_FILTER_STATE,
@@ -364,6 +364,11 @@ def translate(
         json_format.ParseDict(cluster(workspace, s, upstreams, targets, cas), cluster_pb2.Cluster())
         for _, s in sorted(entities.get("services", {}).items())
         if mesh_service(s) is None
+    ]
+    # Services with a mesh host: their own copy of the mesh cluster where Kong sets something (isthmus.gateway.mesh_leg)
+    clusters += [
+        json_format.ParseDict(c, cluster_pb2.Cluster())
+        for c in mesh_leg.clusters(workspace, (s for _, s in sorted(entities.get("services", {}).items())), upstreams)
     ]
     per_port = any(has_port(h) for r in entities.get("routes", {}).values() for h in r.get("hosts") or ())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from isthmus.context.mesh_context import MeshContext
+from isthmus.context.mesh_context import MeshContext, gateway_listen
 from isthmus.ir.model import (
     Cluster,
     Endpoint,
@@ -110,6 +110,35 @@ def build_proxy_ir(
                 trust_domain_prefix=f"spiffe://{ctx.name}/",
                 permissions=None,  # set by the MeshTrafficPermission plug-in when mTLS is on
                 gateway_callers=gateway_callers if protocol is not Protocol.TCP else (),
+            )
+        )
+
+    listen = gateway_listen(dp) if net.gateway is not None and mtls_on else None
+    if listen is not None:
+        # a gateway serving Kong routes accepts mesh mTLS on its proxy listener (gateway to gateway): an inbound
+        # with the mesh's permissions whose local cluster is that listener's plaintext side (the listener is the
+        # gateway's; isthmus.gateway.mesh_leg.fuse moves this inbound's filter chain into it)
+        host, port = listen
+        local = f"localhost:{port}"
+        clusters[local] = Cluster(
+            name=local,
+            protocol=Protocol.HTTP,
+            eds=False,
+            endpoints=(Endpoint(LOCALHOST if host in ("0.0.0.0", "::") else host, port),),
+        )
+        inbounds.append(
+            InboundListener(
+                name=f"inbound:{host}:{port}",
+                address=host,
+                port=port,
+                service=net.gateway.tags.get("kuma.io/service", ""),  # type: ignore[union-attr]
+                protocol=Protocol.HTTP,
+                local_cluster=local,
+                tls_mode=tls_mode,
+                tls=tls,
+                trust_domain_prefix=f"spiffe://{ctx.name}/",
+                permissions=None,
+                gateway_callers=gateway_callers,
             )
         )
 

@@ -132,6 +132,11 @@ def inbound_of(inputs: PolicyInputs, listener: InboundListener) -> Any:
     for inbound in net.inbound:
         if inbound.port == listener.port and (inbound.address or net.address) == listener.address:
             return inbound
+    if net.gateway is not None:  # a gateway's mesh inbound (isthmus.ir.build): selected by the gateway's tags
+        from isthmus.resources.dataplane import Inbound
+
+        tags = {**net.gateway.tags, "kuma.io/protocol": "http"}
+        return Inbound.model_validate({"port": listener.port, "tags": tags})
     raise KeyError(listener.name)
 
 
