@@ -250,7 +250,7 @@ def _envoy_validate(xds: dict[str, list[dict[str, Any]]], tmp_path: Path) -> Non
         for sds in tls.get("tls_certificate_sds_secret_configs", []):
             sds.pop("sds_config")
     static = {"listeners": listeners, "clusters": clusters, "secrets": xds.get(types.SECRET, [])}
-    bootstrap = {"static_resources": static}
+    bootstrap = {"node": {"id": "validate", "cluster": "validate"}, "static_resources": static}
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(bootstrap))
     proc = subprocess.run(
