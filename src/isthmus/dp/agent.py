@@ -37,6 +37,7 @@ import httpx
 from cryptography import x509
 
 from isthmus import __version__
+from isthmus.dp import gateway_services
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
 from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
@@ -584,8 +585,17 @@ class DataplaneAgent:
     async def _supervise(
         self, stop: asyncio.Event, xds: tuple[str, int], admin_port: int, work_dir: Path
     ) -> None:
+        # a gateway serving Kong's configuration runs the rate-limit service (policy redis) beside its Envoy
+        kong = self.options.proxy_type == "gateway" and bool(
+            self.options.gateway_listen or self.options.gateway_listen_tls
+        )
+        bootstrap = self._bootstrap(xds, admin_port, work_dir)
+        async with gateway_services.rate_limit_service(kong, bootstrap) as service:
+            await self._supervise_envoy(stop, xds, bootstrap, work_dir, service)
+
+    def _bootstrap(self, xds: tuple[str, int], admin_port: int, work_dir: Path) -> dict[str, Any]:
         opts = self.options
-        bootstrap = build_bootstrap(
+        return build_bootstrap(
             node_id=self.node_id,
             cluster=service_of(self.resource),
             xds_host=xds[0],
@@ -602,6 +612,16 @@ class DataplaneAgent:
             ca_cert_pem=opts.ca_cert,
             token=opts.dataplane_token,
         )
+
+    async def _supervise_envoy(
+        self,
+        stop: asyncio.Event,
+        xds: tuple[str, int],
+        bootstrap: dict[str, Any],
+        work_dir: Path,
+        service: gateway_services.Running | None,
+    ) -> None:
+        opts = self.options
         envoy_options = EnvoyOptions(
             work_dir=work_dir,
             binary=opts.envoy_binary,
@@ -619,8 +639,9 @@ class DataplaneAgent:
             if not done:
                 return
             log.info("Envoy ready: node %s, xDS %s:%d, admin %s", self.node_id, *xds, envoy.admin_url)
-            await _unless_stopped(envoy.wait(), stop)  # envoy.wait() raises if Envoy cannot be kept up
-        except (EnvoyError, EnvoyBinaryNotFound) as exc:
+            # envoy.wait() raises if Envoy cannot be kept up
+            await _unless_stopped(gateway_services.beside(envoy.wait(), service), stop)
+        except (EnvoyError, EnvoyBinaryNotFound, gateway_services.ServiceStopped) as exc:
             raise AgentError(str(exc)) from None
         finally:
             await envoy.stop()

@@ -41,6 +41,7 @@ STATUS_FILTER = "isthmus.kong.rate_limiting_status"
 _TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 _REDIS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit"
 _LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 DEFAULT_MESSAGE = rl_plan.DEFAULT_MESSAGE
 WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "month": 2592000, "year": 31536000}
 _CEL = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
@@ -331,7 +332,10 @@ def _apply_redis(config: Config, scope: Any, routes: list[EnvoyRoute]) -> list[E
         rate_limits = [{"actions": redis_actions(config, encoded)}]
         changed = {**r, "route": {**r["route"], "rate_limits": rate_limits}}
         if config.error_code != 429 or not config.fault_tolerant:  # answers other than 429: the status filter
-            changed["typed_per_filter_config"] = {**r.get("typed_per_filter_config", {}), STATUS_FILTER: _ENABLED}
+            changed["typed_per_filter_config"] = {
+                **r.get("typed_per_filter_config", {}),
+                STATUS_FILTER: _ENABLED,
+            }
         out.append(changed)
     return out
 
@@ -372,11 +376,14 @@ REDIS_HTTP_FILTER = {
         },
     },
 }
-_ENABLED = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": False}
+# the script runs only on the routes that name it (no default code: elsewhere the filter does nothing)
+_ENABLED = {"@type": _LUA_PER_ROUTE, "name": "kong-rate-limiting-status"}
 STATUS_HTTP_FILTER = {
     "name": STATUS_FILTER,
-    "disabled": True,  # enabled on the routes that need it
-    "typed_config": {"@type": _LUA_TYPE, "default_source_code": {"inline_string": _STATUS_LUA}},
+    "typed_config": {
+        "@type": _LUA_TYPE,
+        "source_codes": {"kong-rate-limiting-status": {"inline_string": _STATUS_LUA}},
+    },
 }
 
 KIND = PluginKind(
