@@ -109,7 +109,8 @@ def data_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     def flush() -> None:
         if chunk:
             lines.append(
-                "(function() local C, U, K, B, J = D.consumers, D.usernames, D.keys, D.basics, D.jwts\n"
+                # the ";" ends the previous statement: a line starting with "(" would call the previous chunk's result
+                ";(function() local C, U, K, B, J = D.consumers, D.usernames, D.keys, D.basics, D.jwts\n"
                 + "\n".join(chunk)
                 + "\nend)()"
             )
