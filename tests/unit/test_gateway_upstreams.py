@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf import json_format
 
 from isthmus.gateway import healthchecks
-from isthmus.gateway.entities import default_healthchecks
+from isthmus.gateway.entities import Upstream, default_healthchecks, validate
 from isthmus.gateway.envoy_routes import SNI_FILTER_STATE, cluster_name, route_configuration, sni_regex
+from isthmus.gateway.errors import KongError
 from isthmus.gateway.translate import ListenAddress, translate
 from isthmus.policies.regex import fullmatch
 from isthmus.xds import types
@@ -199,3 +201,35 @@ def test_upstream_tls_client_certificate_and_verify_depth(tmp_path: Path) -> Non
     assert common["validation_context"]["max_verify_depth"] == 2
     assert [s["name"] for s in xds[types.SECRET]] == ["kong:default:certificate:cc"]
     _envoy_validate(xds, tmp_path)
+
+
+def _upstream_errors(data: dict[str, Any]) -> dict[str, Any]:
+    with pytest.raises(KongError) as caught:
+        validate(Upstream, {"name": "backend.up", **data})
+    fields: dict[str, Any] = caught.value.body()["fields"]
+    return fields
+
+
+def test_healthchecks_are_checked_at_apply() -> None:
+    ok = validate(Upstream, {"name": "ok.up", "healthchecks": {"active": {"healthy": {"interval": 5}}}})
+    assert ok.healthchecks["active"]["healthy"] == {
+        "interval": 5,
+        "http_statuses": [200, 302],
+        "successes": 0,
+    }
+    assert _upstream_errors({"healthchecks": {"threshold": 101}}) == {
+        "healthchecks": {"threshold": "value should be between 0 and 100"}
+    }
+    assert _upstream_errors({"healthchecks": {"active": {"type": "grpc"}}}) == {
+        "healthchecks": {"active": {"type": "'grpc' health checks are not supported yet"}}
+    }
+    bad = _upstream_errors(
+        {"healthchecks": {"active": {"http_path": "x", "unhealthy": {"http_failures": 256}},
+                          "passive": {"unhealthy": {"http_statuses": [99]}}}}
+    )  # fmt: skip
+    assert bad["healthchecks"]["active"] == {
+        "http_path": "should start with: /",
+        "unhealthy": {"http_failures": "value should be between 0 and 255"},
+    }
+    assert bad["healthchecks"]["passive"]["unhealthy"]["http_statuses"].startswith("expected an array")
+    assert _upstream_errors({"algorithm": "latency"}) == {"algorithm": "'latency' is not supported yet"}

@@ -527,6 +527,12 @@ class Upstream(Entity):
             errors["hash_fallback"] = "must be 'none' when 'hash_on' is 'none'"
         if self.hash_on != "none" and self.algorithm != "consistent-hashing":
             errors["algorithm"] = "must be 'consistent-hashing' when 'hash_on' is set"
+        if self.algorithm == "latency":  # Envoy has no latency (EWMA) balancer
+            errors["algorithm"] = "'latency' is not supported yet"
+        from isthmus.gateway.healthchecks import problems  # routing's checks of healthchecks
+
+        if health := problems(self.healthchecks):
+            errors["healthchecks"] = health
         return errors
 
 

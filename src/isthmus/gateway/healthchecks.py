@@ -207,3 +207,79 @@ def apply(cluster: dict[str, Any], healthchecks: Mapping[str, Any], host_header:
         common["zone_aware_lb_config"] = {"fail_traffic_on_panic": True}
     cluster["common_lb_config"] = common
     cluster["load_assignment"]["policy"] = {"overprovisioning_factor": 100}
+
+
+# -- checks at apply (Kong's schema for ``healthchecks``, and what Envoy cannot do) ----------------------------------
+
+_TYPES = ("tcp", "http", "https", "grpc", "grpcs")
+_COUNTERS = ("successes", "http_failures", "tcp_failures", "timeouts")
+
+
+def _between(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
+def _side_problems(side: Mapping[str, Any], active: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in side.items():
+        if key == "interval":
+            if not active:
+                out[key] = "unknown field"
+            elif not _between(value, 0, 65535):
+                out[key] = "value should be between 0 and 65535"
+        elif key in _COUNTERS:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+                out[key] = "value should be between 0 and 255"
+        elif key == "http_statuses":
+            if not isinstance(value, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 999 for s in value
+            ):
+                out[key] = "expected an array of integers between 100 and 999"
+    return out
+
+
+def problems(healthchecks: Mapping[str, Any]) -> dict[str, Any]:
+    """Kong's field errors for an Upstream's (defaults-merged) ``healthchecks``, nested as Kong's ``fields``;
+    the probe types Isthmus cannot run (gRPC) are refused as not supported yet."""
+    out: dict[str, Any] = {}
+    threshold = healthchecks.get("threshold")
+    if not _between(threshold, 0, 100):
+        out["threshold"] = "value should be between 0 and 100"
+    for mode in ("active", "passive"):
+        section = healthchecks.get(mode)
+        if not isinstance(section, Mapping):
+            out[mode] = "expected a record"
+            continue
+        errors: dict[str, Any] = {}
+        kind = section.get("type")
+        if kind not in _TYPES:
+            errors["type"] = "expected one of: " + ", ".join(_TYPES)
+        elif kind in ("grpc", "grpcs"):
+            errors["type"] = f"'{kind}' health checks are not supported yet"
+        if mode == "active":
+            timeout = section.get("timeout")
+            if not _between(timeout, 0, 65535):
+                errors["timeout"] = "value should be between 0 and 65535"
+            concurrency = section.get("concurrency")
+            if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+                errors["concurrency"] = "value should be between 1 and 2147483648"
+            path = section.get("http_path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                errors["http_path"] = "should start with: /"
+            headers = section.get("headers")
+            if headers is not None and not (
+                isinstance(headers, Mapping)
+                and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in headers.values())
+            ):
+                errors["headers"] = "expected a map of header names to arrays of strings"
+        for side in ("healthy", "unhealthy"):
+            value = section.get(side)
+            if not isinstance(value, Mapping):
+                errors[side] = "expected a record"
+                continue
+            side_errors = _side_problems(value, mode == "active")
+            if side_errors:
+                errors[side] = side_errors
+        if errors:
+            out[mode] = errors
+    return out
