@@ -470,6 +470,8 @@ def render_explain(doc: Mapping[str, Any]) -> str:
         lines.append(f"  timeouts: {_flat(doc.get('timeouts'))}")
     if "retry" in doc:
         lines.append(f"  retry: {_flat(doc.get('retry'))}")
+    for note in doc.get("kongOverrides") or []:  # a gateway proxy's leg: the Kong value wins
+        lines.append(f"  kong: {note}")
     destinations = doc.get("destinations") or []
     if not destinations:
         lines.append("  no data plane serves this destination")

@@ -96,6 +96,8 @@ class Reconciler:
         # (mesh, Dataplane name) -> the mesh services a gateway proxy's Kong configuration reaches (its mesh leg,
         # isthmus.gateway.reconciler); request_sync(mesh) when they change
         self.gateway_services = gateway_services
+        # (mesh, name, service) -> what the gateway's Kong entities set over the mesh's policies (isthmus explain)
+        self.gateway_notes: Callable[[str, str, str], list[str]] | None = None
         self._queue: asyncio.Queue[ChangeEvent | None] | None = None
         self.registry = registry
         self.cache = cache

@@ -214,6 +214,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         gateway_services=gateway_reconciler.mesh_services,
     )
     gateway_reconciler.request_sync = reconciler.request_sync  # a gateway's mesh legs changed
+    reconciler.gateway_notes = gateway_reconciler.kong_notes  # isthmus explain of a gateway proxy
     tokens = token_service(store)
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token

@@ -117,7 +117,9 @@ def clusters(workspace: str, services: Iterable[Mapping[str, Any]], upstreams: M
             continue
         cluster: dict[str, Any] = {
             "name": leg_cluster_name(workspace, str(service["id"])),
-            "metadata": {"filter_metadata": {LEG: {"service": name}}},
+            "metadata": {
+                "filter_metadata": {LEG: {"service": name, "lb": str(service.get("host")) in upstreams}}
+            },
             "load_assignment": {"cluster_name": name, "endpoints": []},
         }
         if _set(service, "connect_timeout", KONG_TIMEOUT_MS):
@@ -210,15 +212,16 @@ def _fuse_cluster(res: Resource, base: Mapping[str, Resource]) -> Resource | Non
     merged.eds_cluster_config.service_name = (
         service  # the mesh's endpoints (EDS under the mesh cluster's name)
     )
-    if placeholder.HasField("lb_policy") or placeholder.lb_policy:
+    if placeholder.metadata.filter_metadata[LEG].fields["lb"].bool_value:  # an Upstream's algorithm
         which = merged.WhichOneof("lb_config")
         if which:
             merged.ClearField(which)  # type: ignore[arg-type]
+        merged.lb_policy = placeholder.lb_policy  # ROUND_ROBIN (0) is not among ListFields below
     for field, value in placeholder.ListFields():
         if field.name in ("name", "metadata"):
             continue
         merged.ClearField(field.name)  # type: ignore[arg-type]
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             getattr(merged, field.name).extend(value)
         elif field.type == field.TYPE_MESSAGE:
             getattr(merged, field.name).CopyFrom(value)
@@ -325,4 +328,17 @@ def explain(service: Mapping[str, Any], upstreams: Mapping[str, Mapping[str, Any
         out.append(f"Kong Upstream {sets['upstream']!r} sets algorithm={sets['algorithm']}: it overrides MeshLoadBalancingStrategy for this leg")  # fmt: skip
     if sets.get("healthchecks"):
         out.append(f"Kong Upstream {sets['upstream']!r} sets healthchecks: they override MeshHealthCheck and MeshCircuitBreaker's outlier detection for this leg")  # fmt: skip
+    if not out:
+        out.append(f"Kong Service {name!r} sets none of retries, timeouts, algorithm, healthchecks: the mesh's policies apply")  # fmt: skip
+    return out
+
+
+def notes(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, list[str]]:
+    """Per mesh service, what the workspace's Kong Services to it set over the mesh's policies (:func:`explain`)."""
+    upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
+    out: dict[str, list[str]] = {}
+    for _, service in sorted(entities.get("services", {}).items()):
+        name = envoy_routes.mesh_service(service)
+        if name:
+            out.setdefault(name, []).extend(explain(service, upstreams))
     return out

@@ -120,11 +120,21 @@ class GatewayReconciler:
         self.proxies: dict[str, GatewayProxy] = {}  # node id -> what it serves
         self.errors: dict[str, str] = {}  # node id -> why its configuration is not current
         self._memo: dict[_MemoKey, Overlay] = {}
-        self._legs: dict[
-            tuple[str, str], frozenset[str]
-        ] = {}  # (mesh, name) -> mesh services its workspace names
+        # (mesh, name) -> mesh services its workspace names
+        self._legs: dict[tuple[str, str], frozenset[str]] = {}
+        self._notes: dict[
+            tuple[str, int], dict[str, list[str]]
+        ] = {}  # (workspace, generation) -> explain notes
+        self._notes_key: dict[str, tuple[str, int]] = {}  # workspace -> its current key in _notes
         # set by the control plane: generate a mesh again (isthmus.cp.reconciler.Reconciler.request_sync)
         self.request_sync: Callable[[str], None] | None = None
+
+    def kong_notes(self, mesh: str, name: str, service: str) -> list[str]:
+        """For ``isthmus explain`` of gateway proxy ``mesh``/``name``: what its Kong Services to mesh service
+        ``service`` set over the mesh's policies for that leg (the Kong value wins)."""
+        proxy = self.proxies.get(f"{mesh}.{name}")
+        key = self._notes_key.get(proxy.workspace) if proxy is not None else None
+        return list(self._notes.get(key, {}).get(service, ())) if key is not None else []
 
     def mesh_services(self, mesh: str, name: str) -> frozenset[str]:
         """The mesh services gateway proxy ``mesh``/``name`` reaches by their mesh names (its mesh legs)."""
@@ -197,6 +207,10 @@ class GatewayReconciler:
                 continue
             ws = await self.gateways.workspace(proxy.workspace)
             self._set_legs(nid, mesh_leg.mesh_services(ws.entities))
+            if self._notes_key.get(proxy.workspace) != (proxy.workspace, ws.generation):
+                self._notes.pop(self._notes_key.get(proxy.workspace, ("", -1)), None)
+                self._notes_key[proxy.workspace] = (proxy.workspace, ws.generation)
+                self._notes[(proxy.workspace, ws.generation)] = mesh_leg.notes(ws.entities)
             key = (proxy.workspace, ws.generation, proxy.listen, proxy.listen_tls)
             live.add(key)
             overlay = self._memo.get(key)

@@ -9,7 +9,7 @@ rate limits and faults apply there.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from isthmus.context.mesh_context import MeshContext
@@ -98,8 +98,11 @@ def _cluster_view(cluster: Cluster | None) -> dict[str, Any]:
 def _caller_identities(ctx: MeshContext, caller: str) -> set[str]:
     net = dataplane_spec(ctx.dataplanes[caller]).networking
     uris = set()
-    for inbound in net.inbound:
-        for key, value in inbound.tags.items():
+    tag_sets = [inbound.tags for inbound in net.inbound]
+    if net.gateway is not None:  # a gateway's certificate carries its gateway tags
+        tag_sets.append(net.gateway.tags)
+    for tags in tag_sets:
+        for key, value in tags.items():
             uris.add(identity_uri(ctx.name, key, value))
     return uris
 
@@ -112,12 +115,17 @@ def explain(
     path: str = "/",
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
+    gateway_services: frozenset[str] = frozenset(),
+    kong: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """``gateway_services``: a gateway proxy's mesh legs (the mesh services its Kong Services name, see
+    :mod:`isthmus.gateway.mesh_leg`); ``kong``: what its Kong entities set over the mesh's policies for the leg to
+    ``service`` (the Kong value wins), reported as ``kongOverrides``."""
     if caller not in ctx.dataplanes:
         raise ExplainError(f"from: data plane {caller!r} does not exist in mesh {ctx.name!r}")
     headers = dict(headers or {})
     mtls = ctx.spec.enabled_backend is not None
-    ir = build_proxy_ir(ctx, caller, _PLACEHOLDER if mtls else None)
+    ir = build_proxy_ir(ctx, caller, _PLACEHOLDER if mtls else None, gateway_services)
     outbound = next((o for o in ir.outbounds if o.service == service), None)
     if outbound is None:
         known = ", ".join(sorted({o.service for o in ir.outbounds})) or "none"
@@ -130,6 +138,8 @@ def explain(
         "request": {"path": path, "method": method, "headers": headers},
         "outbound": {"name": outbound.name, "protocol": outbound.protocol.value},
     }
+    if kong:
+        result["kongOverrides"] = list(kong)
     if outbound.protocol.value == "tcp":
         backends = outbound.tcp_backends or ()
         route_view: dict[str, Any] = {"name": "tcp", "matched": True}

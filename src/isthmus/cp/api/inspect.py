@@ -280,7 +280,12 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 409, "Not ready", f"the control plane has not processed dataplane {name!r} yet; retry"
             )
         try:
-            return explain(ctx, name, to, path=path, method=method, headers=headers)
+            reconciler = state.reconciler
+            legs = reconciler.gateway_services(mesh, name) if reconciler.gateway_services else frozenset()
+            kong = reconciler.gateway_notes(mesh, name, to) if reconciler.gateway_notes and to in legs else []
+            return explain(
+                ctx, name, to, path=path, method=method, headers=headers, gateway_services=legs, kong=kong
+            )
         except ExplainError as exc:
             field, _, reason = str(exc).partition(": ")
             raise ResourceValidationError([FieldError(field, reason)]) from None
