@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from isthmus.gateway.ratelimit_service.plan import Plan, RedisTarget
@@ -133,7 +135,7 @@ class Counters:
             ssl=target.ssl,
             ssl_cert_reqs="required" if target.ssl_verify else "none",
             ssl_check_hostname=target.ssl_verify,
-            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),  # an answer within redis.timeout, or Kong's failure behaviour
         )
         self._clients[target] = client
         while len(self._clients) > self._max:
