@@ -320,3 +320,92 @@ def test_jwt_asymmetric_and_base64_secrets(setup: Setup) -> None:
     bad = kong.post("/routes/b64/plugins", json={"name": "jwt", "config": {"key_claim_name": "kid"}})
     assert bad.status_code == 400
     assert "not supported yet" in bad.json()["fields"]["config"]["key_claim_name"]
+
+
+def test_acl(setup: Setup) -> None:
+    _, kong, _, gw = setup
+    for name, groups in (("erin", ["admins", "ops"]), ("frank", ["users"]), ("gina", [])):
+        _created(kong.put(f"/consumers/{name}", json={}))
+        _created(kong.post(f"/consumers/{name}/key-auth", json={"key": f"{name}-key"}))
+        for group in groups:
+            _created(kong.post(f"/consumers/{name}/acls", json={"group": group}))
+    _route(kong, "admin", [{"name": "key-auth"}, {"name": "acl", "config": {"allow": ["admins"]}}])
+    _route(kong, "public", [{"name": "key-auth"}, {"name": "acl", "config": {"deny": ["admins"], "hide_groups_header": True}}])  # fmt: skip
+    _served(gw, "/admin", 401)
+    _served(gw, "/admin", 200, headers={"apikey": "erin-key"})
+    seen = _upstream_headers(gw.get("/admin", headers={"apikey": "erin-key"}))
+    assert seen["x-consumer-groups"] == "admins, ops"
+    denied = gw.get("/admin", headers={"apikey": "frank-key"})
+    assert denied.status_code == 403 and denied.json() == {"message": "You cannot consume this service"}
+    assert gw.get("/admin", headers={"apikey": "gina-key"}).status_code == 403  # no groups at all
+    _served(gw, "/public", 403, headers={"apikey": "erin-key"})
+    seen = _upstream_headers(gw.get("/public", headers={"apikey": "frank-key"}))
+    assert "x-consumer-groups" not in seen
+    assert gw.get("/public", headers={"apikey": "gina-key"}).status_code == 200  # deny: no groups passes
+    # an acl plugin configuration is refused with Kong's entity check
+    bad = kong.post("/routes/public/plugins", json={"name": "acl", "config": {}})
+    assert bad.status_code == 400 or bad.status_code == 409
+
+
+def test_anonymous_and_multiple_auth_plugins(setup: Setup) -> None:
+    """Kong's logical OR: with ``anonymous`` set, the first plugin that authenticates wins and later ones skip; a
+    request no plugin authenticates goes on as the anonymous consumer."""
+    _, kong, _, gw = setup
+    guest = _created(kong.put("/consumers/guest", json={}))
+    henry = _created(kong.put("/consumers/henry", json={}))
+    _created(kong.post("/consumers/henry/key-auth", json={"key": "henry-key"}))
+    _created(kong.post("/consumers/henry/basic-auth", json={"username": "henry", "password": "pw"}))
+    ivy = _created(kong.put("/consumers/ivy", json={}))
+    _created(kong.post("/consumers/ivy/basic-auth", json={"username": "ivy", "password": "pw2"}))
+    plugins = [
+        {"name": "key-auth", "config": {"anonymous": guest["id"]}},
+        {"name": "basic-auth", "config": {"anonymous": "guest"}},  # by username
+    ]
+    _route(kong, "either", plugins)
+    _served(gw, "/either", 200)
+    seen = _upstream_headers(gw.get("/either"))
+    assert seen["x-consumer-id"] == guest["id"] and seen["x-anonymous-consumer"] == "true"
+    assert "x-credential-identifier" not in seen
+    by_key = _upstream_headers(gw.get("/either", headers={"apikey": "henry-key", **_basic("ivy", "pw2")}))
+    assert by_key["x-consumer-id"] == henry["id"]  # key-auth (1250) ran first; basic-auth skipped
+    by_basic = _upstream_headers(gw.get("/either", headers=_basic("ivy", "pw2")))
+    assert by_basic["x-consumer-id"] == ivy["id"] and "x-anonymous-consumer" not in by_basic
+    # logical AND: without anonymous both must pass
+    _route(kong, "both", [{"name": "key-auth"}, {"name": "basic-auth"}])
+    _served(gw, "/both", 401, headers={"apikey": "henry-key"})
+    both = _upstream_headers(gw.get("/both", headers={"apikey": "henry-key", **_basic("henry", "pw")}))
+    assert both["x-consumer-id"] == henry["id"] and both["x-credential-identifier"] == "henry"
+    # an anonymous consumer that does not exist: Kong's 500
+    _route(kong, "ghost", [{"name": "key-auth", "config": {"anonymous": "nobody"}}])
+    _served(gw, "/ghost", 500)
+    assert gw.get("/ghost").json() == {"message": "anonymous consumer nobody is configured but doesn't exist"}
+    # acl after an anonymous consumer without groups: 401
+    _route(kong, "members", [{"name": "key-auth", "config": {"anonymous": "guest"}}, {"name": "acl", "config": {"allow": ["members"]}}])  # fmt: skip
+    _served(gw, "/members", 401)
+    assert gw.get("/members").json() == {"message": "Unauthorized"}
+    # run_on_preflight false: OPTIONS passes unauthenticated
+    _route(kong, "preflight", [{"name": "key-auth", "config": {"run_on_preflight": False}}])
+    _served(gw, "/preflight", 401)
+    assert gw.http.options("/preflight").status_code == 200
+
+
+def test_consumer_scoped_plugin_configurations(setup: Setup) -> None:
+    _, kong, _, gw = setup
+    blocked = _created(kong.put("/consumers/blocked", json={}))
+    _created(kong.post("/consumers/blocked/key-auth", json={"key": "blocked-key"}))
+    _created(kong.put("/consumers/kept", json={}))
+    _created(kong.post("/consumers/kept/key-auth", json={"key": "kept-key"}))
+    _route(kong, "scoped", [{"name": "key-auth"}])
+    termination = {"name": "request-termination", "config": {"status_code": 403, "message": "consumer blocked"}}
+    _created(kong.post(f"/consumers/{blocked['id']}/plugins", json=termination))
+    _served(gw, "/scoped", 403, headers={"apikey": "blocked-key"})
+    assert gw.get("/scoped", headers={"apikey": "blocked-key"}).json() == {"message": "consumer blocked"}
+    assert gw.get("/scoped", headers={"apikey": "kept-key"}).status_code == 200
+    # a forged X-Consumer-ID never selects a consumer's route copy
+    assert gw.get("/scoped", headers={"apikey": "kept-key", "X-Consumer-ID": blocked["id"]}).status_code == 200
+    assert gw.get("/open", headers={"X-Consumer-ID": blocked["id"]}).status_code == 200
+    # a route+consumer configuration beats the route one (Kong's precedence 2 > 6)
+    _created(kong.post("/routes/scoped/plugins", json={"name": "rate-limiting", "config": {"minute": 1000}}))
+    limited = {"name": "rate-limiting", "route": {"name": "scoped"}, "config": {"minute": 2}}
+    _created(kong.post("/consumers/kept/plugins", json=limited))
+    wait_for(lambda: gw.get("/scoped", headers={"apikey": "kept-key"}).status_code == 429, 30, what="kept limited")

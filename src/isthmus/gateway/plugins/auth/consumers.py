@@ -59,7 +59,7 @@ def b64_secret(secret: str) -> bytes | None:
 
 def _statements(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Iterator[str]:
     groups: dict[str, list[str]] = {}
-    for acl in sorted(entities.get("acls", {}).values(), key=lambda a: (a.get("created_at") or 0, str(a["id"]))):
+    for acl in sorted(entities.get("acls", {}).values(), key=lambda a: (a.get("created_at") or 0, str(a["group"]))):
         consumer = auth.ref_id(acl.get("consumer"))
         if consumer:
             groups.setdefault(consumer, []).append(str(acl["group"]))
