@@ -45,11 +45,14 @@ def _registry() -> dict[str, PluginKind]:
     from isthmus.gateway.plugins import (
         correlation_id,
         cors,
+        ip_restriction,
+        proxy_cache,
         rate_limiting,
         request_size_limiting,
         request_termination,
+        request_transformer,
+        response_transformer,
     )
-
     from isthmus.gateway.plugins.auth import acl, basic_auth, jwt, key_auth
 
     kinds = (
@@ -62,6 +65,10 @@ def _registry() -> dict[str, PluginKind]:
         rate_limiting.KIND,
         request_size_limiting.KIND,
         request_termination.KIND,
+        ip_restriction.KIND,
+        proxy_cache.KIND,
+        request_transformer.KIND,
+        response_transformer.KIND,
     )
     return {k.name: k for k in sorted(kinds, key=lambda k: -k.priority)}
 

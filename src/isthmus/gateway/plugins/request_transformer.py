@@ -1,0 +1,344 @@
+"""request-transformer: Kong's request edits as Envoy configuration, in Kong's order (uri, method, headers,
+querystring; within headers and querystring: remove, rename, replace, add, append).
+
+* headers and querystring: one ordered list of mutations in a per-route ``HeaderMutationPerRoute`` of a header
+  mutation filter of its own (``kong.request-transformer``). Kong's conditions map to Envoy's append actions
+  (replace = ``OVERWRITE_IF_EXISTS``, add = ``ADD_IF_ABSENT``, append = ``APPEND_IF_EXISTS_OR_ADD``); a header
+  rename copies ``%REQ(old)%`` (nothing when the header is absent) then removes the old one; a querystring rename
+  only applies when the parameter is there, so the route is split on the presence of each renamed parameter
+  (a ``query_parameters`` match), at most :data:`MAX_QUERY_RENAMES` of them. Replacing ``host`` rewrites the
+  route's upstream Host (``host_rewrite_literal``), as Kong sets the upstream Host header.
+* ``replace.uri``: the route's ``regex_rewrite`` becomes the whole path (the query string is kept); Kong's
+  ``$(uri_captures[n])`` / ``$(uri_captures.name)`` templates are the route regex's groups (``\\n``).
+* ``http_method``: a Lua filter sets ``:method``; to GET, HEAD or TRACE a form-encoded body's parameters are
+  appended to the query string, as Kong does.
+
+Refused at apply ("not supported yet"): body fields (Envoy has no native form or JSON body edit that keeps Kong's
+conditions) and templates (``$(...)``) other than ``uri_captures`` in ``replace.uri``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Annotated, Any
+
+# Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind
+
+FILTER = "kong.request-transformer"
+METHOD_FILTER = "kong.request-transformer.method"
+_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+_MUTATION_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
+_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+MAX_QUERY_RENAMES = 4
+_HEADER_NAME = re.compile(r"^[a-zA-Z0-9\-_]+$")
+_PAIR = re.compile(r"^([^:]+):*(.*)$", re.S)  # Kong's "^([^:]+):*(.-)$"
+_CAPTURE = re.compile(
+    r"""\$\(\s*uri_captures\s*(?:\[\s*(\d+)\s*\]|\[\s*["']([^"']+)["']\s*\]|\.([A-Za-z_]\w*))\s*\)"""
+)
+TEMPLATE_REFUSED = "templates ($(...)) are not supported yet"
+
+# Kong's http_method change: to GET, HEAD or TRACE a form body's parameters join the query string.
+METHOD_LUA = """
+function envoy_on_request(handle)
+  local method = handle:filterContext():get("method")
+  if method == nil then return end
+  local headers = handle:headers()
+  headers:replace(":method", method)
+  if method ~= "GET" and method ~= "HEAD" and method ~= "TRACE" then return end
+  local content_type = string.lower(headers:get("content-type") or "")
+  if not string.find(content_type, "application/x-www-form-urlencoded", 1, true) then return end
+  local body = handle:body()
+  if body == nil or body:length() == 0 then return end
+  local form = body:getBytes(0, body:length())
+  headers = handle:headers()  -- the header map object does not outlive the wait for the body
+  local path = headers:get(":path")
+  local sep = string.find(path, "?", 1, true) and "&" or "?"
+  headers:replace(":path", path .. sep .. form)
+end
+"""
+
+
+def _name_value(entry: str) -> tuple[str, str]:
+    match = _PAIR.match(entry)
+    return (match.group(1), match.group(2)) if match else (entry, "")
+
+
+def _header(value: str) -> str:
+    if not _HEADER_NAME.match(value):
+        raise ValueError(f"'{value}' is not a valid header")
+    return value
+
+
+def _colon_header(value: str) -> str:
+    """Kong's ``match = "^[^:]+:.*$"`` then its header name check."""
+    if not re.match(r"^[^:]+:", value):
+        raise ValueError(f"invalid value: {value}")
+    return _header(_name_value(value)[0]) and value
+
+
+def _colon_headers(value: str) -> str:
+    """A rename: both names are header names."""
+    _colon_header(value)
+    _header(_name_value(value)[1])
+    return value
+
+
+def _has_value(value: str) -> str:
+    name, rest = _name_value(value)
+    if rest == "":
+        raise ValueError(f"key '{name}' has no value")
+    return value
+
+
+Header = Annotated[str, AfterValidator(_header)]
+ColonHeader = Annotated[str, AfterValidator(_colon_header)]
+RenameHeader = Annotated[str, AfterValidator(_colon_headers)]
+Pair = Annotated[str, AfterValidator(_has_value)]
+
+
+class _Remove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    body: list[str] = Field(default_factory=list)
+    headers: list[Header] = Field(default_factory=list)
+    querystring: list[str] = Field(default_factory=list)
+
+
+class _Rename(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    body: list[Pair] = Field(default_factory=list)
+    headers: list[RenameHeader] = Field(default_factory=list)
+    querystring: list[Pair] = Field(default_factory=list)
+
+
+class _Pairs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    body: list[Pair] = Field(default_factory=list)
+    headers: list[ColonHeader] = Field(default_factory=list)
+    querystring: list[Pair] = Field(default_factory=list)
+
+
+class _Replace(_Pairs):
+    uri: str | None = None
+
+
+def _method(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^[A-Z]+$", value):
+        raise ValueError(f"invalid value: {value}")
+    return value
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    http_method: Annotated[str | None, AfterValidator(_method)] = None
+    remove: _Remove = Field(default_factory=_Remove)
+    rename: _Rename = Field(default_factory=_Rename)
+    replace: _Replace = Field(default_factory=_Replace)
+    add: _Pairs = Field(default_factory=_Pairs)
+    append: _Pairs = Field(default_factory=_Pairs)
+
+
+def _sections(config: Config) -> dict[str, _Remove | _Rename | _Pairs]:
+    return {"remove": config.remove, "rename": config.rename, "replace": config.replace,
+            "add": config.add, "append": config.append}  # fmt: skip
+
+
+def checks(config: Config) -> dict[str, Any]:
+    errors: dict[str, Any] = {}
+    for section, fields in _sections(config).items():
+        problems: dict[str, str] = {}
+        if fields.body:
+            problems["body"] = "transforming request bodies is not supported yet"
+        for field in ("headers", "querystring"):
+            values = getattr(fields, field)
+            if any("$(" in v for v in values):
+                problems[field] = TEMPLATE_REFUSED
+        if section == "rename" and any(_name_value(v)[1].lower() == "host" for v in config.rename.headers):
+            problems["headers"] = "renaming a header to host is not supported yet"
+        if section == "append" and any(_name_value(v)[0].lower() == "host" for v in config.append.headers):
+            problems["headers"] = "appending to the host header is not supported yet"
+        if section == "rename" and len(config.rename.querystring) > MAX_QUERY_RENAMES:
+            problems["querystring"] = (
+                f"more than {MAX_QUERY_RENAMES} querystring renames are not supported yet"
+            )
+        if section == "replace" and config.replace.uri is not None:
+            if "$(" in _CAPTURE.sub("", config.replace.uri):
+                problems["uri"] = "templates other than $(uri_captures...) are not supported yet"
+        if problems:
+            errors[section] = problems
+    return errors
+
+
+# -- Envoy configuration ---------------------------------------------------------------------------------------
+
+
+def _set(key: str, value: str, action: str) -> dict[str, Any]:
+    return {"append": {"header": {"key": key, "value": value}, "append_action": action}}
+
+
+def _query(key: str, value: str, action: str) -> dict[str, Any]:
+    return {"append": {"record": {"key": key, "value": value}, "action": action}}
+
+
+def _literal(value: str) -> str:
+    """A value as Envoy's substitution format reads it (``%`` escaped)."""
+    return value.replace("%", "%%")
+
+
+def header_mutations(config: Config) -> tuple[list[dict[str, Any]], str | None]:
+    """(the request header mutations in Kong's order, the upstream Host a ``replace`` sets)."""
+    out: list[dict[str, Any]] = []
+    host: str | None = None
+    for name in config.remove.headers:
+        if name.lower() != "host":  # Kong never removes Host
+            out.append({"remove": name.lower()})
+    for entry in config.rename.headers:
+        old, new = (n.lower() for n in _name_value(entry))
+        if old == "host" or old == new:
+            continue
+        out.append(_set(new, f"%REQ({old})%", "OVERWRITE_IF_EXISTS_OR_ADD"))
+        out.append({"remove": old})
+    for entry in config.replace.headers:
+        name, value = _name_value(entry)
+        if name.lower() == "host":
+            host = value
+        else:
+            out.append(_set(name.lower(), _literal(value), "OVERWRITE_IF_EXISTS"))
+    for entry in config.add.headers:
+        name, value = _name_value(entry)
+        if name.lower() != "host":
+            out.append(_set(name.lower(), _literal(value), "ADD_IF_ABSENT"))
+    for entry in config.append.headers:
+        name, value = _name_value(entry)
+        out.append(_set(name.lower(), _literal(value), "APPEND_IF_EXISTS_OR_ADD"))
+    return out, host
+
+
+def query_mutations(config: Config, present: frozenset[str]) -> list[dict[str, Any]]:
+    """The query parameter mutations in Kong's order, for a request where the renamed parameters in ``present``
+    are there (and the others are not)."""
+    out: list[dict[str, Any]] = [{"remove": name} for name in config.remove.querystring]
+    removed = set(config.remove.querystring)
+    for entry in config.rename.querystring:
+        old, new = _name_value(entry)
+        if old in removed or old not in present or old == new:
+            continue
+        out.append(_query(new, f"%QUERY_PARAM({old})%", "OVERWRITE_IF_EXISTS_OR_ADD"))
+        out.append({"remove": old})
+    for entry in config.replace.querystring:
+        name, value = _name_value(entry)
+        out.append(_query(name, _literal(value), "OVERWRITE_IF_EXISTS"))
+    for entry in config.add.querystring:
+        name, value = _name_value(entry)
+        out.append(_query(name, _literal(value), "ADD_IF_ABSENT"))
+    for entry in config.append.querystring:
+        name, value = _name_value(entry)
+        out.append(_query(name, _literal(value), "APPEND_IF_EXISTS_OR_ADD"))
+    return out
+
+
+def _group_index(regex: str, name: str) -> int | None:
+    try:
+        return re.compile(re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", regex)).groupindex.get(name)
+    except re.error:
+        return None
+
+
+def uri_rewrite(uri: str, match: dict[str, Any]) -> dict[str, Any]:
+    """The ``regex_rewrite`` making the whole upstream path ``uri`` (its captures from the route's path regex)."""
+    regex = match.get("safe_regex", {}).get("regex")
+    out: list[str] = []
+    position = 0
+    for found in _CAPTURE.finditer(uri):
+        out.append(uri[position : found.start()].replace("\\", "\\\\"))
+        position = found.end()
+        index: int | None = None
+        if regex is not None:
+            index = (
+                int(found.group(1))
+                if found.group(1)
+                else _group_index(regex, found.group(2) or found.group(3))
+            )
+        if index is not None:
+            out.append(f"\\{index}")
+    out.append(uri[position:].replace("\\", "\\\\"))
+    pattern = "^(?:" + regex + ").*$" if regex is not None else "^.*$"
+    return {"pattern": {"regex": pattern}, "substitution": "".join(out)}
+
+
+def _renamed_present(config: Config) -> list[str]:
+    removed = set(config.remove.querystring)
+    names = [_name_value(e)[0] for e in config.rename.querystring]
+    return list(dict.fromkeys(n for n in names if n not in removed))
+
+
+def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    headers, host = header_mutations(config)
+    renamed = _renamed_present(config)
+    out: list[EnvoyRoute] = []
+    for r in routes:
+        if "route" not in r:  # an answer of Envoy's own (a plugin's direct_response): nothing goes upstream
+            out.append(r)
+            continue
+        action = dict(r["route"])
+        if config.replace.uri is not None:
+            action.pop("prefix_rewrite", None)
+            action["regex_rewrite"] = uri_rewrite(config.replace.uri, r["match"])
+        if host is not None:
+            for key in ("auto_host_rewrite", "host_rewrite_header", "host_rewrite_path_regex"):
+                action.pop(key, None)
+            action["host_rewrite_literal"] = host
+        per_filter = dict(r.get("typed_per_filter_config", {}))
+        if config.http_method is not None:
+            per_filter[METHOD_FILTER] = {
+                "@type": _LUA_PER_ROUTE,
+                "name": "method",
+                "filter_context": {"method": config.http_method},
+            }
+        # one variant per combination of renamed parameters present, most present first (more specific match)
+        for count in range(len(renamed), -1, -1):
+            for present in itertools.combinations(renamed, count):
+                mutations: dict[str, Any] = {}
+                if headers:
+                    mutations["request_mutations"] = headers
+                query = query_mutations(config, frozenset(present))
+                if query:
+                    mutations["query_parameter_mutations"] = query
+                variant_filters = dict(per_filter)
+                if mutations:
+                    variant_filters[FILTER] = {"@type": _MUTATION_PER_ROUTE, "mutations": mutations}
+                variant = {**r, "route": action, "typed_per_filter_config": variant_filters}
+                if present:  # the first variant whose parameters are all there is the one for the request
+                    conditions = [{"name": n, "present_match": True} for n in present]
+                    variant["match"] = {
+                        **r["match"],
+                        "query_parameters": [*r["match"].get("query_parameters", []), *conditions],
+                    }
+                out.append(variant)
+    return out
+
+
+KIND = PluginKind(
+    name="request-transformer",
+    priority=801,
+    config=Config,
+    apply=apply,
+    checks=checks,
+    http_filters=(
+        {
+            "name": METHOD_FILTER,
+            "disabled": True,
+            "typed_config": {"@type": _LUA, "source_codes": {"method": {"inline_string": METHOD_LUA}}},
+        },
+        {"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},
+    ),
+)

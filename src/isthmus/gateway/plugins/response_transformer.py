@@ -1,0 +1,124 @@
+"""response-transformer: Kong's response header edits as one ordered list of mutations (remove, rename, replace,
+add, append, as Kong runs them) in a per-route ``HeaderMutationPerRoute`` of a header mutation filter of its own
+(``kong.response-transformer``); it also edits Envoy's own answers (a request-termination, a 404), as Kong's
+header filter does.
+
+Kong's conditions map to Envoy's append actions: replace = ``OVERWRITE_IF_EXISTS``, add = ``ADD_IF_ABSENT``,
+append = ``APPEND_IF_EXISTS_OR_ADD``; a rename copies ``%RESP(old)%`` (nothing when the header is absent) then
+removes the old header. Known difference: Kong checks rename/replace/add against the headers as the upstream sent
+them, Envoy against the headers as the earlier edits left them (they differ only when one configuration edits
+the same header twice). Refused at apply ("not supported yet"): the JSON body fields (``json``), which Envoy cannot
+edit natively with Kong's conditions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+# Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind
+from isthmus.gateway.plugins.request_transformer import _colon_headers, _literal, _name_value
+
+FILTER = "kong.response-transformer"
+_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+_MUTATION_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
+JSON_REFUSED = "transforming JSON response bodies is not supported yet"
+
+
+def _colon(value: str) -> str:
+    if not re.match(r"^[^:]+:", value):
+        raise ValueError(f"invalid value: {value}")
+    return value
+
+
+Colon = Annotated[str, AfterValidator(_colon)]
+RenameHeader = Annotated[str, AfterValidator(_colon_headers)]
+
+
+class _Remove(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_: list[str] = Field(default_factory=list, alias="json")
+    headers: list[str] = Field(default_factory=list)
+
+
+class _Rename(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_: list[Colon] = Field(default_factory=list, alias="json")
+    headers: list[RenameHeader] = Field(default_factory=list)
+
+
+class _Pairs(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_: list[Colon] = Field(default_factory=list, alias="json")
+    json_types: list[Literal["boolean", "number", "string"]] = Field(default_factory=list)
+    headers: list[Colon] = Field(default_factory=list)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    remove: _Remove = Field(default_factory=_Remove)
+    rename: _Rename = Field(default_factory=_Rename)
+    replace: _Pairs = Field(default_factory=_Pairs)
+    add: _Pairs = Field(default_factory=_Pairs)
+    append: _Pairs = Field(default_factory=_Pairs)
+
+
+def checks(config: Config) -> dict[str, Any]:
+    errors: dict[str, Any] = {}
+    for section in ("remove", "rename", "replace", "add", "append"):
+        if getattr(config, section).json_:
+            errors[section] = {"json": JSON_REFUSED}
+    return errors
+
+
+def _set(key: str, value: str, action: str) -> dict[str, Any]:
+    return {"append": {"header": {"key": key, "value": value}, "append_action": action}}
+
+
+def mutations(config: Config) -> list[dict[str, Any]]:
+    """The response header mutations in Kong's order."""
+    out: list[dict[str, Any]] = [{"remove": name.lower()} for name in config.remove.headers]
+    for entry in config.rename.headers:
+        old, new = (n.lower() for n in _name_value(entry))
+        if old != new:
+            out.append(_set(new, f"%RESP({old})%", "OVERWRITE_IF_EXISTS_OR_ADD"))
+            out.append({"remove": old})
+    # a pair without a value ("x-name:") is skipped, as Kong does
+    for section, action in (
+        (config.replace, "OVERWRITE_IF_EXISTS"),
+        (config.add, "ADD_IF_ABSENT"),
+        (config.append, "APPEND_IF_EXISTS_OR_ADD"),
+    ):
+        for entry in section.headers:
+            name, value = _name_value(entry)
+            if value:
+                out.append(_set(name.lower(), _literal(value), action))
+    return out
+
+
+def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    edits = mutations(config)
+    if not edits:
+        return routes
+    per_route = {"@type": _MUTATION_PER_ROUTE, "mutations": {"response_mutations": edits}}
+    return [
+        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), FILTER: per_route}}
+        for r in routes
+    ]
+
+
+KIND = PluginKind(
+    name="response-transformer",
+    priority=800,
+    config=Config,
+    apply=apply,
+    checks=checks,
+    http_filters=({"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},),
+)
