@@ -109,6 +109,9 @@ class ZoneSync:
                     backoff = MAX_BACKOFF
             except (OSError, ProtocolError, ValueError) as exc:
                 self._lost(str(exc))
+            except Exception as exc:  # never take the zone's control plane down; CancelledError passes
+                log.exception("KDS session failed")
+                self._lost(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -148,7 +151,11 @@ class ZoneSync:
 
             async def send(message: dict[str, Any]) -> None:
                 async with write_lock:
-                    await call.write(message)
+                    try:
+                        await call.write(message)
+                    except asyncio.InvalidStateError:  # the RPC is over: say why
+                        code = await call.code()
+                        raise ProtocolError(f"{code.name}: {await call.details()}") from None
 
             publisher = Publisher(
                 self.store,
