@@ -3,6 +3,7 @@ directories, KDS over TLS with zone tokens) and real Envoys in the zones."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,13 +167,13 @@ def test_policy_from_global_reaches_zones_and_their_envoys(world: MultiZone) -> 
     world.glob.apply(timeout_policy("a-slow-requests", "77s"))
     for cp in world.zones.values():
         policy = wait_for(
-            lambda cp=cp: has(cp, "/meshes/default/meshtimeouts/a-slow-requests"),
+            functools.partial(has, cp, "/meshes/default/meshtimeouts/a-slow-requests"),
             30,
             what="the policy in a zone",
         )
         assert policy["labels"]["kuma.io/origin"] == "global"
     for sidecar in (east_dp, west_dp):
-        wait_for(lambda s=sidecar: envoy_has(s, '"77s"'), 30, what="the policy in a zone's Envoy")
+        wait_for(functools.partial(envoy_has, sidecar, '"77s"'), 30, what="the policy in a zone's Envoy")
     # one CA per mesh: both zones' proxies trust the global's mesh CA
     east_cas = wait_for(lambda: trusted_cas(east_dp), 30, what="east's trust bundle")
     assert east_cas == wait_for(lambda: trusted_cas(west_dp), 30, what="west's trust bundle")
@@ -222,7 +223,9 @@ def test_global_restart(world: MultiZone) -> None:
     world.glob.apply(timeout_policy("a-after-restart", "88s"))
     for cp in world.zones.values():
         wait_for(
-            lambda cp=cp: has(cp, "/meshes/default/meshtimeouts/a-after-restart"), 40, what="the new policy"
+            functools.partial(has, cp, "/meshes/default/meshtimeouts/a-after-restart"),
+            40,
+            what="the new policy",
         )
     wait_for(lambda: envoy_has(east_dp, '"88s"'), 30, what="the new policy in a zone's Envoy")
 
