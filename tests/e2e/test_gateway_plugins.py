@@ -147,13 +147,17 @@ def test_rate_limiting_local(setup: tuple[ControlPlane, httpx.Client, App, Path]
         # an hour window: nothing refills during the test, so the count is exact
         config = {"hour": 3, "limit_by": "ip"}
         _created(kong.post("/routes/limited/plugins", json={"name": "rate-limiting", "config": config}))
-        wait_for(lambda: "x-ratelimit-limit" in gw.get("/limited").headers, 30, what="rate limit applied")
+        wait_for(lambda: "ratelimit-limit" in gw.get("/limited").headers, 30, what="rate limit applied")
         statuses = [gw.get("/limited") for _ in range(4)]
         refused = [r for r in statuses if r.status_code == 429]
         assert refused, [r.status_code for r in statuses]
         assert refused[0].json() == {"message": "API rate limit exceeded"}
         assert refused[0].headers["content-type"].startswith("application/json")
-        assert refused[0].headers["x-ratelimit-remaining"] == "0"
+        # Kong's header names
+        assert refused[0].headers["ratelimit-remaining"] == "0"
+        assert refused[0].headers["x-ratelimit-remaining-hour"] == "0"
+        assert refused[0].headers["x-ratelimit-limit-hour"] == "3"
+        assert refused[0].headers["retry-after"] == refused[0].headers["ratelimit-reset"]
         # Kong's rate-limit body is for Envoy's own 429s: a request-termination 429 keeps its message
         _created(kong.put("/services/limited/routes/slow", json={"paths": ["/slow"]}))
         slow = {"status_code": 429, "message": "slow down"}

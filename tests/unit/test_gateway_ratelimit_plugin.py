@@ -86,7 +86,16 @@ def test_local_consumer_falls_back_to_credential_then_address(tmp_path: Path) ->
         ["kong_window", "kong_absent", "remote_address"],
     ]
     assert len(limit["rate_limits"]) == 3
+    # Envoy's draft-03 headers renamed as Kong's by the Lua filter, which knows the route's windows
+    lua = route["typed_per_filter_config"]["isthmus.kong.rate_limiting_status"]
+    assert lua["name"] == "kong-rate-limiting-headers" and lua["filter_context"] == {"windows": "Minute:5"}
     _envoy_validate(xds, tmp_path)
+    hidden, _ = _one_route({"minute": 5, "hour": 9, "hide_client_headers": True})
+    assert "isthmus.kong.rate_limiting_status" not in hidden["typed_per_filter_config"]
+    assert (
+        "enable_x_ratelimit_headers"
+        not in hidden["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    )
 
 
 def test_local_path_and_header(tmp_path: Path) -> None:

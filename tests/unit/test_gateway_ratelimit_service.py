@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -90,7 +91,7 @@ def test_kong_counter_key() -> None:
 # -- identifiers --------------------------------------------------------------------------------------------------
 
 
-def _plan(target: RedisTarget | None = None, **fields: object) -> Plan:
+def _plan(target: RedisTarget | None = None, **fields: Any) -> Plan:
     base: dict[str, object] = {"limits": (("minute", 3.0),), "redis": target or RedisTarget(host="h")}
     return Plan(**{**base, **fields})  # type: ignore[arg-type]
 
@@ -119,7 +120,7 @@ def _plan(target: RedisTarget | None = None, **fields: object) -> Plan:
         ({"limit_by": "path", "path": "/a"}, {"path": "/b", "remote_address": "10.0.0.1"}, "10.0.0.1"),
     ],
 )
-def test_identifier(fields: dict[str, object], entries: dict[str, str], expected: str) -> None:
+def test_identifier(fields: dict[str, Any], entries: dict[str, str], expected: str) -> None:
     assert identifier(_plan(**fields), entries) == expected
 
 

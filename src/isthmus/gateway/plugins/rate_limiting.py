@@ -52,6 +52,44 @@ CREDENTIAL_HEADER = "x-credential-identifier"
 # the service answers within redis.timeout; this only bounds a service that does not answer at all
 _SERVICE_TIMEOUT = "30s"
 _MAX_TIMEOUT = 2**31 - 2
+# Envoy's draft-03 headers of policy local as Kong's: ``windows`` (route context) is "Minute:5,Hour:100"; the
+# per-window remainder is known for the window Envoy reports (the tightest), the first one with its limit.
+_HEADERS_LUA = """
+function envoy_on_request(handle)
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local limit = headers:get("x-ratelimit-limit")
+  if limit == nil then
+    return
+  end
+  local remaining = headers:get("x-ratelimit-remaining") or "0"
+  local reset = headers:get("x-ratelimit-reset") or "1"
+  if reset == "0" then
+    reset = "1"
+  end
+  headers:remove("x-ratelimit-limit")
+  headers:remove("x-ratelimit-remaining")
+  headers:remove("x-ratelimit-reset")
+  limit = string.match(limit, "%d+") or limit
+  local named = false
+  local windows = handle:filterContext():get("windows") or ""
+  for window, value in string.gmatch(windows, "(%a+):(%d+)") do
+    headers:add("X-RateLimit-Limit-" .. window, value)
+    if value == limit and not named then
+      headers:add("X-RateLimit-Remaining-" .. window, remaining)
+      named = true
+    end
+  end
+  headers:add("RateLimit-Limit", limit)
+  headers:add("RateLimit-Remaining", remaining)
+  headers:add("RateLimit-Reset", reset)
+  if headers:get(":status") == "429" and remaining == "0" then
+    headers:add("Retry-After", reset)
+  end
+end
+"""
 _STATUS_LUA = f"""
 function envoy_on_request(handle)
 end
@@ -352,9 +390,11 @@ def scoped_apply(config: Config, scope: Any, routes: list[EnvoyRoute]) -> list[E
 def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     if config.policy == "redis":
         return _apply_redis(config, {}, routes)
-    limit = policy(config)
+    per_route: dict[str, Any] = {FILTER: policy(config)}
+    if not config.hide_client_headers:
+        per_route[STATUS_FILTER] = _kong_headers(config)
     return [
-        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), FILTER: limit}}
+        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), **per_route}}
         if "route" in r
         else r
         for r in routes
@@ -378,11 +418,30 @@ REDIS_HTTP_FILTER = {
 }
 # the script runs only on the routes that name it (no default code: elsewhere the filter does nothing)
 _ENABLED = {"@type": _LUA_PER_ROUTE, "name": "kong-rate-limiting-status"}
+
+
+def _kong_headers(config: Config) -> dict[str, Any]:
+    """The headers script for a route with policy local, given its windows and limits."""
+    windows = ",".join(
+        f"{w.capitalize()}:{max(1, int(getattr(config, w)))}"
+        for w in WINDOWS
+        if getattr(config, w) is not None
+    )
+    return {
+        "@type": _LUA_PER_ROUTE,
+        "name": "kong-rate-limiting-headers",
+        "filter_context": {"windows": windows},
+    }
+
+
 STATUS_HTTP_FILTER = {
     "name": STATUS_FILTER,
     "typed_config": {
         "@type": _LUA_TYPE,
-        "source_codes": {"kong-rate-limiting-status": {"inline_string": _STATUS_LUA}},
+        "source_codes": {
+            "kong-rate-limiting-status": {"inline_string": _STATUS_LUA},
+            "kong-rate-limiting-headers": {"inline_string": _HEADERS_LUA},
+        },
     },
 }
 
