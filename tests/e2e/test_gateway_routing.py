@@ -20,7 +20,7 @@ import pytest
 
 from isthmus.gateway.router import Request, RouteSpec, match
 from tests.e2e.harness import App, ControlPlane, wait_for
-from tests.e2e.test_gateway_proxy import MESH, Gateway, _json, _self_signed
+from tests.e2e.test_gateway_proxy import MESH, Gateway, _json, _self_signed, _served_name
 
 pytestmark = pytest.mark.e2e
 
@@ -204,7 +204,13 @@ def test_kong_priority_table(setup: tuple[ControlPlane, httpx.Client, App, Path]
     cp, kong, alpha, tmp = setup
     assert len(CASES) >= 30
     cert, key = _self_signed("*.sni.test")
-    certificates = {"certificates": [{"cert": cert, "key": key, "snis": [{"name": "*.sni.test"}]}]}
+    api_cert, api_key = _self_signed("api.*")
+    certificates = {
+        "certificates": [
+            {"cert": cert, "key": key, "snis": [{"name": "*.sni.test"}]},
+            {"cert": api_cert, "key": api_key, "snis": [{"name": "api.*"}]},
+        ]
+    }
     _post_config(kong, "prio", _config(PRIORITY_ROUTES, f"http://127.0.0.1:{alpha.port}", certificates))
     stored = kong.get("/prio/routes", params={"size": 1000}).json()["data"]
     assert len(stored) == len(PRIORITY_ROUTES)
@@ -220,6 +226,9 @@ def test_kong_priority_table(setup: tuple[ControlPlane, httpx.Client, App, Path]
             if got != case.expected or model != case.expected:
                 wrong.append(f"{case}: envoy {got!r}, model {model!r}")
         assert not wrong, "\n".join(wrong)
+        # Kong's certificate selection: *.x and x.* SNI entities
+        assert _served_name(gw.tls_port, "a.sni.test") == "*.sni.test"
+        assert _served_name(gw.tls_port, "api.example") == "api.*"
         # no route at all: Kong's 404 body (the catch-all removed)
         kong.delete("/prio/routes/root").raise_for_status()
         wait_for(lambda: gw.get("/nothing").status_code == 404, 30, what="catch-all removed")

@@ -315,7 +315,14 @@ def test_tls_listener_selects_certificates_by_sni(tmp_path: Path) -> None:
         for t, res in out.items()
     }
     tls = next(x for x in xds[types.LISTENER] if x["name"] == "kong:https:127.0.0.1:8443")
-    assert [c["filter_chain_match"]["server_names"] for c in tls["filter_chains"]] == [["a.example.com"], ["*.b.example.com"]]  # fmt: skip
+    # Kong's selection: exact SNI, else *.<SNI without its first label>, else <SNI without its last label>.*
+    assert [c["name"] for c in tls["filter_chains"]] == ["certificate:c1", "certificate:c2"]
+    tree = tls["filter_chain_matcher"]["matcher_tree"]
+    assert tree["exact_match_map"]["map"]["a.example.com"]["action"]["name"] == "certificate:c1"
+    wildcard = tls["filter_chain_matcher"]["on_no_match"]["matcher"]["matcher_list"]["matchers"]
+    assert [m["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"] for m in wildcard] == [
+        r"[^.]+\.b\.example\.com"
+    ]
     default = tls["default_filter_chain"]["transport_socket"]["typed_config"]["common_tls_context"]
     assert default["tls_certificate_sds_secret_configs"][0]["name"] == "kong:default:certificate:c1"
     assert sorted(x["name"] for x in xds[types.SECRET]) == ["kong:default:certificate:c1", "kong:default:certificate:c2"]  # fmt: skip

@@ -53,20 +53,22 @@ Plugins: :mod:`isthmus.gateway.plugins` (their HCM filters on every listener, th
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 # Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
-from envoy.config.core.v3 import extension_pb2
 from google.protobuf import json_format
 
 from isthmus.gateway import healthchecks, mesh_leg
@@ -88,6 +90,8 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+SERVER_NAME_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -152,8 +156,9 @@ def tls_listener(
     entities: Mapping[str, Mapping[str, Mapping[str, Any]]],
     per_port: bool = False,
 ) -> dict[str, Any] | None:
-    """The HTTPS listener: a filter chain per certificate, chosen by SNI among its SNI entities (``*.x`` and exact
-    names, as Envoy's ``server_names``); the oldest certificate answers other names. None without certificates."""
+    """The HTTPS listener: a filter chain per certificate, chosen by the connection's SNI among the SNI entities
+    as Kong does (:func:`_certificate_matcher`); the oldest certificate answers other names. None without
+    certificates."""
     certificates = sorted(entities.get("certificates", {}).values(), key=lambda c: (c.get("created_at") or 0, str(c["id"])))  # fmt: skip
     if not certificates:
         return None
@@ -163,7 +168,7 @@ def tls_listener(
         if isinstance(ref, Mapping) and ref.get("id"):
             names.setdefault(str(ref["id"]), []).append(str(sni["name"]))
 
-    def chain(cert_id: str, server_names: list[str] | None) -> dict[str, Any]:
+    def chain(cert_id: str, named: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
@@ -182,11 +187,11 @@ def tls_listener(
             },
             "filters": [_sni_filter_state(), _hcm_filter(workspace, address, True, per_port)],
         }
-        if server_names:
-            out["filter_chain_match"] = {"server_names": sorted(server_names)}
+        if named:
+            out["name"] = _chain_name(cert_id)
         return out
 
-    return {
+    listener: dict[str, Any] = {
         "name": f"kong:https:{address}",
         "address": {"socket_address": {"address": address.host.strip("[]"), "port_value": address.port}},
         "listener_filters": [
@@ -195,11 +200,64 @@ def tls_listener(
                 "typed_config": {"@type": TLS_INSPECTOR},
             }
         ],
-        "filter_chains": [
-            chain(str(c["id"]), names[str(c["id"])]) for c in certificates if names.get(str(c["id"]))
-        ],
-        "default_filter_chain": chain(str(certificates[0]["id"]), None),
+        "filter_chains": [chain(str(c["id"]), True) for c in certificates if names.get(str(c["id"]))],
+        "default_filter_chain": chain(str(certificates[0]["id"]), False),
     }
+    if listener["filter_chains"]:
+        listener["filter_chain_matcher"] = _certificate_matcher(names)
+    return listener
+
+
+def _chain_name(cert_id: str) -> str:
+    return f"certificate:{cert_id}"
+
+
+def _sni_action(cert_id: str) -> dict[str, Any]:
+    name = _chain_name(cert_id)
+    return {"action": {"name": name, "typed_config": {"@type": STRING_VALUE, "value": name}}}
+
+
+def _certificate_matcher(names: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Kong's certificate selection (``kong/runloop/certificate.lua``) as the listener's filter-chain matcher on
+    the SNI: an exact SNI entity first, then ``*.<the SNI without its first label>``, then ``<the SNI without its
+    last label>.*`` (a wildcard stands for one label); no SNI or no match: the default chain."""
+    exact: dict[str, Any] = {}
+    wildcards: list[tuple[int, str, str]] = []  # (Kong's order, regex, certificate id)
+    for cert_id, snis in sorted(names.items()):
+        for sni in sorted(snis):
+            name = sni.lower()
+            if name.startswith("*."):
+                wildcards.append((0, "[^.]+" + re.escape(name[1:]), cert_id))
+            elif name.endswith(".*"):
+                wildcards.append((1, re.escape(name[:-1]) + "[^.]+", cert_id))
+            else:
+                exact.setdefault(name, _sni_action(cert_id))
+    sni_input = {"name": "sni", "typed_config": {"@type": SERVER_NAME_INPUT}}
+    fallback: dict[str, Any] | None = None
+    if wildcards:
+        fallback = {
+            "matcher_list": {
+                "matchers": [
+                    {
+                        "predicate": {
+                            "single_predicate": {
+                                "input": sni_input,
+                                "value_match": {"safe_regex": {"google_re2": {}, "regex": pattern}},
+                            }
+                        },
+                        "on_match": _sni_action(cert_id),
+                    }
+                    for _, pattern, cert_id in sorted(wildcards, key=lambda w: w[0])
+                ]
+            }
+        }
+    if not exact:
+        assert fallback is not None
+        return fallback
+    tree: dict[str, Any] = {"matcher_tree": {"input": sni_input, "exact_match_map": {"map": exact}}}
+    if fallback is not None:
+        tree["on_no_match"] = {"matcher": fallback}
+    return tree
 
 
 def _sni_filter_state() -> dict[str, Any]:
@@ -368,7 +426,9 @@ def translate(
     # Services with a mesh host: their own copy of the mesh cluster where Kong sets something (isthmus.gateway.mesh_leg)
     clusters += [
         json_format.ParseDict(c, cluster_pb2.Cluster())
-        for c in mesh_leg.clusters(workspace, (s for _, s in sorted(entities.get("services", {}).items())), upstreams)
+        for c in mesh_leg.clusters(
+            workspace, (s for _, s in sorted(entities.get("services", {}).items())), upstreams
+        )
     ]
     per_port = any(has_port(h) for r in entities.get("routes", {}).values() for h in r.get("hosts") or ())
 
@@ -398,7 +458,9 @@ def translate(
         types.SECRET: [Resource.of(types.SECRET, x) for x in secrets],
         # the filter configurations the listeners' HTTP filters name (ECDS: consumers and credentials, by auth)
         kong_plugins.EXTENSION_CONFIG: [
-            Resource.of(kong_plugins.EXTENSION_CONFIG, json_format.ParseDict(x, extension_pb2.TypedExtensionConfig()))
+            Resource.of(
+                kong_plugins.EXTENSION_CONFIG, json_format.ParseDict(x, extension_pb2.TypedExtensionConfig())
+            )
             for x in kong_plugins.extension_configs(entities)
         ],
     }
