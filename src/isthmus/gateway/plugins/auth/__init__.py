@@ -67,7 +67,10 @@ def _ecds(name: str, type_url: str) -> dict[str, Any]:
 
 
 def _inline(name: str, source: str) -> dict[str, Any]:
-    return {"name": name, "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": source}}}
+    return {
+        "name": name,
+        "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": source}},
+    }
 
 
 def auth_filters() -> tuple[dict[str, Any], ...]:

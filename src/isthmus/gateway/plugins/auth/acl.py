@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from isthmus.gateway.plugins import EnvoyRoute, PluginKind
-from isthmus.gateway.plugins import auth
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind, auth
 
 
 class Config(BaseModel):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from isthmus.gateway.plugins import EnvoyRoute, PluginKind
-from isthmus.gateway.plugins import auth
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind, auth
 
 
 class Config(BaseModel):

@@ -22,8 +22,7 @@ from typing import Annotated, Any, Literal
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2  # noqa: F401
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from isthmus.gateway.plugins import EnvoyRoute, PluginKind
-from isthmus.gateway.plugins import auth
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind, auth
 from isthmus.gateway.plugins.auth.consumers import b64_secret
 
 REQUIREMENT = "kong"
@@ -78,7 +77,8 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     routes = auth.with_metadata(routes, auth.PRE, "jwt", locations)
     per_route = {"@type": auth.JWT_ROUTE_TYPE, "requirement_name": REQUIREMENT}
     return [
-        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), auth.JWT: per_route}} for r in routes
+        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), auth.JWT: per_route}}
+        for r in routes
     ]
 
 
@@ -135,7 +135,9 @@ def _keys(cred: Mapping[str, Any], modes: set[bool]) -> list[dict[str, str]]:
 
 def authentication(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """jwt_authn's ``JwtAuthentication``: one provider per jwt credential with keys."""
-    modes = {bool((p.get("config") or {}).get("secret_is_base64")) for p in auth.enabled_plugins(entities, "jwt")}
+    modes = {
+        bool((p.get("config") or {}).get("secret_is_base64")) for p in auth.enabled_plugins(entities, "jwt")
+    }
     providers: dict[str, Any] = {}
     for cid, cred in sorted(entities.get("jwts", {}).items()):
         keys = _keys(cred, modes or {False})

@@ -11,8 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from isthmus.gateway.plugins import EnvoyRoute, PluginKind
-from isthmus.gateway.plugins import auth
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind, auth
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 

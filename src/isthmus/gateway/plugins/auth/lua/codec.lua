@@ -188,7 +188,7 @@ local function json_encode(v)
   end
   if t == "boolean" then return tostring(v) end
   if t == "table" then
-    if #v > 0 or next(v) == nil then
+    if #v > 0 then -- an empty table is an object, as cjson encodes it
       local parts = {}
       for i = 1, #v do parts[i] = json_encode(v[i]) end
       return "[" .. table.concat(parts, ",") .. "]"
