@@ -10,7 +10,9 @@
   accepts any port; ``host:port`` needs that port in the Host header or, without one there, as the listener's: then
   each listener port gets its own RouteConfiguration), prefix paths as ``prefix``, ``~`` paths as ``safe_regex`` (Kong anchors at the start only, so
   ``.*`` is appended), methods as a ``:method`` regex, headers as regexes (``~*`` values searched
-  case-insensitively). A matcher with several paths becomes consecutive Envoy routes.
+  case-insensitively), ``snis`` (https RouteConfiguration only: SNIs do not count over plain HTTP) as a
+  ``filter_state`` matcher on the connection's SNI, which the TLS listeners' ``set_filter_state`` network filter
+  records. A matcher with several paths becomes consecutive Envoy routes.
 * The upstream path is Kong's ``v0`` join (:func:`isthmus.gateway.router.upstream_path`) expressed as
   ``regex_rewrite``: for a stripped prefix ``p`` and service path ``b``, ``^p/?`` becomes ``b`` (with a trailing
   ``/``); the request that is exactly ``p`` gets its own route first when Kong's answer differs (``b`` without its
@@ -22,30 +24,36 @@
 * One cluster per Service: its Upstream's targets (weights, round-robin; ``least-connections`` as Envoy's
   LEAST_REQUEST) when the host names an Upstream, else ``host:port`` (STATIC for an IP, STRICT_DNS otherwise);
   ``https`` services use TLS with the host as SNI, verified against the Service's ``ca_certificates`` (or the
-  system bundle) when ``tls_verify`` is true. ``connect_timeout`` is the cluster's; ``read_timeout`` and
+  system bundle) when ``tls_verify`` is true (``tls_verify_depth`` as the maximum depth), presenting the Service's
+  (else the Upstream's) ``client_certificate`` (an SDS secret). ``connect_timeout`` is the cluster's; ``read_timeout`` and
   ``write_timeout`` bound the idle time of a request (Envoy has no per-read timer; Kong has no total timeout, so
   the route timeout is off); ``retries`` retries connection failures (nginx's ``proxy_next_upstream error``
   never resends a request that reached the upstream either).
 
 * An Upstream with ``algorithm: consistent-hashing`` is a RING_HASH cluster (``slots`` as the minimum ring size)
-  and its routes hash on ``hash_on`` then ``hash_fallback`` (ip, header, cookie (generated when missing), path,
-  query_arg); Envoy's ring is not Kong's, so which target a given key reaches differs, but a key keeps its target.
+  and its routes hash on ``hash_on`` (a ``terminal`` policy) then ``hash_fallback``: consumer (``x-consumer-id``,
+  set by the auth filter), ip, header, cookie (generated when missing), path (without the query), query_arg,
+  uri_capture (the route's regex capture, by a ``regex_rewrite`` of ``:path``); Envoy's ring is not Kong's, so
+  which target a given key reaches differs, but a key keeps its target.
+* An Upstream's ``healthchecks``: :mod:`isthmus.gateway.healthchecks` (active probes as Envoy health checks,
+  passive ones as outlier detection, ``threshold`` as a failing panic threshold).
 
 Approximations: for a ``~`` path the text stripped is the regex's match plus one following ``/``; a route with a
 regex path, ``strip_path: false`` and a service path without a trailing ``/`` sends ``/`` as ``<path>/``; X-Forwarded-Host
 keeps the client's port and is sent only when the Host is rewritten (not with ``preserve_host``).
 
 * ``--proxy-listen-tls`` addresses get an HTTPS listener once the workspace has a certificate: one filter chain per
-  certificate selected by its SNI entities, the oldest certificate for any other name (Kong serves its own default
-  certificate there), certificates as SDS secrets; its RouteConfiguration (``kong:<ws>:https``) has no https
-  redirects.
+  certificate, chosen by a filter-chain matcher on the SNI in Kong's order (exact SNI entity, then
+  ``*.<SNI without its first label>``, then ``<SNI without its last label>.*``), the oldest certificate for any
+  other name (Kong serves its own default certificate there), certificates as SDS secrets; its
+  RouteConfiguration (``kong:<ws>:https``) has no https redirects.
 
 * A Service whose host is ``<kuma.io/service>.mesh`` (Kuma's DNS names) is routed to the mesh's cluster of that
   service (:func:`mesh_service`): the gateway Dataplane lists the service in ``networking.outbound`` for now, and the
   mesh reconciler builds that cluster (mTLS with the gateway's identity, the mesh's policies for that outbound).
 
-Not yet: routes' ``snis``, ``hash_on: consumer`` and ``uri_capture``, health checks, the mesh leg without an
-outbound entry (and Kong values overriding mesh policies).
+Not yet: ``algorithm: latency`` and gRPC health probes (refused at apply), the Admin API's target health
+endpoints; the Kong-vs-Envoy differences that remain are listed in ``docs/gateway/routing.md``.
 
 Plugins: :mod:`isthmus.gateway.plugins` (their HCM filters on every listener, their per-route configuration).
 """
