@@ -245,3 +245,32 @@ async def test_should_rate_limit_over_grpc(target: RedisTarget) -> None:
     assert headers[STATUS_HEADER] == "503" and headers["content-type"].startswith("application/json")
     assert "Retry-After" in headers and json.loads(over.raw_body) == {"message": "later"}
     assert other.overall_code == rls_pb2.RateLimitResponse.OK  # no plan: nothing to limit
+
+
+async def test_service_beside_envoy_stops_cleanly() -> None:
+    # the agent's supervision: Envoy's end ends it; cancelling it (a signal) leaves the service stoppable
+    import asyncio
+
+    from isthmus.dp.gateway_services import beside, rate_limit_service
+
+    bootstrap: dict[str, Any] = {"static_resources": {"clusters": []}}
+    async with rate_limit_service(True, bootstrap) as service:
+        assert service is not None
+        cluster = bootstrap["static_resources"]["clusters"][0]
+        assert cluster["name"] == "isthmus_ratelimit"
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert address["socket_address"] == {"address": "127.0.0.1", "port_value": service.port}
+        await beside(asyncio.sleep(0), service)
+        envoy = asyncio.Event()
+
+        async def running() -> None:
+            await envoy.wait()
+
+        task = asyncio.ensure_future(beside(running(), service))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert service.stopped.is_set()
+    async with rate_limit_service(False, bootstrap) as nothing:
+        assert nothing is None

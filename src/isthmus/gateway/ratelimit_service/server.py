@@ -90,10 +90,12 @@ class Running:
     host: str
     port: int
     server: grpc.aio.Server
+    stopped: asyncio.Event
 
     async def wait(self) -> None:
-        """Until the server stops (it only does when :func:`serving` ends)."""
-        await self.server.wait_for_termination()
+        """Until the service stops (only when :func:`serving` ends). Safe to cancel, unlike grpc's own
+        ``wait_for_termination``, whose cancellation breaks the server's later shutdown."""
+        await self.stopped.wait()
 
 
 @contextlib.asynccontextmanager
@@ -107,9 +109,11 @@ async def serving(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Runni
         raise OSError(f"rate-limit service: cannot listen on {host}:{port}")
     await server.start()
     log.debug("rate-limit service on %s:%d", host, bound)
+    running = Running(host, bound, server, asyncio.Event())
     try:
-        yield Running(host, bound, server)
+        yield running
     finally:
+        running.stopped.set()
         # shielded so that a cancelled agent still closes its listener and Redis connections
         await asyncio.shield(_stop(server, counters))
 
