@@ -58,9 +58,10 @@ def create_app(state: ControlPlaneState) -> FastAPI:
         return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(inspect.build_router(state))
-    app.include_router(kds_api.build_router(state))  # /tokens/zone, /zones+insights (before /{plural})
-    app.include_router(resources.build_router(state))
+    # fixed paths before resources' /{plural}/{name} (global kinds), which would otherwise match them first
+    app.include_router(kds_api.build_router(state))  # /tokens/zone, /zones+insights
     app.include_router(tokens.build_router(state))
+    app.include_router(resources.build_router(state))
     auth.install(app, state.auth, state.store)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.max_body_bytes)
     return app

@@ -367,7 +367,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         tags=["resources"],
         status_code=201,
         response_model=None,
-        responses={**put_responses, **error_responses(400, 409)},
+        responses={**put_responses, **error_responses(400, 404, 409)},
         openapi_extra=body_schema(sorted(t.kind for t in global_types), mesh_scoped=False),
     )
     async def put_global(
