@@ -139,3 +139,26 @@ def test_redis_down(setup: Setup) -> None:
     finally:
         redis.start()
     assert kong.delete(f"/plugins/{plugin}").status_code == 204
+
+
+def test_limit_by_header_falls_back_to_the_address(setup: Setup) -> None:
+    _, kong, _, redis, one, two = setup
+    config = {"hour": 2, "policy": "redis", "limit_by": "header", "header_name": "X-Team",
+              "redis": {"host": "127.0.0.1", "port": redis.port}}  # fmt: skip
+    _created(kong.post("/routes/shared/plugins", json={"name": "rate-limiting", "config": config}))
+    for gw in (one, two):
+        wait_for(_limits_hourly(gw), 30, what=f"{gw.name} limited per hour")
+    _clear_counts(redis)  # an hour starts on a minute: the same guard keeps the requests in one window
+    client = redis.client()
+    blue = [(one if i % 2 else two).get("/shared", headers={"X-Team": "blue"}).status_code for i in range(3)]
+    red = [two.get("/shared", headers={"X-Team": "red"}).status_code for _ in range(2)]
+    anonymous = [one.get("/shared").status_code for _ in range(3)]
+    assert (blue, red, anonymous) == ([200, 200, 429], [200, 200], [200, 200, 429])
+    identifiers = sorted(k.split(":")[3] for k in (str(k) for k in client.keys("ratelimit:*")))
+    client.close()
+    assert identifiers == ["127.0.0.1", "blue", "red"]
+    assert kong.delete(f"/plugins/{_plugin_id(kong)}").status_code == 204
+
+
+def _limits_hourly(gw: Gateway) -> Callable[[], bool]:
+    return lambda: "x-ratelimit-limit-hour" in gw.get("/shared", headers={"X-Team": "probe"}).headers
