@@ -372,7 +372,7 @@ def test_anonymous_and_multiple_auth_plugins(setup: Setup) -> None:
         {"name": "basic-auth", "config": {"anonymous": "guest"}},  # by username
     ]
     _route(kong, "either", plugins)
-    _served(gw, "/either", 200)
+    wait_for(lambda: "x-consumer-id" in _upstream_headers(gw.get("/either")), 30, what="anonymous on /either")
     seen = _upstream_headers(gw.get("/either"))
     assert seen["x-consumer-id"] == guest["id"] and seen["x-anonymous-consumer"] == "true"
     assert "x-credential-identifier" not in seen
@@ -442,7 +442,8 @@ def test_credential_changes_under_traffic_drop_no_request(setup: Setup) -> None:
     _created(kong.put("/consumers/steady", json={}))
     _created(kong.post("/consumers/steady/key-auth", json={"key": "steady-key"}))
     _route(kong, "steady", [{"name": "key-auth"}])
-    _served(gw, "/steady", 200, headers={"apikey": "steady-key"})
+    _served(gw, "/steady", 401)
+    assert gw.get("/steady", headers={"apikey": "steady-key"}).status_code == 200
     listeners = _listener_versions(gw)
     results: list[int | str] = []
     stop = threading.Event()
@@ -480,3 +481,54 @@ def test_credential_changes_under_traffic_drop_no_request(setup: Setup) -> None:
     assert len(results) > 20
     assert set(results) == {200}, [r for r in results if r != 200][:5]
     assert _listener_versions(gw) == listeners  # no listener update, hence no drain
+
+
+def test_kong_docs_examples(setup: Setup) -> None:
+    """The examples of Kong's plugin pages (developer.konghq.com/plugins/<name>/examples), sent as the pages send
+    them (``POST /plugins``, a global plugin), behave as documented."""
+    import jwt as pyjwt
+
+    _, kong, _, gw = setup
+    _created(kong.put("/services/alpha/routes/docs", json={"paths": ["/docs"]}))
+    _created(kong.put("/consumers/doc-user", json={}))
+    _created(kong.post("/consumers/doc-user/key-auth", json={"key": "doc-key"}))
+    _created(kong.post("/consumers/doc-user/jwt", json={"key": "doc-iss", "secret": "doc-secret"}))
+    _served(gw, "/docs", 200)
+
+    # key-auth, "Enable Key Auth": requests without a key get 401 "No API key found in request"
+    plugin = _created(
+        kong.post("/plugins/", json={"name": "key-auth", "config": {"key_names": ["apikey"]}, "tags": []})
+    )
+    _served(gw, "/docs", 401)
+    assert gw.get("/docs").json() == {"message": "No API key found in request"}
+    assert gw.get("/docs", headers={"apikey": "doc-key"}).status_code == 200
+    assert kong.delete(f"/plugins/{plugin['id']}").status_code == 204
+    _served(gw, "/docs", 200)
+
+    # jwt, "Verify registered claims": exp and nbf are checked
+    plugin = _created(kong.post("/plugins/", json={"name": "jwt", "config": {"claims_to_verify": ["exp", "nbf"]}, "tags": []}))  # fmt: skip
+    _served(gw, "/docs", 401)
+    now = int(time.time())
+    valid = pyjwt.encode(
+        {"iss": "doc-iss", "exp": now + 600, "nbf": now - 10}, "doc-secret", algorithm="HS256"
+    )
+    assert gw.get("/docs", headers=_bearer(valid)).status_code == 200
+    expired = pyjwt.encode(
+        {"iss": "doc-iss", "exp": now - 10, "nbf": now - 20}, "doc-secret", algorithm="HS256"
+    )
+    assert gw.get("/docs", headers=_bearer(expired)).json() == {"exp": "token expired"}
+    early = pyjwt.encode(
+        {"iss": "doc-iss", "exp": now + 600, "nbf": now + 300}, "doc-secret", algorithm="HS256"
+    )
+    assert gw.get("/docs", headers=_bearer(early)).json() == {"nbf": "token not valid yet"}
+    assert kong.delete(f"/plugins/{plugin['id']}").status_code == 204
+
+    # acl, "Allow Consumer Groups": consumer groups are Kong Enterprise's; refused, never stored and ignored
+    example = {
+        "name": "acl",
+        "config": {"include_consumer_groups": True, "allow": ["dev", "admin"]},
+        "tags": [],
+    }
+    refused = kong.post("/plugins/", json=example)
+    assert refused.status_code == 400
+    assert "not supported yet" in refused.json()["fields"]["config"]["include_consumer_groups"]

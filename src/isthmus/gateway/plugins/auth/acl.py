@@ -21,9 +21,16 @@ class Config(BaseModel):
     deny: list[str] | None = None
     hide_groups_header: bool = False
     always_use_authenticated_groups: bool = False
+    include_consumer_groups: bool = False  # Kong Enterprise
 
 
 def checks(config: Config) -> dict[str, Any]:
+    if config.include_consumer_groups:
+        return {"include_consumer_groups": "include_consumer_groups (consumer groups) is not supported yet"}
+    return _kong_checks(config)
+
+
+def _kong_checks(config: Config) -> dict[str, Any]:
     if config.allow and config.deny:
         return {"@entity": ["only one of these fields must be non-empty: 'config.allow', 'config.deny'"]}
     if not config.allow and not config.deny:
