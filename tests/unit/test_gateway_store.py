@@ -70,3 +70,25 @@ async def test_failed_batch_leaves_nothing_and_restart_rebuilds_indexes(tmp_path
         assert [r.mesh for r in records] == ["kong:default"]
     finally:
         await store.close()
+
+
+async def test_patch_merges_a_plugin_config_as_kong_does(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.start()
+    try:
+        gateway = GatewayStore(store)
+        config = {"minute": 5, "hour": 100, "policy": "local"}
+        plugin = await gateway.create("default", "plugins", {"name": "rate-limiting", "config": config})
+        patched = await gateway.update("default", "plugins", plugin["id"], {"config": {"minute": 7}})
+        assert patched["config"]["minute"] == 7 and patched["config"]["hour"] == 100
+        stored = await gateway.get("default", "plugins", plugin["id"])
+        assert (stored["config"]["minute"], stored["config"]["hour"], stored["config"]["policy"]) == (
+            7,
+            100,
+            "local",
+        )
+        # a field outside config is replaced, the config kept
+        disabled = await gateway.update("default", "plugins", plugin["id"], {"enabled": False})
+        assert disabled["enabled"] is False and disabled["config"]["minute"] == 7
+    finally:
+        await store.close()

@@ -246,6 +246,17 @@ class Workspace:
         return value
 
 
+def _merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` over ``old``, nested objects merged key by key (arrays and scalars replaced), as Kong's PATCH."""
+    out = dict(old)
+    for key, value in new.items():
+        before = out.get(key)
+        out[key] = (
+            _merge_records(before, value) if isinstance(before, dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
 @dataclass
 class Change:
     collection: str
@@ -366,6 +377,9 @@ class GatewayStore:
             if existing is None or (parent is not None and _ref_id(existing.get(parent[0])) != parent[1]):
                 raise Plain(404, "Not found")
             merged = {**existing, **body, "id": existing["id"], "created_at": existing["created_at"]}
+            if collection == "plugins" and isinstance(body.get("config"), dict):
+                # Kong's ``merge_values``: a PATCHed plugin config is merged into the stored one, records deeply
+                merged["config"] = _merge_records(existing.get("config") or {}, body["config"])
             merged.pop("updated_at", None)
             if collection == "services" and "url" in body:
                 for f in ("protocol", "host", "port", "path"):
