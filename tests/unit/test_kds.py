@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,27 @@ async def test_zone_tokens(store: ResourceStore) -> None:
     await other_store.close()
     with pytest.raises(InvalidToken, match="signature"):
         await verify_zone_token(tokens, foreign)
+
+
+# -- cp run flags ----------------------------------------------------------------------------------------------
+def test_cp_run_multizone_flags(tmp_path: Path) -> None:
+    import typer
+
+    from isthmus.cli.cp import _multizone_options
+
+    token = tmp_path / "token"
+    token.write_text("t")
+    ok = _multizone_options("zone", "127.0.0.1:5685", "east", "grpcs://g:5685", token, None)
+    assert ok["zone"] == "east" and ok["zone_token_file"] == token
+    assert _multizone_options("global", "0.0.0.0:5685", None, None, None, None)["mode"] == "global"
+    for args in (
+        ("zone", "x:1", None, "grpcs://g:5685", token, None),  # --zone missing
+        ("zone", "x:1", "East_1", "grpcs://g:5685", token, None),  # not an RFC 1035 label
+        ("zone", "x:1", "east", "http://g:5685", token, None),  # not grpcs
+        ("zone", "x:1", "east", "grpcs://g:5685", tmp_path / "missing", None),
+        ("global", "x:1", "east", None, None, None),  # --zone without --mode zone
+        ("global", "nowhere", None, None, None, None),
+        ("central", "x:1", None, None, None, None),
+    ):
+        with pytest.raises(typer.Exit):
+            _multizone_options(*args)
