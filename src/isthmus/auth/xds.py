@@ -85,6 +85,11 @@ class XdsAuthenticator:
             identity = await self.tokens.verify_dataplane_token(token)
         except InvalidToken as exc:
             raise StreamDenied(grpc.StatusCode.UNAUTHENTICATED, f"invalid data-plane token: {exc}") from None
+        if identity.type != "dataplane":
+            raise StreamDenied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {loggable_node_id(node_id)}: the token is for a proxy of type {identity.type!r}",
+            )
         name = name_in_mesh(node_id, identity.mesh)
         if name is None:
             raise StreamDenied(

@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from isthmus.ingress.zones import RemoteZones, remote_zones
 from isthmus.resources.dataplane import DataplaneSpec, InboundState
 from isthmus.resources.mesh import MeshSpec
 from isthmus.resources.registry import Resource
@@ -46,6 +47,9 @@ class MeshContext:
     config_hash: str = ""  # the Mesh, its policies and the CA: what every proxy depends on
     service_digests: Mapping[str, str] = field(default_factory=dict)  # service -> digest of its endpoints
     gateway_services: tuple[str, ...] = ()  # kuma.io/service of every gateway Dataplane (networking.gateway)
+    zone: str = ""  # this control plane's zone ("" standalone: a proxy's zone is its kuma.io/zone tag)
+    remote: RemoteZones = field(default_factory=RemoteZones)  # other zones' ingresses (isthmus.ingress)
+    endpoint_zones: frozenset[str] = frozenset()  # the kuma.io/zone tags of the mesh's instances
 
     def policies_of(self, kind: str) -> tuple[Resource, ...]:
         return self.policies.get(kind, ())
@@ -80,6 +84,8 @@ def build_mesh_context(
     dataplanes: Sequence[Resource],
     policies: Sequence[Resource],
     ca_certificate: str = "",
+    ingresses: Sequence[Resource] = (),
+    zone: str = "",
 ) -> MeshContext:
     spec = mesh.spec
     assert isinstance(spec, MeshSpec)
@@ -127,6 +133,9 @@ def build_mesh_context(
         "ca": ca_certificate,
         "gateways": sorted(gateways),  # every sidecar's inbound trusts their consumer headers
     }
+    remote = remote_zones(mesh.name, ingresses)
+    if remote.ingresses or zone:
+        config["zones"] = [zone, remote.addresses_digest()]  # where other zones' ingresses are
     config_hash = _digest(config)
     return MeshContext(
         name=mesh.name,
@@ -138,12 +147,22 @@ def build_mesh_context(
         hash=_digest([config_hash, [d.digest for d in by_name.values()]]),
         config_hash=config_hash,
         service_digests=_with_names(
-            {k: _endpoints_digest(v) for k, v in endpoints.items()},
+            _with_remote({k: _endpoints_digest(v) for k, v in endpoints.items()}, remote),
             by_kind,
             [d.digest for d in by_name.values()],
         ),
         gateway_services=tuple(sorted(gateways - {""})),
+        zone=zone,
+        remote=remote,
+        endpoint_zones=frozenset(e.tags.get("kuma.io/zone", "") for eps in endpoints.values() for e in eps),
     )
+
+
+def _with_remote(digests: dict[str, str], remote: RemoteZones) -> dict[str, str]:
+    """A service's digest covers its instances behind other zones' ingresses too."""
+    for service in remote.by_service:
+        digests[service] = _digest([digests.get(service, ""), remote.digest_of(service)])
+    return digests
 
 
 def _endpoints_digest(endpoints: Sequence[ServiceEndpoint]) -> str:

@@ -115,6 +115,9 @@ class Reconciler:
         self._complete: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # mesh -> (monotonic time due, last wait)
         self._rotation_pass = float("-inf")  # when the last pass for due certificates started (monotonic)
+        self.zone = ""  # multi-zone: this control plane's zone (isthmus.ingress: locality, remote endpoints)
+        self._ingresses: list[Resource] | None = None  # the ZoneIngresses as last read (None: read again)
+        self.on_synced: Callable[[str], None] | None = None  # after a mesh is generated (isthmus.ingress)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -194,6 +197,10 @@ class Reconciler:
         def add(ev: ChangeEvent) -> None:
             if ev.type == "Mesh":
                 dirty.setdefault(ev.name, set())
+            elif ev.type == "ZoneIngress":  # other zones' endpoints of every mesh (isthmus.ingress)
+                self._ingresses = None
+                for name in self.contexts:
+                    dirty.setdefault(name, set())
             elif ev.mesh:  # resources outside any mesh do not concern generation
                 changed = dirty.setdefault(ev.mesh, set())
                 if changed is not None:
@@ -255,6 +262,8 @@ class Reconciler:
             self._schedule_retry(mesh)
         else:
             self._retry.pop(mesh, None)
+            if self.on_synced is not None:
+                self.on_synced(mesh)
         finally:
             self.metrics.seconds.observe(time.monotonic() - started)
 
@@ -325,7 +334,14 @@ class Reconciler:
             log.exception("the CA of mesh %r could not be loaded or created", mesh)
             raise MeshFailed("mesh_ca", f"{type(exc).__name__}: {exc}") from None
         try:
-            ctx = build_mesh_context(mesh_res, dataplanes, policies, trust.bundle_pem if trust else "")
+            ctx = build_mesh_context(
+                mesh_res,
+                dataplanes,
+                policies,
+                trust.bundle_pem if trust else "",
+                ingresses=await self._zone_ingresses(),
+                zone=self.zone,
+            )
         except Exception as exc:
             log.exception("the context of mesh %r could not be built", mesh)
             raise MeshFailed("mesh_context", f"{type(exc).__name__}: {exc}") from None
@@ -344,6 +360,18 @@ class Reconciler:
         self.metrics.set_proxies_in_error(
             mesh, sum(1 for p in self.proxies.values() if p.mesh == mesh and p.error)
         )
+
+    async def _zone_ingresses(self) -> list[Resource]:
+        """Every ZoneIngress (this zone's and, synced, the other zones'), read again after a change."""
+        if self._ingresses is None:
+            out: list[Resource] = []
+            for record in (await self.store.list("ZoneIngress")).items:
+                try:
+                    out.append(from_record(record, self.registry))
+                except Exception as exc:  # an invalid record only loses its endpoints
+                    log.error("stored ZoneIngress %r skipped: %s", record.name, exc)
+            self._ingresses = out
+        return self._ingresses
 
     def _forget_mesh(self, mesh: str) -> None:
         self.contexts.pop(mesh, None)

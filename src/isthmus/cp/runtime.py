@@ -41,6 +41,8 @@ from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.gateway.admin_api import create_admin_app
 from isthmus.gateway.reconciler import GatewayCache, GatewayReconciler
 from isthmus.gateway.store import GatewayStore
+from isthmus.ingress.auth import IngressAwareAuthenticator
+from isthmus.ingress.reconciler import IngressReconciler
 from isthmus.kds.global_server import KdsServer
 from isthmus.kds.ownership import WriteGuard
 from isthmus.kds.zone_client import ZoneSync
@@ -219,7 +221,14 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
     auth = Auth(tokens, dp_auth=options.dp_auth, localhost_is_admin=options.api_localhost_is_admin)
     if not options.api_localhost_is_admin:  # the first admin credential: DATA_DIR/admin-user-token
         log.info("admin user token in %s", await write_admin_token(tokens, options.data_dir))
-    authenticator = xds_authenticator(tokens, reconciler) if options.dp_auth == "token" else None
+    reconciler.zone = options.zone if options.mode == "zone" else ""
+    ingresses = IngressReconciler(store, registry, cache, reconciler, mode=options.mode, zone=reconciler.zone)
+    reconciler.on_synced = ingresses.request_sync  # zone ingresses follow the meshes' endpoints
+    authenticator = (
+        IngressAwareAuthenticator(xds_authenticator(tokens, reconciler), tokens, store)
+        if options.dp_auth == "token"
+        else None
+    )
     ads = AdsServer(
         cache,
         callbacks=insights,
@@ -297,6 +306,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
             async with asyncio.TaskGroup() as tg:
                 generation = tg.create_task(reconciler.run(), name="reconciler")
                 gateway_generation = tg.create_task(gateway_reconciler.run(), name="gateway-reconciler")
+                ingress_generation = tg.create_task(ingresses.run(), name="ingress-reconciler")
                 names = NamesController(store, registry, mode=options.mode, zone=options.zone or "default")
                 tg.create_task(names.run(), name="names")  # generated MeshServices, VIPs, hostnames
                 await reconciler.wait_ready()
@@ -338,6 +348,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 await asyncio.wait(tasks)
                 generation.cancel()
                 gateway_generation.cancel()
+                ingress_generation.cancel()
                 cleanup.cancel()
                 if zone_sync is not None:
                     zone_sync.cancel()

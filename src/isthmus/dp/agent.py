@@ -41,6 +41,7 @@ from isthmus.dp import gateway_services
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
 from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
+from isthmus.ingress.node import ingress_node_id
 from isthmus.resources.errors import ResourceValidationError
 from isthmus.resources.loading import MAX_DOCUMENT_BYTES, load_yaml
 
@@ -50,7 +51,7 @@ T = TypeVar("T")
 
 DEFAULT_CP_ADDRESS = "http://127.0.0.1:5681"
 DEFAULT_ADMIN_PORT = 9901
-SUPPORTED_PROXY_TYPES = ("sidecar", "gateway")
+SUPPORTED_PROXY_TYPES = ("sidecar", "gateway", "ingress")
 KNOWN_PROXY_TYPES = ("sidecar", "gateway", "ingress", "egress")
 SERVICE_TAG = "kuma.io/service"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -98,8 +99,12 @@ def check_proxy_type(proxy_type: str) -> None:
     if proxy_type in SUPPORTED_PROXY_TYPES:
         return
     if proxy_type in KNOWN_PROXY_TYPES:
-        raise AgentError(f"--proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway)")
-    raise AgentError(f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar, gateway)")
+        raise AgentError(
+            f"--proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway, ingress)"
+        )
+    raise AgentError(
+        f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar, gateway, ingress)"
+    )
 
 
 def _listen_label(flag: str, listen: tuple[str, ...]) -> str:
@@ -180,9 +185,9 @@ def check_dataplane(document: Any, source: str = "dataplane") -> dict[str, Any]:
             f"{source}: expected a Dataplane resource (a mapping), got {type(document).__name__}"
         )
     kind = document.get("type")
-    if kind != "Dataplane":
-        raise AgentError(f"{source}: type: must be 'Dataplane', got {kind!r}")
-    for key in ("name", "mesh"):
+    if kind not in ("Dataplane", "ZoneIngress"):  # a ZoneIngress for --proxy-type ingress (no mesh)
+        raise AgentError(f"{source}: type: must be 'Dataplane' (or 'ZoneIngress'), got {kind!r}")
+    for key in ("name", "mesh") if kind == "Dataplane" else ("name",):
         value = document.get(key)
         if not isinstance(value, str) or not value:
             raise AgentError(f"{source}: {key}: must be a non-empty string")
@@ -404,8 +409,8 @@ class ControlPlaneClient:
 
     async def register(self, resource: Mapping[str, Any]) -> bool:
         """PUT the Dataplane; True if it was created, False if updated."""
-        mesh, name = resource["mesh"], resource["name"]
-        url = f"{self.address}/meshes/{mesh}/dataplanes/{name}"
+        mesh, name = resource.get("mesh", ""), resource["name"]
+        url = _resource_url(self.address, mesh, name)
 
         async def call() -> bool:
             response = await self._client.put(url, json=dict(resource), headers=self._headers)
@@ -423,7 +428,7 @@ class ControlPlaneClient:
         """DELETE the Dataplane; best effort (a failure is logged, not raised)."""
         try:
             response = await self._client.delete(
-                f"{self.address}/meshes/{mesh}/dataplanes/{name}", timeout=timeout, headers=self._headers
+                _resource_url(self.address, mesh, name), timeout=timeout, headers=self._headers
             )
         except httpx.HTTPError as exc:
             log.warning("could not deregister Dataplane %s/%s: %s", mesh, name, exc or type(exc).__name__)
@@ -432,6 +437,11 @@ class ControlPlaneClient:
             log.warning("could not deregister Dataplane %s/%s: %s", mesh, name, format_problem(response))
         else:
             log.info("deregistered Dataplane %s/%s", mesh, name)
+
+
+def _resource_url(address: str, mesh: str, name: str) -> str:
+    """Where the agent registers its resource: a Dataplane, or (no mesh) a ZoneIngress."""
+    return f"{address}/meshes/{mesh}/dataplanes/{name}" if mesh else f"{address}/zoneingresses/{name}"
 
 
 # -- agent -------------------------------------------------------------------------------------------------
@@ -457,8 +467,10 @@ class DataplaneAgent:
         check_proxy_type(options.proxy_type)
         self.options = options
         self.resource = check_dataplane(options.dataplane)
-        self.mesh: str = self.resource["mesh"]
+        self.mesh: str = self.resource.get("mesh", "")  # "" for a ZoneIngress
         self.name: str = self.resource["name"]
+        if (options.proxy_type == "ingress") != (self.resource["type"] == "ZoneIngress"):
+            raise AgentError("--proxy-type ingress runs a ZoneIngress resource, and only it")
         if options.proxy_type == "gateway":
             self.resource["labels"] = gateway_labels(
                 self.resource, options.gateway_listen, options.gateway_workspace, options.gateway_listen_tls
@@ -486,6 +498,8 @@ class DataplaneAgent:
 
     @property
     def node_id(self) -> str:
+        if not self.mesh:
+            return ingress_node_id(self.name)
         return f"{self.mesh}.{self.name}"
 
     @property
@@ -603,7 +617,9 @@ class DataplaneAgent:
             admin_port=admin_port,
             admin_address=opts.admin_address,
             metadata={
-                "dataplane.proxyType": "gateway" if opts.proxy_type == "gateway" else "dataplane",
+                "dataplane.proxyType": {"gateway": "gateway", "ingress": "ingress"}.get(
+                    opts.proxy_type, "dataplane"
+                ),
                 "dataplane.admin.port": str(admin_port),
                 "dataplane.admin.address": opts.admin_address,
                 "version.isthmus": __version__,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from isthmus.context.mesh_context import MeshContext, gateway_listen
+from isthmus.ingress.remote import localize
 from isthmus.ir.model import (
     Cluster,
     Endpoint,
@@ -207,7 +208,8 @@ def build_proxy_ir(
         secrets=secrets,
     )
     base = names.extend(base, ctx, dp, tls)  # backendRef outbounds, VIP listeners, DNS (isthmus.names)
-    return apply_policies(base, ctx, dp)
+    # other zones through their ingresses, localities and priorities (isthmus.ingress), once the balancer is known
+    return localize(apply_policies(base, ctx, dp), ctx, dp)
 
 
 def apply_policies(ir: ProxyIR, ctx: MeshContext, dp: Resource) -> ProxyIR:

@@ -126,7 +126,9 @@ class MeshTls:
 class Endpoint:
     address: str
     port: int
-    locality: str = ""
+    locality: str = ""  # the zone of the endpoint ("" : this proxy's own zone)
+    weight: int = 1  # a zone ingress stands for ``weight`` instances (isthmus.ingress.remote)
+    priority: int = 0  # Envoy priority: 0 first, higher ones take traffic as lower ones lose health
 
 
 @dataclass(frozen=True)
@@ -146,12 +148,14 @@ class Cluster:
     health_check: HealthCheck | None = None
     lb: LoadBalancer | None = None
     external: ExternalUpstream | None = None  # a MeshExternalService's upstream (isthmus.names)
+    sni: str = ""  # upstream TLS SNI: how a remote zone's ingress routes the connection (isthmus.ingress)
 
 
 @dataclass(frozen=True)
 class EndpointSet:
     cluster: str
     endpoints: tuple[Endpoint, ...]
+    overprovisioning: int | None = None  # Envoy's overprovisioning factor (failoverThreshold); None: Envoy's
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,25 @@ class HashPolicy:
 
 
 @dataclass(frozen=True)
+class Failover:
+    """One ``crossZone.failover`` entry: for clients in ``from_zones`` (empty: any), the zones ``to`` names."""
+
+    to_type: Literal["Any", "Only", "AnyExcept", "None"]
+    to_zones: tuple[str, ...] = ()
+    from_zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Locality:
+    """MeshLoadBalancingStrategy ``localityAwareness`` (isthmus.ingress.locality turns it into priorities)."""
+
+    disabled: bool = False
+    failover: tuple[Failover, ...] | None = None  # None: every other zone in one failover priority
+    threshold_percent: int | None = None  # crossZone.failoverThreshold.percentage
+    affinity_tags: tuple[tuple[str, int | None], ...] = ()  # localZone.affinityTags (key, weight)
+
+
+@dataclass(frozen=True)
 class LoadBalancer:
     type: Literal["RoundRobin", "LeastRequest", "RingHash", "Random", "Maglev"] = "RoundRobin"
     hash_policies: tuple[HashPolicy, ...] = ()
@@ -111,6 +130,7 @@ class LoadBalancer:
     hash_function: Literal["XXHash", "MurmurHash2"] | None = None  # RingHash
     table_size: int | None = None  # Maglev
     locality_aware: bool = False  # locality awareness hooks used by multi-zone
+    locality: Locality | None = None  # localityAwareness as given (None: Kuma's default, local zone first)
 
 
 # -- routes (MeshHTTPRoute, MeshTCPRoute) -------------------------------------------------------------------------

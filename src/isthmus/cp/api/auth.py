@@ -138,6 +138,16 @@ class AuthMiddleware:
     ) -> Receive:
         if path == "/" and method in READ_METHODS:
             return receive
+        if identity.type == "ingress":  # a zone ingress's token: its own ZoneIngress only (isthmus.ingress)
+            parts = path.rstrip("/").split("/")
+            if len(parts) != 3 or parts[1] != "zoneingresses" or method not in DATAPLANE_METHODS:
+                raise Denied(
+                    403,
+                    "an ingress token only allows GET /, and GET, PUT and DELETE of its /zoneingresses/{name}",
+                )
+            if identity.name and parts[2] != identity.name:
+                raise Denied(403, f"the ingress token is for {identity.name!r}, not {parts[2]!r}")
+            return receive
         target = dataplane_path(path)
         if target is None or method not in DATAPLANE_METHODS:
             raise Denied(

@@ -16,6 +16,7 @@ from isthmus.auth.keys import SigningKeyError
 from isthmus.auth.tokens import (
     DATAPLANE_TYPE,
     DEFAULT_DATAPLANE_VALIDITY,
+    INGRESS_TYPE,
     MAX_VALIDITY,
     InvalidToken,
     is_dataplane_token,
@@ -80,7 +81,7 @@ DATAPLANE_REQUEST = {
             "additionalProperties": {"type": "array", "items": {"type": "string"}},
             "description": "tag -> values the Dataplane may have, e.g. {kuma.io/service: [web]}",
         },
-        "type": {"type": "string", "enum": [DATAPLANE_TYPE]},
+        "type": {"type": "string", "enum": [DATAPLANE_TYPE, INGRESS_TYPE]},
         "validFor": {**_VALID_FOR, "description": "default: 10 years, as Kuma"},
     },
 }
@@ -194,13 +195,19 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         name = _name(body.get("name"), "name", errors, required=False)
         tags = parse_tags(body.get("tags"), errors)
         kind = body.get("type") or DATAPLANE_TYPE
-        if kind != DATAPLANE_TYPE:
-            errors.append(FieldError("type", f"{kind!r} is not a valid proxy type (only {DATAPLANE_TYPE!r})"))
+        if kind not in (DATAPLANE_TYPE, INGRESS_TYPE):
+            errors.append(
+                FieldError(
+                    "type", f"{kind!r} is not a valid proxy type ({DATAPLANE_TYPE!r} or {INGRESS_TYPE!r})"
+                )
+            )
         valid_for = parse_valid_for(body.get("validFor"), errors, DEFAULT_DATAPLANE_VALIDITY)
         if errors:
             raise ResourceValidationError(errors, title=INVALID)
         await mesh_must_exist(mesh, "mesh")
-        token = await tokens.issue_dataplane_token(mesh=mesh, name=name, tags=tags, valid_for=valid_for)
+        token = await tokens.issue_dataplane_token(
+            mesh=mesh, name=name, tags=tags, valid_for=valid_for, type=kind
+        )
         return PlainTextResponse(token)
 
     @router.post(

@@ -14,7 +14,7 @@ from isthmus.policies.sections import (
     mesh_ref,
     target_ref_problems,
 )
-from isthmus.resources.common import FreeForm, Model, TargetRef
+from isthmus.resources.common import Model, TargetRef
 from isthmus.resources.duration import Duration
 
 
@@ -104,9 +104,66 @@ class LoadBalancer(Model):
     maglev: Maglev | None = None
 
 
+class AffinityTag(Model):
+    key: str = Field(min_length=1)
+    weight: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+
+
+class LocalZone(Model):
+    affinity_tags: list[AffinityTag] | None = Field(default=None, alias="affinityTags")
+
+
+class ToZones(Model):
+    type: str = Field(pattern="^(Any|Only|AnyExcept|None)$")
+    zones: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _zones(self) -> ToZones:
+        if self.type in ("Only", "AnyExcept") and not self.zones:
+            raise ValueError(f"zones: required (at least one) with type {self.type}")
+        if self.type in ("Any", "None") and self.zones:
+            raise ValueError(f"zones: not allowed with type {self.type}")
+        return self
+
+
+class FromZones(Model):
+    zones: list[str] = Field(min_length=1)
+
+
+class Failover(Model):
+    from_: FromZones | None = Field(default=None, alias="from")
+    to: ToZones
+
+
+class FailoverThreshold(Model):
+    percentage: int | str
+
+    @field_validator("percentage")
+    @classmethod
+    def _percent(cls, v: int | str) -> int | str:
+        try:
+            value = float(v)
+        except ValueError:
+            raise ValueError("must be a number between 0 and 100") from None
+        if not 0 < value <= 100:
+            raise ValueError("must be greater than 0 and at most 100")
+        return v
+
+
+class CrossZone(Model):
+    failover: list[Failover] | None = None
+    failover_threshold: FailoverThreshold | None = Field(default=None, alias="failoverThreshold")
+
+
+class LocalityAwareness(Model):
+    disabled: bool | None = None
+    local_zone: LocalZone | None = Field(default=None, alias="localZone")
+    cross_zone: CrossZone | None = Field(default=None, alias="crossZone")
+
+
 class Conf(Model):
     load_balancer: LoadBalancer | None = Field(default=None, alias="loadBalancer")
-    locality_awareness: FreeForm | None = Field(default=None, alias="localityAwareness")
+    locality_awareness: LocalityAwareness | None = Field(default=None, alias="localityAwareness")
     hash_policies: list[HashPolicy] | None = Field(default=None, alias="hashPolicies")
 
 

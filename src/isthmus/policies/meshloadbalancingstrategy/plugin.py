@@ -1,7 +1,7 @@
 """MeshLoadBalancingStrategy: the destination clusters' balancer, and the hash keys routes hand to it.
 
-``localityAwareness`` is accepted and kept for multi-zone (``LoadBalancer.locality_aware``); in one zone every
-endpoint has the same locality, so it changes nothing yet.
+``localityAwareness`` becomes ``LoadBalancer.locality``; :mod:`isthmus.ingress.locality` turns it into Envoy
+priorities per zone once the endpoints are known (the local zone first, other zones as failover).
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from typing import Literal, cast
 
 from isthmus.ir.evolve import evolve
 from isthmus.ir.model import Cluster, OutboundListener
+from isthmus.ir.traffic import Failover as FailoverIR
 from isthmus.ir.traffic import HashPolicy as HashPolicyIR
 from isthmus.ir.traffic import LoadBalancer as LoadBalancerIR
+from isthmus.ir.traffic import Locality
 from isthmus.policies.engine import Resolved
 from isthmus.policies.meshloadbalancingstrategy.api import (
     Conf,
     HashPolicy,
     HashType,
     LbType,
+    LocalityAwareness,
     MeshLoadBalancingStrategySpec,
 )
 from isthmus.policies.plugin import ToFromPlugin, derived, policy_type
@@ -42,6 +45,29 @@ def _hash(policy: HashPolicy) -> HashPolicyIR:
     raise ValueError(f"hash policy {policy.type.value} lacks its section")
 
 
+def _locality(la: LocalityAwareness) -> Locality:
+    cross = la.cross_zone
+    failover = None
+    if cross is not None and cross.failover is not None:
+        failover = tuple(
+            FailoverIR(
+                cast(Literal["Any", "Only", "AnyExcept", "None"], f.to.type),
+                tuple(f.to.zones or ()),
+                tuple(f.from_.zones) if f.from_ is not None else (),
+            )
+            for f in cross.failover
+        )
+    threshold = None
+    if cross is not None and cross.failover_threshold is not None:
+        threshold = max(1, round(float(cross.failover_threshold.percentage)))
+    tags = (
+        tuple((t.key, t.weight) for t in (la.local_zone.affinity_tags or []) if la.local_zone)
+        if la.local_zone
+        else ()
+    )
+    return Locality(bool(la.disabled), failover, threshold, tags)
+
+
 LbKind = Literal["RoundRobin", "LeastRequest", "RingHash", "Random", "Maglev"]
 HashFunction = Literal["XXHash", "MurmurHash2"]
 
@@ -50,10 +76,11 @@ def load_balancer(conf: Conf) -> LoadBalancerIR:
     lb = conf.load_balancer
     kind: LbKind = lb.type.value if lb else "RoundRobin"
     hashes = list(conf.hash_policies or [])
+    la = conf.locality_awareness
     out = LoadBalancerIR(
         type=kind,
-        locality_aware=bool(conf.locality_awareness)
-        and not bool((conf.locality_awareness or {}).get("disabled")),
+        locality_aware=la is not None and not la.disabled,
+        locality=_locality(la) if la is not None else None,
     )
     if lb is not None and lb.type is LbType.LEAST_REQUEST and lb.least_request:
         bias = lb.least_request.active_request_bias

@@ -14,19 +14,32 @@ from isthmus.xds.translate.common import ads, duration_ms, pack, socket_address
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+def _lb_endpoint(e: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+    out = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))
+    )
+    if e.weight != 1:
+        out.load_balancing_weight.value = e.weight
+    return out
+
+
 def _lb_endpoints(endpoints: tuple[Endpoint, ...]) -> list[endpoint_components_pb2.LocalityLbEndpoints]:
+    """One group per (priority, zone), lowest priority first; endpoints without a zone and priority form one
+    group without a locality, as before multi-zone."""
     if not endpoints:
         return []
-    return [
-        endpoint_components_pb2.LocalityLbEndpoints(
-            lb_endpoints=[
-                endpoint_components_pb2.LbEndpoint(
-                    endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port))
-                )
-                for e in endpoints
-            ]
+    groups: dict[tuple[int, str], list[Endpoint]] = {}
+    for e in endpoints:
+        groups.setdefault((e.priority, e.locality), []).append(e)
+    out = []
+    for (priority, zone), members in sorted(groups.items()):
+        group = endpoint_components_pb2.LocalityLbEndpoints(
+            lb_endpoints=[_lb_endpoint(e) for e in members], priority=priority
         )
-    ]
+        if zone:
+            group.locality.zone = zone
+        out.append(group)
+    return out
 
 
 def cluster(ir: Cluster) -> cluster_pb2.Cluster:
@@ -53,11 +66,14 @@ def cluster(ir: Cluster) -> cluster_pb2.Cluster:
     resilience.cluster(out, ir)
     if ir.tls is not None:
         out.transport_socket.CopyFrom(
-            tls.upstream_socket(ir.tls, ir.verify_spiffe_id, http2=ir.protocol is Protocol.HTTP2)
+            tls.upstream_socket(ir.tls, ir.verify_spiffe_id, http2=ir.protocol is Protocol.HTTP2, sni=ir.sni)
         )
     names.external(out, ir)  # a MeshExternalService's upstream: DNS, its own TLS
     return out
 
 
 def endpoints(ir: EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
-    return endpoint_pb2.ClusterLoadAssignment(cluster_name=ir.cluster, endpoints=_lb_endpoints(ir.endpoints))
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=ir.cluster, endpoints=_lb_endpoints(ir.endpoints))
+    if ir.overprovisioning is not None:
+        out.policy.overprovisioning_factor.value = ir.overprovisioning
+    return out

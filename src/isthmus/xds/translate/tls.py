@@ -53,11 +53,13 @@ def downstream_socket(tls: MeshTls, trust_domain_prefix: str) -> base_pb2.Transp
 
 
 @lru_cache(maxsize=4096)
-def upstream_socket(tls: MeshTls, spiffe_id: str, http2: bool) -> base_pb2.TransportSocket:
+def upstream_socket(tls: MeshTls, spiffe_id: str, http2: bool, sni: str = "") -> base_pb2.TransportSocket:
+    """``sni``: the server name a remote zone's ingress routes on (isthmus.ingress.sni); "" for none."""
     ctx = tls_pb2.UpstreamTlsContext(
         # clients offer up to TLS 1.3 (Envoy's upstream default stops at 1.2), so any inbound MeshTLS works
         common_tls_context=_common(
             tls, string_pb2.StringMatcher(exact=spiffe_id), ["h2"] if http2 else [], default_max="TLSv1_3"
         ),
+        sni=sni,
     )
     return transport_socket(TLS_SOCKET, ctx)
