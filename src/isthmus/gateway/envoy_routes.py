@@ -372,7 +372,12 @@ def route_configuration(
         for entry in entries
         for r in [
             # consumer-scoped plugin configurations: the consumers' copies first (isthmus.gateway.plugins.auth)
-            *consumer_copies(scopes, entry.route.id, entry.route.service_id, partial(_envoy_routes, workspace, entry, services, upstreams, https, port)),  # fmt: skip
+            *consumer_copies(
+                scopes,
+                entry.route.id,
+                entry.route.service_id,
+                partial(_envoy_routes, workspace, entry, services, upstreams, https, port),
+            ),
             *_envoy_routes(
                 workspace,
                 entry,
@@ -431,7 +436,8 @@ def route_message(
                 for r in _envoy_routes(workspace, entry, services, upstreams, https, port, plugins)
             ]
             _ROUTE_MEMO[key] = messages
-        copies = consumer_copies(scopes, entry.route.id, entry.route.service_id, partial(_envoy_routes, workspace, entry, services, upstreams, https, port))  # fmt: skip
+        build = partial(_envoy_routes, workspace, entry, services, upstreams, https, port)
+        copies = consumer_copies(scopes, entry.route.id, entry.route.service_id, build)
         vhost.routes.extend(json_format.ParseDict(r, route_components_pb2.Route()) for r in copies)
         vhost.routes.extend(messages)
     vhost.routes.append(
