@@ -23,8 +23,8 @@ pytestmark = pytest.mark.e2e
 
 
 class _Echo(BaseHTTPRequestHandler):
-    """Echoes the request as JSON; ``x-status`` and ``x-content-type`` set the answer's status and type and
-    ``x-reply-<name>: <value>`` adds a response header."""
+    """Echoes the request as JSON; ``x-status``, ``x-content-type`` and ``x-body`` set the answer's status, type and
+    body and ``x-reply-<name>: <value>`` adds a response header."""
 
     protocol_version = "HTTP/1.1"
     hits: list[str] = []
@@ -40,7 +40,7 @@ class _Echo(BaseHTTPRequestHandler):
             "all_headers": [[k.lower(), v] for k, v in self.headers.items()],
             "body": body,
         }
-        data = json.dumps(echo).encode()
+        data = (self.headers.get("x-body") or json.dumps(echo)).encode()
         self.send_response(int(self.headers.get("x-status") or 200))
         self.send_header("content-type", self.headers.get("x-content-type") or "application/json")
         for name, value in self.headers.items():
@@ -109,7 +109,8 @@ def _applied(s: Setup, path: str, check: Any, **kwargs: Any) -> httpx.Response:
     """The gateway's answer for ``path`` once ``check`` holds (the configuration reached the gateway)."""
 
     def ready() -> httpx.Response | None:
-        response = s.gw.http.request(kwargs.get("method", "GET"), path, headers=kwargs.get("headers"))
+        method = kwargs.get("method", "GET")
+        response = s.gw.http.request(method, path, headers=kwargs.get("headers"), json=kwargs.get("json"))
         return response if check(response) else None
 
     answer = wait_for(ready, 60, what=f"configuration applied for {path}")
@@ -179,11 +180,35 @@ def test_request_transformer_order_and_method(setup: Setup) -> None:
     bare = _json(s.gw.get("/rt-all/p"))
     assert bare["path"] == "/p?add=A&app=2"
     assert "x-new" not in bare["headers"] and "x-rep" not in bare["headers"]
-    # a body field and a template are refused with Kong's error body, nothing stored
-    _refused(s, "request-transformer", {"add": {"body": ["a:1"]}},
-             {"config": {"add": {"body": "transforming request bodies is not supported yet"}}})  # fmt: skip
+    # a template is refused with Kong's error body, nothing stored
+    _refused(s, "request-transformer", {"add": {"body": ["a:$(query_params.a)"]}},
+             {"config": {"add": {"body": "templates ($(...)) are not supported yet"}}})  # fmt: skip
     _refused(s, "request-transformer", {"add": {"headers": ["X-A"]}},
              {"config": {"add": {"headers": ["invalid value: X-A"]}}})  # fmt: skip
+
+
+def test_request_transformer_bodies(setup: Setup) -> None:
+    s = setup
+    config = {
+        "remove": {"body": ["gone"]},
+        "rename": {"body": ["old:new"]},
+        "replace": {"body": ["rep:R"]},
+        "add": {"body": ["add:A"]},
+        "append": {"body": ["app:2"]},
+    }
+    _route(s, "rt-body", ["/rt-body"], "request-transformer", config)
+    sent = {"gone": 1, "old": {"a": [1, 2]}, "rep": "x", "app": "1", "keep": None}
+    got = _applied(s, "/rt-body", lambda r: "add" in _json(r)["body"], method="POST", json=sent)
+    assert json.loads(_json(got)["body"]) == {"new": {"a": [1, 2]}, "rep": "R", "app": ["1", "2"], "add": "A", "keep": None}  # fmt: skip
+    assert _json(got)["headers"]["content-length"] == str(len(_json(got)["body"]))
+    form = s.gw.http.post("/rt-body", data={"gone": "1", "old": "o", "rep": "x", "add": "mine"})
+    assert _json(form)["body"] == "add=mine&app=2&new=o&rep=R"
+    parts = s.gw.http.post("/rt-body", files={"old": (None, "o"), "gone": (None, "g")})
+    body = _json(parts)["body"]
+    assert 'name="new"\r\n\r\no\r\n' in body and 'name="add"\r\n\r\nA\r\n' in body and "gone" not in body
+    # a body that is not JSON is left as is, as Kong does
+    plain = s.gw.http.post("/rt-body", content="not json", headers={"content-type": "application/json"})
+    assert _json(plain)["body"] == "not json"
 
 
 def test_response_transformer(setup: Setup) -> None:
@@ -210,9 +235,24 @@ def test_response_transformer(setup: Setup) -> None:
     assert "x-a" not in got.headers and "x-b" not in got.headers
     assert got.headers["x-c"] == "b" and got.headers["x-d"] == "replaced"
     assert got.headers.get_list("x-e") == ["one", "two"]
-    # "Remove a JSON property": refused (no native JSON body edit), Kong's error body, nothing stored
-    _refused(s, "response-transformer", {"remove": {"json": ["custom_property"]}},
-             {"config": {"remove": {"json": "transforming JSON response bodies is not supported yet"}}})  # fmt: skip
+    # "Remove a JSON property"
+    _route(s, "resp-json", ["/resp-json"], "response-transformer", {"remove": {"json": ["custom_property"]}})
+    product = json.dumps({"custom_property": "internal", "id": 7, "name": "widget"})
+    stripped = _applied(
+        s,
+        "/resp-json",
+        lambda r: "id" in r.json() and "custom_property" not in r.json(),
+        headers={"x-body": product},
+    )
+    assert stripped.json() == {"id": 7, "name": "widget"}
+    json_config = {"add": {"json": ["n:42", "flag:true", "s:text"], "json_types": ["number", "boolean"]},
+                   "rename": {"json": ["path:where"]}, "remove": {"json": ["headers", "all_headers"]}}  # fmt: skip
+    _route(s, "resp-json2", ["/resp-json2"], "response-transformer", json_config)
+    typed = _applied(s, "/resp-json2", lambda r: "where" in r.json())
+    assert typed.json() == {"method": "GET", "where": "/", "body": "", "n": 42, "flag": True, "s": "text"}
+    # not JSON: passed unchanged
+    text = s.gw.get("/resp-json2", headers={"x-content-type": "text/plain"})
+    assert json.loads(text.text)["path"] == "/"
 
 
 def test_ip_restriction_docs_examples(setup: Setup) -> None:
@@ -227,17 +267,20 @@ def test_ip_restriction_docs_examples(setup: Setup) -> None:
     # "Allow an IP and a range": not the client either
     _route(s, "ip-allow", ["/ip-allow"], "ip-restriction", {"allow": ["203.0.113.1", "192.0.2.0/24"]})
     assert _applied(s, "/ip-allow", lambda r: r.status_code == 403).status_code == 403
-    # "Deny an IP range": the client is not in it
+    # "Deny an IP range": the client is not in it; and allowed by a range of its own
     _route(s, "ip-deny", ["/ip-deny"], "ip-restriction", {"deny": ["198.51.100.0/24"]})
-    allowed = _applied(s, "/ip-deny", lambda r: r.status_code == 200)
-    assert _json(allowed)["path"] == "/"
-    # deny wins over allow; Kong's status and message
+    _route(s, "ip-mine", ["/ip-mine"], "ip-restriction", {"allow": ["127.0.0.0/8"], "deny": ["10.0.0.0/8"]})
+    # deny wins over allow; Kong's status and message (made last: once it answers, the others are applied too)
     config = {"allow": ["127.0.0.0/8", "::1"], "deny": ["127.0.0.1"], "status": 401, "message": "go away"}
     _route(s, "ip-both", ["/ip-both"], "ip-restriction", config)
     both = _applied(s, "/ip-both", lambda r: r.status_code == 401)
     assert both.json() == {"message": "go away"}
-    _route(s, "ip-mine", ["/ip-mine"], "ip-restriction", {"allow": ["127.0.0.0/8"], "deny": ["10.0.0.0/8"]})
-    assert _applied(s, "/ip-mine", lambda r: r.status_code == 200).status_code == 200
+    assert _json(s.gw.get("/ip-deny/x"))["path"] == "/x"
+    assert _json(s.gw.get("/ip-mine/y"))["path"] == "/y"
+    # a denied range holding the client
+    _route(s, "ip-deny-me", ["/ip-deny-me"], "ip-restriction", {"deny": ["127.0.0.0/8"]})
+    mine = _applied(s, "/ip-deny-me", lambda r: r.status_code == 403)
+    assert mine.json() == {"message": "IP address not allowed: 127.0.0.1"}
     _refused(s, "ip-restriction", {"allow": ["127.0.0.1/33"]},
              {"config": {"allow": ["invalid ip or cidr range: '127.0.0.1/33'"]}})  # fmt: skip
     entity = ["at least one of these fields must be non-empty: 'config.allow', 'config.deny'"]

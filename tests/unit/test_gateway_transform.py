@@ -3,6 +3,7 @@ config checks and error bodies, the per-route Envoy configuration, ``envoy --mod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ DOCS_EXAMPLES = [
     ("request-transformer", {"append": {"querystring": ["client_id: abc123"]}, "remove": {"headers": ["Header-Name"]}}),
     ("request-transformer", {"replace": {"uri": "/anything/$(uri_captures[1])"}}),
     ("response-transformer", {"add": {"headers": ["New-Header:Header Value"]}}),
+    ("response-transformer", {"remove": {"json": ["custom_property"]}}),
     ("ip-restriction", {"allow": ["203.0.113.0/24"], "deny": ["203.0.113.5"]}),
     ("ip-restriction", {"allow": ["203.0.113.1", "192.0.2.0/24"]}),
     ("ip-restriction", {"deny": ["198.51.100.0/24"]}),
@@ -36,9 +38,6 @@ def test_kong_docs_examples_are_accepted(name: str, config: dict[str, Any]) -> N
 @pytest.mark.parametrize(
     ("data", "fields"),
     [
-        # Kong's docs example "Remove a JSON property": refused, naming the field (no native JSON body edit)
-        ({"name": "response-transformer", "config": {"remove": {"json": ["custom_property"]}}},
-         {"config": {"remove": {"json": "transforming JSON response bodies is not supported yet"}}}),
         ({"name": "request-transformer", "config": {"add": {"headers": ["X-Nothing"]}}},
          {"config": {"add": {"headers": ["invalid value: X-Nothing"]}}}),
         ({"name": "request-transformer", "config": {"add": {"querystring": ["a:1", "b"]}}},
@@ -49,8 +48,8 @@ def test_kong_docs_examples_are_accepted(name: str, config: dict[str, Any]) -> N
          {"config": {"rename": {"headers": ["'bad name' is not a valid header"]}}}),
         ({"name": "request-transformer", "config": {"http_method": "get"}},
          {"config": {"http_method": "invalid value: get"}}),
-        ({"name": "request-transformer", "config": {"add": {"body": ["a:1"]}}},
-         {"config": {"add": {"body": "transforming request bodies is not supported yet"}}}),
+        ({"name": "request-transformer", "config": {"add": {"body": ["a:$(query_params.a)"]}}},
+         {"config": {"add": {"body": "templates ($(...)) are not supported yet"}}}),
         ({"name": "request-transformer", "config": {"add": {"headers": ["x-a:$(headers.b)"]}}},
          {"config": {"add": {"headers": "templates ($(...)) are not supported yet"}}}),
         ({"name": "request-transformer", "config": {"replace": {"uri": "/$(query_params.a)"}}},
@@ -140,7 +139,16 @@ def test_request_transformer_routes(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert all(r["route"]["host_rewrite_literal"] == "up.example" for r in plain)
     last = plain[-1]["typed_per_filter_config"]
-    assert last[request_transformer.METHOD_FILTER]["filter_context"] == {"method": "POST"}
+    edits = json.loads(last[request_transformer.LUA_FILTER]["filter_context"]["edits"])
+    assert edits == {
+        "method": "POST",
+        "body": False,
+        "remove": [],
+        "rename": [],
+        "replace": [],
+        "add": [],
+        "append": [],
+    }
     assert "query_parameter_mutations" not in last.get(request_transformer.FILTER, {}).get("mutations", {})
     first = plain[0]["typed_per_filter_config"][request_transformer.FILTER]["mutations"]
     assert first["query_parameter_mutations"][0]["append"]["record"] == {
@@ -163,6 +171,23 @@ def test_response_transformer_mutations() -> None:
         {"append": {"header": {"key": "x-e", "value": "e"}, "append_action": "ADD_IF_ABSENT"}},
         {"append": {"header": {"key": "x-f", "value": "f"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}},
     ]  # fmt: skip
+
+
+def test_transformer_body_edits() -> None:
+    request = request_transformer.Config.model_validate(
+        {"remove": {"body": ["a"]}, "rename": {"body": ["b:c"]}, "add": {"body": ["d:1:2"]}}
+    )
+    assert json.loads(request_transformer.lua_edits(request) or "") == {
+        "body": True, "remove": ["a"], "rename": [["b", "c"]], "replace": [], "add": [["d", "1:2"]], "append": []
+    }  # fmt: skip
+    assert request_transformer.lua_edits(request_transformer.Config()) is None
+    response = response_transformer.Config.model_validate(
+        {"add": {"json": ["n:42", "s:text", "e:"], "json_types": ["number"]}, "remove": {"json": ["x"]}}
+    )
+    assert json.loads(response_transformer.json_edits(response) or "") == {
+        "remove": ["x"], "rename": [], "replace": [], "append": [],
+        "add": [["n", "42", "number"], ["s", "text", None], ["e", "null", None]],
+    }  # fmt: skip
 
 
 def test_ip_restriction_policy_deny_wins() -> None:

@@ -10,16 +10,18 @@ querystring; within headers and querystring: remove, rename, replace, add, appen
   route's upstream Host (``host_rewrite_literal``), as Kong sets the upstream Host header.
 * ``replace.uri``: the route's ``regex_rewrite`` becomes the whole path (the query string is kept); Kong's
   ``$(uri_captures[n])`` / ``$(uri_captures.name)`` templates are the route regex's groups (``\\n``).
-* ``http_method``: a Lua filter sets ``:method``; to GET, HEAD or TRACE a form-encoded body's parameters are
-  appended to the query string, as Kong does.
+* ``http_method`` and the body: a Lua filter (``kong.request-transformer.lua``) sets ``:method`` (to GET, HEAD or
+  TRACE a form-encoded body's arguments are appended to the query string, as Kong does) and edits a JSON,
+  form-urlencoded or multipart body as Kong does (remove, rename and replace only a non-empty body; add and
+  append also an empty one; a multipart body has no append), setting Content-Length.
 
-Refused at apply ("not supported yet"): body fields (Envoy has no native form or JSON body edit that keeps Kong's
-conditions) and templates (``$(...)``) other than ``uri_captures`` in ``replace.uri``.
+Refused at apply ("not supported yet"): templates (``$(...)``) other than ``uri_captures`` in ``replace.uri``.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Annotated, Any
 
@@ -28,10 +30,10 @@ from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from isthmus.gateway.plugins import EnvoyRoute, PluginKind
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind, transform_lua
 
 FILTER = "kong.request-transformer"
-METHOD_FILTER = "kong.request-transformer.method"
+LUA_FILTER = "kong.request-transformer.lua"
 _MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 _MUTATION_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
@@ -45,26 +47,6 @@ _CAPTURE = re.compile(
     r"""\$\(\s*uri_captures\s*(?:\[\s*(\d+)\s*\]|\[\s*["']([^"']+)["']\s*\]|\.([A-Za-z_]\w*))\s*\)"""
 )
 TEMPLATE_REFUSED = "templates ($(...)) are not supported yet"
-
-# Kong's http_method change: to GET, HEAD or TRACE a form body's parameters join the query string.
-METHOD_LUA = """
-function envoy_on_request(handle)
-  local method = handle:filterContext():get("method")
-  if method == nil then return end
-  local headers = handle:headers()
-  headers:replace(":method", method)
-  if method ~= "GET" and method ~= "HEAD" and method ~= "TRACE" then return end
-  local content_type = string.lower(headers:get("content-type") or "")
-  if not string.find(content_type, "application/x-www-form-urlencoded", 1, true) then return end
-  local body = handle:body()
-  if body == nil or body:length() == 0 then return end
-  local form = body:getBytes(0, body:length())
-  headers = handle:headers()  -- the header map object does not outlive the wait for the body
-  local path = headers:get(":path")
-  local sep = string.find(path, "?", 1, true) and "&" or "?"
-  headers:replace(":path", path .. sep .. form)
-end
-"""
 
 
 def _name_value(entry: str) -> tuple[str, str]:
@@ -156,9 +138,7 @@ def checks(config: Config) -> dict[str, Any]:
     errors: dict[str, Any] = {}
     for section, fields in _sections(config).items():
         problems: dict[str, str] = {}
-        if fields.body:
-            problems["body"] = "transforming request bodies is not supported yet"
-        for field in ("headers", "querystring"):
+        for field in ("body", "headers", "querystring"):
             values = getattr(fields, field)
             if any("$(" in v for v in values):
                 problems[field] = TEMPLATE_REFUSED
@@ -275,6 +255,24 @@ def uri_rewrite(uri: str, match: dict[str, Any]) -> dict[str, Any]:
     return {"pattern": {"regex": pattern}, "substitution": "".join(out)}
 
 
+def lua_edits(config: Config) -> str | None:
+    """The Lua filter's edits (JSON): the method and the body edits, or None when there are none."""
+    body = [config.remove.body, config.rename.body, config.replace.body, config.add.body, config.append.body]
+    if config.http_method is None and not any(body):
+        return None
+    edits: dict[str, Any] = {
+        "body": any(body),
+        "remove": config.remove.body,
+        "rename": [list(_name_value(e)) for e in config.rename.body],
+        "replace": [list(_name_value(e)) for e in config.replace.body],
+        "add": [list(_name_value(e)) for e in config.add.body],
+        "append": [list(_name_value(e)) for e in config.append.body],
+    }
+    if config.http_method is not None:
+        edits["method"] = config.http_method
+    return json.dumps(edits, separators=(",", ":"))
+
+
 def _renamed_present(config: Config) -> list[str]:
     removed = set(config.remove.querystring)
     names = [_name_value(e)[0] for e in config.rename.querystring]
@@ -298,11 +296,12 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
                 action.pop(key, None)
             action["host_rewrite_literal"] = host
         per_filter = dict(r.get("typed_per_filter_config", {}))
-        if config.http_method is not None:
-            per_filter[METHOD_FILTER] = {
+        lua = lua_edits(config)
+        if lua is not None:
+            per_filter[LUA_FILTER] = {
                 "@type": _LUA_PER_ROUTE,
-                "name": "method",
-                "filter_context": {"method": config.http_method},
+                "name": "request",
+                "filter_context": {"edits": lua},
             }
         # one variant per combination of renamed parameters present, most present first (more specific match)
         for count in range(len(renamed), -1, -1):
@@ -335,9 +334,12 @@ KIND = PluginKind(
     checks=checks,
     http_filters=(
         {
-            "name": METHOD_FILTER,
+            "name": LUA_FILTER,
             "disabled": True,
-            "typed_config": {"@type": _LUA, "source_codes": {"method": {"inline_string": METHOD_LUA}}},
+            "typed_config": {
+                "@type": _LUA,
+                "source_codes": {"request": {"inline_string": transform_lua.REQUEST}},
+            },
         },
         {"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},
     ),

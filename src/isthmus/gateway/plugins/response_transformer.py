@@ -7,20 +7,24 @@ Kong's conditions map to Envoy's append actions: replace = ``OVERWRITE_IF_EXISTS
 append = ``APPEND_IF_EXISTS_OR_ADD``; a rename copies ``%RESP(old)%`` (nothing when the header is absent) then
 removes the old header. Known difference: Kong checks rename/replace/add against the headers as the upstream sent
 them, Envoy against the headers as the earlier edits left them (they differ only when one configuration edits
-the same header twice). Refused at apply ("not supported yet"): the JSON body fields (``json``), which Envoy cannot
-edit natively with Kong's conditions.
+the same header twice). The JSON body edits (``json``, typed by ``json_types``) are a Lua filter's
+(``kong.response-transformer.lua``): on an ``application/json`` response whose body is a JSON object, Kong's
+remove, rename, replace (a present, non-false name), add (an absent or false one) and append, then the body
+re-encoded (names sorted; Content-Length removed, as Kong does); another body is passed unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
 # Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from isthmus.gateway.plugins import EnvoyRoute, PluginKind
+from isthmus.gateway.plugins import EnvoyRoute, PluginKind, transform_lua
 from isthmus.gateway.plugins.request_transformer import _colon_headers, _literal, _name_value
 
 FILTER = "kong.response-transformer"
@@ -28,7 +32,9 @@ _MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v
 _MUTATION_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
 )
-JSON_REFUSED = "transforming JSON response bodies is not supported yet"
+LUA_FILTER = "kong.response-transformer.lua"
+_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 
 
 def _colon(value: str) -> str:
@@ -70,12 +76,30 @@ class Config(BaseModel):
     append: _Pairs = Field(default_factory=_Pairs)
 
 
-def checks(config: Config) -> dict[str, Any]:
-    errors: dict[str, Any] = {}
-    for section in ("remove", "rename", "replace", "add", "append"):
-        if getattr(config, section).json_:
-            errors[section] = {"json": JSON_REFUSED}
-    return errors
+def _typed(section: _Pairs) -> list[list[str | None]]:
+    """(name, value, json type) of each ``json`` entry (Kong: the i-th json_types entry types the i-th value; an
+    empty value is cjson's encoding of nil, the text "null")."""
+    out: list[list[str | None]] = []
+    for i, entry in enumerate(section.json_):
+        name, value = _name_value(entry)
+        kind = section.json_types[i] if i < len(section.json_types) else None
+        out.append([name, value if value != "" else "null", kind])
+    return out
+
+
+def json_edits(config: Config) -> str | None:
+    """The Lua filter's JSON body edits (JSON), or None when there are none."""
+    sections = (config.remove, config.rename, config.replace, config.add, config.append)
+    if not any(s.json_ for s in sections):
+        return None
+    edits = {
+        "remove": config.remove.json_,
+        "rename": [list(_name_value(e)) for e in config.rename.json_],
+        "replace": _typed(config.replace),
+        "add": _typed(config.add),
+        "append": _typed(config.append),
+    }
+    return json.dumps(edits, separators=(",", ":"))
 
 
 def _set(key: str, value: str, action: str) -> dict[str, Any]:
@@ -104,12 +128,21 @@ def mutations(config: Config) -> list[dict[str, Any]]:
 
 
 def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+    per_route: dict[str, Any] = {}
     edits = mutations(config)
-    if not edits:
+    if edits:
+        per_route[FILTER] = {"@type": _MUTATION_PER_ROUTE, "mutations": {"response_mutations": edits}}
+    body = json_edits(config)
+    if body is not None:
+        per_route[LUA_FILTER] = {
+            "@type": _LUA_PER_ROUTE,
+            "name": "response",
+            "filter_context": {"edits": body},
+        }
+    if not per_route:
         return routes
-    per_route = {"@type": _MUTATION_PER_ROUTE, "mutations": {"response_mutations": edits}}
     return [
-        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), FILTER: per_route}}
+        {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), **per_route}}
         for r in routes
     ]
 
@@ -119,6 +152,17 @@ KIND = PluginKind(
     priority=800,
     config=Config,
     apply=apply,
-    checks=checks,
-    http_filters=({"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},),
+    # responses pass the filters backwards: the header edits first, then the body's, as Kong's header and body
+    # filters run
+    http_filters=(
+        {
+            "name": LUA_FILTER,
+            "disabled": True,
+            "typed_config": {
+                "@type": _LUA,
+                "source_codes": {"response": {"inline_string": transform_lua.RESPONSE}},
+            },
+        },
+        {"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},
+    ),
 )

@@ -1,0 +1,408 @@
+"""The Lua sources of the transformer plugins' body edits (see :mod:`isthmus.gateway.plugins.request_transformer`
+and :mod:`isthmus.gateway.plugins.response_transformer`): a small JSON decoder and encoder (JSON null and empty
+arrays kept), form arguments as ngx reads and writes them, and Kong's edits in Kong's order. Each route's edits
+come as a JSON string in the filter's ``filter_context`` (``edits``), decoded once per worker."""
+
+# JSON: decode(text) -> value | nil, error; encode(value) -> text. Arrays carry the ARRAY metatable (so that an
+# empty one stays "[]"), JSON null is the NULL table (a present, truthy value, as cjson.null is).
+JSON = r"""
+local NULL = setmetatable({}, { __tojson = "null" })
+local ARRAY = {}
+
+local json_decode
+do
+  local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+  local function utf8(cp)
+    if cp < 0x80 then return string.char(cp) end
+    if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
+    if cp < 0x10000 then
+      return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+    end
+    return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
+      0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+  end
+  local function skip(s, i) return string.find(s, "[^ \t\r\n]", i) or #s + 1 end
+  local function text(s, i)
+    local parts, j = {}, i + 1
+    while true do
+      local k = string.find(s, '["\\]', j)
+      if k == nil then error("unterminated string") end
+      parts[#parts + 1] = string.sub(s, j, k - 1)
+      if string.sub(s, k, k) == '"' then return table.concat(parts), k + 1 end
+      local e = string.sub(s, k + 1, k + 1)
+      if e == "u" then
+        local cp = tonumber(string.sub(s, k + 2, k + 5), 16)
+        if cp == nil then error("bad unicode escape") end
+        j = k + 6
+        if cp >= 0xD800 and cp < 0xDC00 and string.sub(s, j, j + 1) == "\\u" then
+          local low = tonumber(string.sub(s, j + 2, j + 5), 16)
+          if low and low >= 0xDC00 and low < 0xE000 then
+            cp, j = 0x10000 + (cp - 0xD800) * 1024 + (low - 0xDC00), j + 6
+          end
+        end
+        parts[#parts + 1] = utf8(cp)
+      elseif escapes[e] then
+        parts[#parts + 1] = escapes[e]
+        j = k + 2
+      else
+        error("bad escape")
+      end
+    end
+  end
+  local function value(s, i, depth)
+    if depth > 128 then error("too deep") end
+    i = skip(s, i)
+    local c = string.sub(s, i, i)
+    if c == "{" then
+      local out = {}
+      i = skip(s, i + 1)
+      if string.sub(s, i, i) == "}" then return out, i + 1 end
+      while true do
+        if string.sub(s, i, i) ~= '"' then error("expected a name") end
+        local name
+        name, i = text(s, i)
+        i = skip(s, i)
+        if string.sub(s, i, i) ~= ":" then error("expected ':'") end
+        out[name], i = value(s, i + 1, depth + 1)
+        i = skip(s, i)
+        c = string.sub(s, i, i)
+        if c == "}" then return out, i + 1 end
+        if c ~= "," then error("expected ','") end
+        i = skip(s, i + 1)
+      end
+    elseif c == "[" then
+      local out = setmetatable({}, ARRAY)
+      i = skip(s, i + 1)
+      if string.sub(s, i, i) == "]" then return out, i + 1 end
+      while true do
+        out[#out + 1], i = value(s, i, depth + 1)
+        i = skip(s, i)
+        c = string.sub(s, i, i)
+        if c == "]" then return out, i + 1 end
+        if c ~= "," then error("expected ','") end
+        i = i + 1
+      end
+    elseif c == '"' then
+      return text(s, i)
+    elseif string.sub(s, i, i + 3) == "true" then
+      return true, i + 4
+    elseif string.sub(s, i, i + 4) == "false" then
+      return false, i + 5
+    elseif string.sub(s, i, i + 3) == "null" then
+      return NULL, i + 4
+    end
+    local number = string.match(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+    if number == nil or tonumber(number) == nil then error("unexpected character") end
+    return tonumber(number), i + #number
+  end
+  json_decode = function(s)
+    if type(s) ~= "string" then return nil, "not text" end
+    local ok, result, i = pcall(value, s, 1, 0)
+    if not ok then return nil, result end
+    if skip(s, i) <= #s then return nil, "trailing characters" end
+    return result
+  end
+end
+
+local SHORT = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+  ["\b"] = "\\b", ["\f"] = "\\f" }
+local function json_string(s)
+  return '"' .. string.gsub(s, '[%c"\\]', function(c)
+    return SHORT[c] or string.format("\\u%04x", string.byte(c))
+  end) .. '"'
+end
+
+local function json_encode(v)
+  local t = type(v)
+  if v == NULL then return "null" end
+  if t == "string" then return json_string(v) end
+  if t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    return string.format("%.14g", v)
+  end
+  if t == "boolean" then return tostring(v) end
+  if t ~= "table" then return "null" end
+  if getmetatable(v) == ARRAY or (next(v) ~= nil and #v > 0) then
+    local parts = {}
+    for i = 1, #v do parts[i] = json_encode(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  local names = {}
+  for name in pairs(v) do names[#names + 1] = tostring(name) end
+  table.sort(names)
+  local parts = {}
+  for i, name in ipairs(names) do parts[i] = json_string(name) .. ":" .. json_encode(v[name]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+-- the route's edits, decoded once per distinct text
+local EDITS = {}
+local function edits_of(context)
+  local raw = context:get("edits")
+  local found = EDITS[raw]
+  if found == nil then
+    found = json_decode(raw)
+    EDITS[raw] = found
+  end
+  return found
+end
+
+-- Kong's append_value: a text becomes a list with the new value, a list gets it, anything else is replaced
+local function append_value(current, value)
+  if type(current) == "string" then return setmetatable({ current, value }, ARRAY) end
+  if type(current) == "table" and current ~= NULL and getmetatable(current) == ARRAY then
+    current[#current + 1] = value
+    return current
+  end
+  return setmetatable({ value }, ARRAY)
+end
+"""
+
+# request-transformer: http_method (with a form body's arguments moved to the query string for GET, HEAD and
+# TRACE) and the body edits of a JSON or form-urlencoded body (Kong's transform_json_body /
+# transform_url_encoded_body, transform_multipart_body).
+REQUEST = (
+    JSON
+    + r"""
+local function url_decode(s)
+  s = string.gsub(s, "%+", " ")
+  return (string.gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function url_encode(s)
+  return (string.gsub(s, "[^%w%-%._~]", function(c) return string.format("%%%02X", string.byte(c)) end))
+end
+
+local function decode_args(body)
+  local args = {}
+  for pair in string.gmatch(body or "", "[^&]+") do
+    local eq = string.find(pair, "=", 1, true)
+    local name = url_decode(eq and string.sub(pair, 1, eq - 1) or pair)
+    local value = eq and url_decode(string.sub(pair, eq + 1)) or true
+    if name ~= "" then
+      local prev = args[name]
+      if prev == nil then args[name] = value
+      elseif type(prev) == "table" then prev[#prev + 1] = value
+      else args[name] = setmetatable({ prev, value }, ARRAY) end
+    end
+  end
+  return args
+end
+
+local function encode_args(args)
+  local names, parts = {}, {}
+  for name in pairs(args) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local value = args[name]
+    local values = type(value) == "table" and value or { value }
+    for _, v in ipairs(values) do
+      if v == true then parts[#parts + 1] = url_encode(name)
+      elseif v ~= false then parts[#parts + 1] = url_encode(name) .. "=" .. url_encode(tostring(v)) end
+    end
+  end
+  return table.concat(parts, "&")
+end
+
+-- Kong's edits of a decoded body; "form" bodies add only absent names (== nil), JSON ones also falsy ones
+local function edit(parameters, edits, has_body, form)
+  local changed = false
+  if has_body then
+    for _, name in ipairs(edits.remove) do parameters[name] = nil; changed = true end
+    for _, pair in ipairs(edits.rename) do
+      local old, new = pair[1], pair[2]
+      if old ~= new and parameters[old] then
+        parameters[new], parameters[old] = parameters[old], nil
+        changed = true
+      end
+    end
+    for _, pair in ipairs(edits.replace) do
+      if parameters[pair[1]] then parameters[pair[1]] = pair[2]; changed = true end
+    end
+  end
+  for _, pair in ipairs(edits.add) do
+    local current = parameters[pair[1]]
+    if (form and current == nil) or (not form and not current) then
+      parameters[pair[1]] = pair[2]
+      changed = true
+    end
+  end
+  for _, pair in ipairs(edits.append) do
+    parameters[pair[1]] = append_value(parameters[pair[1]], pair[2])
+    changed = true
+  end
+  return changed
+end
+
+-- multipart/form-data: parts in order ({name = ..., head = raw part headers, value = ...})
+local function parse_multipart(body, boundary)
+  local parts = {}
+  local delimiter = "--" .. boundary
+  local position = string.find(body, delimiter, 1, true)
+  if position == nil then return nil end
+  position = position + #delimiter
+  while true do
+    if string.sub(body, position, position + 1) == "--" then return parts end
+    position = position + 2 -- CRLF after the delimiter
+    local next_at = string.find(body, "\r\n" .. delimiter, position, true)
+    if next_at == nil then return nil end
+    local raw = string.sub(body, position, next_at - 1)
+    local split = string.find(raw, "\r\n\r\n", 1, true)
+    if split == nil then return nil end
+    local head = string.sub(raw, 1, split - 1)
+    local name = string.match(head, '[Nn][Aa][Mm][Ee]="([^"]*)"') or string.match(head, "[Nn][Aa][Mm][Ee]=([^;%s]+)")
+    parts[#parts + 1] = { name = name, head = head, value = string.sub(raw, split + 4) }
+    position = next_at + 2 + #delimiter
+  end
+end
+
+local function multipart_find(parts, name)
+  for i, part in ipairs(parts) do
+    if part.name == name then return i end
+  end
+  return nil
+end
+
+local function multipart_delete(parts, name)
+  for i = #parts, 1, -1 do
+    if parts[i].name == name then table.remove(parts, i) end
+  end
+end
+
+local function multipart_set(parts, name, value)
+  local simple = { name = name, head = 'Content-Disposition: form-data; name="' .. name .. '"', value = value }
+  local i = multipart_find(parts, name)
+  if i ~= nil then parts[i] = simple else parts[#parts + 1] = simple end
+end
+
+-- Kong's transform_multipart_body: rename, remove, replace (non-empty body only), add; no append
+local function edit_multipart(parts, edits, has_body)
+  local changed = false
+  if has_body then
+    for _, pair in ipairs(edits.rename) do
+      local i = multipart_find(parts, pair[1])
+      if i ~= nil and pair[1] ~= pair[2] then
+        multipart_set(parts, pair[2], parts[i].value)
+        multipart_delete(parts, pair[1])
+        changed = true
+      end
+    end
+    for _, name in ipairs(edits.remove) do multipart_delete(parts, name); changed = true end
+    for _, pair in ipairs(edits.replace) do
+      if multipart_find(parts, pair[1]) ~= nil then
+        multipart_delete(parts, pair[1])
+        multipart_set(parts, pair[1], pair[2])
+        changed = true
+      end
+    end
+  end
+  for _, pair in ipairs(edits.add) do
+    if multipart_find(parts, pair[1]) == nil then multipart_set(parts, pair[1], pair[2]); changed = true end
+  end
+  return changed
+end
+
+local function encode_multipart(parts, boundary)
+  local out = {}
+  for _, part in ipairs(parts) do
+    out[#out + 1] = "--" .. boundary .. "\r\n" .. part.head .. "\r\n\r\n" .. part.value .. "\r\n"
+  end
+  out[#out + 1] = "--" .. boundary .. "--\r\n"
+  return table.concat(out)
+end
+
+function envoy_on_request(handle)
+  local edits = edits_of(handle:filterContext())
+  local headers = handle:headers()
+  local content_type = string.lower(headers:get("content-type") or "")
+  local json = string.find(content_type, "application/json", 1, true) ~= nil
+  local multi = not json and string.find(content_type, "multipart/form-data", 1, true) ~= nil
+  local form = not json and not multi and string.find(content_type, "application/x-www-form-urlencoded", 1, true) ~= nil
+  local boundary = multi and (string.match(headers:get("content-type"), '[Bb]oundary="([^"]+)"')
+    or string.match(headers:get("content-type"), "[Bb]oundary=([^;%s]+)"))
+  local method = edits.method
+  local to_query = method ~= nil and form and (method == "GET" or method == "HEAD" or method == "TRACE")
+  if method ~= nil then headers:replace(":method", method) end
+  if not to_query and not (edits.body and (json or form or boundary)) then return end
+  local buffered = handle:body()
+  local body = buffered and buffered:getBytes(0, buffered:length()) or ""
+  headers = handle:headers() -- the header map object does not outlive the wait for the body
+  if to_query and body ~= "" then
+    local path = headers:get(":path")
+    headers:replace(":path", path .. (string.find(path, "?", 1, true) and "&" or "?") .. body)
+  end
+  if not edits.body or not (json or form or boundary) then return end
+  local out
+  if boundary then
+    local parts = parse_multipart(body, boundary) or {}
+    if not edit_multipart(parts, edits, body ~= "") then return end
+    out = encode_multipart(parts, boundary)
+    if buffered then buffered:setBytes(out) else handle:body(true):setBytes(out) end
+    headers:replace("content-length", tostring(#out))
+    return
+  end
+  local parameters
+  if json then
+    if body == "" then parameters = {} else parameters = json_decode(body) end
+    if type(parameters) ~= "table" or parameters == NULL then return end -- not JSON (Kong leaves it as is)
+  else
+    parameters = decode_args(body)
+  end
+  if not edit(parameters, edits, body ~= "", form) then return end
+  out = json and json_encode(parameters) or encode_args(parameters)
+  if buffered then buffered:setBytes(out) else handle:body(true):setBytes(out) end
+  headers:replace("content-length", tostring(#out))
+end
+"""
+)
+
+# response-transformer: the JSON body edits of an application/json response (Kong's transform_json_body), the
+# values cast by json_types; a body that is not a JSON object is passed unchanged, as Kong does.
+RESPONSE = (
+    JSON
+    + r"""
+local function cast(value, kind)
+  if kind == "number" then return tonumber(value) end
+  if kind == "boolean" then return value == "true" end
+  return value
+end
+
+local function is_json(content_type)
+  for part in string.gmatch(content_type or "", "[^,]+") do
+    local main = string.lower(string.match(part, "^%s*([^;%s]*)") or "")
+    if main == "application/json" or main == "*/*" or main == "application/*" or main == "*/json" then
+      return true
+    end
+  end
+  return false
+end
+
+function envoy_on_response(handle)
+  local edits = edits_of(handle:filterContext())
+  local headers = handle:headers()
+  if not is_json(headers:get("content-type")) then return end
+  headers:remove("content-length")
+  local buffered = handle:body()
+  if buffered == nil then return end
+  local body = json_decode(buffered:getBytes(0, buffered:length()))
+  if type(body) ~= "table" or body == NULL then return end
+  for _, name in ipairs(edits.remove) do body[name] = nil end
+  for _, pair in ipairs(edits.rename) do
+    if body[pair[1]] ~= nil then body[pair[2]], body[pair[1]] = body[pair[1]], nil end
+  end
+  for _, edit in ipairs(edits.replace) do
+    local v = cast(edit[2], edit[3])
+    if body[edit[1]] and v ~= nil then body[edit[1]] = v end
+  end
+  for _, edit in ipairs(edits.add) do
+    local v = cast(edit[2], edit[3])
+    if not body[edit[1]] and v ~= nil then body[edit[1]] = v end
+  end
+  for _, edit in ipairs(edits.append) do
+    local v = cast(edit[2], edit[3])
+    if v ~= nil then body[edit[1]] = append_value(body[edit[1]], v) end
+  end
+  buffered:setBytes(json_encode(body))
+end
+"""
+)
