@@ -480,3 +480,49 @@ def test_passive_health_check_ejects_a_failing_target(
         gw.stop()
         good.stop()
         bad.stop()
+
+
+def test_consistent_hashing_keeps_a_key_on_its_target(
+    setup: tuple[ControlPlane, httpx.Client, App, Path],
+) -> None:
+    cp, kong, _, tmp = setup
+    one = App(tmp, "ch", instance="ch-1").start()
+    two = App(tmp, "ch", instance="ch-2").start()
+    targets = [{"target": f"127.0.0.1:{one.port}"}, {"target": f"127.0.0.1:{two.port}"}]
+    doc = {
+        "_format_version": "3.0",
+        "upstreams": [
+            # hash_on uri_capture (the user in the matched regex path), else the X-User header
+            {"name": "ch.upstream", "hash_on": "uri_capture", "hash_on_uri_capture": "user",
+             "hash_fallback": "header", "hash_fallback_header": "X-User", "targets": targets},
+        ],
+        "services": [
+            {"name": "ch", "host": "ch.upstream", "routes": [
+                {"name": "users", "paths": ["~/users/(?<user>[a-z]+)/"]},
+                {"name": "other", "paths": ["/other"]},
+            ]},
+        ],
+    }  # fmt: skip
+    _post_config(kong, "hashing", doc)
+    gw = Gateway(tmp, cp, "edge-hashing", workspace="hashing").start()
+    try:
+        wait_for(lambda: gw.get("/users/alice/1").status_code == 200, 60, what="hashing upstream served")
+        users = [f"user{chr(ord('a') + i)}" for i in range(16)]
+        placed = {}
+        for user in users:
+            # the capture, not the rest of the path (stripped before the upstream sees it), picks the target
+            seen = {_json(gw.get(f"/users/{user}/{n}"))["instance"] for n in range(4)}
+            assert len(seen) == 1, (user, seen)
+            placed[user] = seen.pop()
+        assert set(placed.values()) == {"ch-1", "ch-2"}, placed
+        got = _json(gw.get("/users/alice/x"))
+        # the path copy the routes hash on stays in Envoy
+        assert got["path"] == "/x" and "x-isthmus-hash-path" not in got["headers"]
+        # no capture on this route: the fallback header
+        for user in users[:4]:
+            seen = {_json(gw.get(f"/other/{n}", headers={"X-User": user}))["instance"] for n in range(4)}
+            assert len(seen) == 1, (user, seen)
+    finally:
+        gw.stop()
+        one.stop()
+        two.stop()

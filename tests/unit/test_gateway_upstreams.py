@@ -151,9 +151,17 @@ def test_hash_on_consumer_and_uri_capture(tmp_path: Path) -> None:
     regex_route = routes[r"up ~/users/(?<user>\w+)/items"]["route"]
     assert regex_route["hash_policy"] == [
         {"header": {"header_name": "x-consumer-id"}, "terminal": True},
-        {"header": {"header_name": ":path", "regex_rewrite": {
+        {"header": {"header_name": "x-isthmus-hash-path", "regex_rewrite": {
             "pattern": {"regex": r"^(?:/users/(?<user>\w+)/items).*$"}, "substitution": "\\1"}}},
     ]  # fmt: skip
+    # the route copies the path it matched before its rewrite (Envoy hashes after it); the cluster drops the copy
+    copied = routes[r"up ~/users/(?<user>\w+)/items"]["request_headers_to_add"][0]["header"]
+    assert copied == {"key": "x-isthmus-hash-path", "value": "%REQ(:PATH)%"}
+    cluster = next(c for c in xds[types.CLUSTER] if c["name"] == cluster_name(WS, "s-u"))
+    options = next(iter(cluster["typed_extension_protocol_options"].values()))
+    assert options["http_filters"][0]["typed_config"]["mutations"]["request_mutations"] == [
+        {"remove": "x-isthmus-hash-path"}
+    ]
     # a prefix path has no capture: only the consumer
     assert routes["up /u"]["route"]["hash_policy"] == [{"header": {"header_name": "x-consumer-id"}}]
     _envoy_validate(xds, tmp_path)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from functools import partial
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -28,9 +28,11 @@ from isthmus.gateway.router import (
 from isthmus.policies.regex import RegexError, compile_regex
 
 NO_SERVICE_MESSAGE = "no Service found with those values"
-CONSUMER_ID_HEADER = (
-    "x-consumer-id"  # set by the auth filter once a consumer is identified (hash_on: consumer)
-)
+# set by the auth filter once a consumer is identified (hash_on: consumer)
+CONSUMER_ID_HEADER = "x-consumer-id"
+# The request's path as the router matched it, copied by the route before its path rewrite (Envoy hashes after the
+# rewrite) for ``hash_on: uri_capture``; the Upstream's cluster removes it before the upstream sees it.
+HASH_PATH_HEADER = "x-isthmus-hash-path"
 HTTPS_REQUIRED_MESSAGE = "Please use HTTPS protocol"
 _JSON = "application/json; charset=utf-8"
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}  # fmt: skip
@@ -218,6 +220,14 @@ def _capture_rewrite(path: str | None, capture: str) -> dict[str, Any] | None:
     return {"pattern": {"regex": "^(?:" + path[1:] + ").*$"}, "substitution": f"\\{index}"}
 
 
+def uses_uri_capture(upstream: Mapping[str, Any] | None) -> bool:
+    return (
+        upstream is not None
+        and upstream.get("algorithm") == "consistent-hashing"
+        and "uri_capture" in (upstream.get("hash_on"), upstream.get("hash_fallback"))
+    )
+
+
 def _hash_policy(upstream: Mapping[str, Any] | None, path: str | None = None) -> list[dict[str, Any]]:
     """Envoy's hash policies for an Upstream's ``hash_on`` then ``hash_fallback``: the first is ``terminal``, so
     Envoy hashes on it alone when the request has its input and on the fallback otherwise, as Kong does.
@@ -251,7 +261,7 @@ def _hash_policy(upstream: Mapping[str, Any] | None, path: str | None = None) ->
         elif kind == "uri_capture" and upstream.get(f"{prefix}_uri_capture"):
             rewrite = _capture_rewrite(path, str(upstream[f"{prefix}_uri_capture"]))
             if rewrite is not None:
-                policy = {"header": {"header_name": ":path", "regex_rewrite": rewrite}}
+                policy = {"header": {"header_name": HASH_PATH_HEADER, "regex_rewrite": rewrite}}
         if policy is not None:
             out.append(policy)
     if len(out) > 1:
@@ -303,15 +313,24 @@ def _envoy_routes(
         if not spec.preserve_host:
             action.update(_host_rewrite(service, upstreams))
             action["append_x_forwarded_host"] = True  # the client's Host, as Kong's X-Forwarded-Host
-        hashing = _hash_policy(upstreams.get(str(service.get("host") or "")), path)
+        upstream = upstreams.get(str(service.get("host") or ""))
+        hashing = _hash_policy(upstream, path)
         if hashing:
             action["hash_policy"] = hashing
-        proxied = []
+        copy_path = uses_uri_capture(upstream) and path is not None and path.startswith("~")
+        proxied: list[dict[str, Any]] = []
         for extra, rewrite in _rewrites(spec, path):
             # an extra path specifier (the exact path of a stripped prefix) replaces the matcher's own
             kept = {k: v for k, v in match.items() if k in ("headers", "filter_state")}
             fields = {**(kept if extra else match), **extra}
             proxied.append({"name": name, "match": fields, "route": {**action, **rewrite}})
+            if copy_path:
+                proxied[-1]["request_headers_to_add"] = [
+                    {
+                        "header": {"key": HASH_PATH_HEADER, "value": "%REQ(:PATH)%"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ]
         out += mesh_leg.mark(kong_plugins.apply(plugins or {}, proxied), service, upstreams)
     return out
 

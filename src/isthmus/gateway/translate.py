@@ -70,18 +70,22 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from isthmus.gateway import healthchecks, mesh_leg
 from isthmus.gateway import plugins as kong_plugins
 from isthmus.gateway.envoy_routes import (
+    HASH_PATH_HEADER,
     SNI_FILTER_STATE,
     cluster_name,
     has_port,
@@ -89,6 +93,7 @@ from isthmus.gateway.envoy_routes import (
     route_config_name,
     route_message,
     seconds,
+    uses_uri_capture,
 )
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
@@ -98,6 +103,9 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+UPSTREAM_CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 SERVER_NAME_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
@@ -313,6 +321,25 @@ def _endpoint(host: str, port: int, weight: int = 1) -> dict[str, Any]:
     }
 
 
+def _without_hash_path_header() -> dict[str, Any]:
+    """The cluster's HTTP options for ``hash_on: uri_capture``: an upstream filter drops the path copy the routes
+    hash on (Envoy hashes before its upstream filters run), so the upstream never sees it."""
+    return {
+        "@type": HTTP_PROTOCOL_OPTIONS,
+        "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": {
+                    "@type": HEADER_MUTATION,
+                    "mutations": {"request_mutations": [{"remove": HASH_PATH_HEADER}]},
+                },
+            },
+            {"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": UPSTREAM_CODEC}},
+        ],
+    }
+
+
 def _ref(value: Any) -> str | None:
     """An entity reference's id (``{"id": ...}`` or the bare id), or None."""
     if isinstance(value, Mapping):
@@ -370,6 +397,10 @@ def cluster(
         "cluster_name": name,
         "endpoints": [{"lb_endpoints": lb_endpoints}] if lb_endpoints else [],
     }
+    if uses_uri_capture(upstream):
+        out["typed_extension_protocol_options"] = {
+            HTTP_PROTOCOL_OPTIONS.rsplit("/", 1)[1]: _without_hash_path_header()
+        }
     if upstream is not None and isinstance(upstream.get("healthchecks"), Mapping):
         host_header = str(upstream["host_header"]) if upstream.get("host_header") else None
         healthchecks.apply(out, upstream["healthchecks"], host_header)
