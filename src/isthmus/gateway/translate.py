@@ -33,7 +33,9 @@
 * An Upstream with ``algorithm: consistent-hashing`` is a RING_HASH cluster (``slots`` as the minimum ring size)
   and its routes hash on ``hash_on`` (a ``terminal`` policy) then ``hash_fallback``: consumer (``x-consumer-id``,
   set by the auth filter), ip, header, cookie (generated when missing), path (without the query), query_arg,
-  uri_capture (the route's regex capture, by a ``regex_rewrite`` of ``:path``); Envoy's ring is not Kong's, so
+  uri_capture (the route's regex capture, by a ``regex_rewrite`` of a copy of the matched path the route takes
+  before its own rewrite, since Envoy hashes after it; the cluster's upstream filter drops the copy); the ``path``
+  Envoy hashes is the upstream path (Kong's is the request's). Envoy's ring is not Kong's, so
   which target a given key reaches differs, but a key keeps its target.
 * An Upstream's ``healthchecks``: :mod:`isthmus.gateway.healthchecks` (active probes as Envoy health checks,
   passive ones as outlier detection, ``threshold`` as a failing panic threshold).
