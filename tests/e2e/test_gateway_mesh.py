@@ -275,6 +275,12 @@ def test_mesh_policies_apply_to_the_leg_unless_kong_sets_the_value(mesh: Mesh) -
     }
     assert routes["retry /retry"]["retry_policy"]["num_retries"] == 3
     assert "retry_policy" not in routes["no-retry /no-retry"]
+    # isthmus explain of the gateway proxy: the leg with the mesh's retry policy, and which Kong value wins
+    explained = _ok(mesh.cp.http.get("/meshes/default/dataplanes/edge-1/_explain", params={"to": "backend"}))
+    assert explained["outbound"]["name"] == "gateway-leg:backend"
+    assert explained["retry"]["http"]["num_retries"] == 3
+    assert "Kong Service 'backend-no-retry' sets retries=0: it overrides MeshRetry for this leg" in explained["kongOverrides"]  # fmt: skip
+    assert [d["allowed"] for d in explained["destinations"]] == [True]
 
 
 def test_sidecar_drops_consumer_headers_unless_the_caller_is_a_gateway(mesh: Mesh) -> None:
@@ -342,9 +348,15 @@ def test_mesh_scenario_with_key_auth(mesh: Mesh) -> None:
     _ok(mesh.kong.post("/consumers/alice/key-auth", json={"key": "alice-secret"}))
     gw = mesh.edge.http
     key = {"apikey": "alice-secret"}
-    wait_for(_answers(lambda: gw.get("/secure/x", headers=key), 200, "backend"), 60, what="key-auth route")
+    wait_for(_answers(lambda: gw.get("/secure/x"), 401), 60, what="key-auth on the route")
+
+    def alice() -> bool:
+        r = gw.get("/secure/x", headers=key)
+        return r.status_code == 200 and r.json()["headers"].get("x-consumer-username") == "alice"
+
+    wait_for(alice, 60, what="alice's key accepted")
     body = gw.get("/secure/x", headers=key).json()
-    assert body["headers"]["x-consumer-username"] == "alice"
+    assert body["service"] == "backend" and body["headers"]["x-consumer-custom-id"] == "alice-1"
     assert "URI=spiffe://default/edge" in body["caller"]
     # a forged consumer name never reaches the service through the gateway
     body = gw.get("/secure/x", headers=key | {"X-Consumer-Username": "mallory"}).json()
