@@ -51,8 +51,9 @@ keeps the client's port and is sent only when the Host is rewritten (not with ``
   RouteConfiguration (``kong:<ws>:https``) has no https redirects.
 
 * A Service whose host is ``<kuma.io/service>.mesh`` (Kuma's DNS names) is routed to the mesh's cluster of that
-  service (:func:`mesh_service`): the gateway Dataplane lists the service in ``networking.outbound`` for now, and the
-  mesh reconciler builds that cluster (mTLS with the gateway's identity, the mesh's policies for that outbound).
+  service (:func:`mesh_service`), which the mesh reconciler builds for the gateway (mTLS with the gateway's
+  identity, the mesh's policies for that leg; no ``networking.outbound`` entry needed), or to the Service's own copy
+  of it where Kong values win (:mod:`isthmus.gateway.mesh_leg`).
 
 Not yet: ``algorithm: latency`` and gRPC health probes (refused at apply), the Admin API's target health
 endpoints; the Kong-vs-Envoy differences that remain are listed in ``docs/gateway/routing.md``.
