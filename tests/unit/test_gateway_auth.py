@@ -149,3 +149,35 @@ def test_jwt_providers() -> None:
     assert (
         providers["cr"]["from_headers"] == [{"name": "x-isthmus-jwt"}] and providers["cr"]["forward"] is True
     )
+
+
+def test_gateway_resources_carry_credentials_by_ecds_only() -> None:
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.config.route.v3 import route_pb2
+    from google.protobuf import json_format
+
+    from isthmus.gateway.translate import ListenAddress, translate
+    from isthmus.xds import types
+
+    ws = _workspace(3)
+    out = translate("default", ws, [ListenAddress("127.0.0.1", 8000)])
+    ecds = {r.name: r for r in out[plugins.EXTENSION_CONFIG]}
+    assert sorted(ecds) == ["kong.auth", "kong.jwt"]
+    listener_pb = listener_pb2.Listener()
+    out[types.LISTENER][0].packed.Unpack(listener_pb)
+    listener = json_format.MessageToDict(listener_pb)
+    filters = listener["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"]
+    names = [f["name"] for f in filters]
+    assert (
+        names.index("kong.auth.pre")
+        < names.index("kong.jwt")
+        < names.index("kong.auth")
+        < names.index("kong.acl")
+    )
+    assert "configDiscovery" in filters[names.index("kong.auth")]
+    assert "key-1" not in json.dumps(listener)  # credentials are never in the listener
+    for resource in out[types.ROUTE]:
+        routes = route_pb2.RouteConfiguration()
+        resource.packed.Unpack(routes)
+        assert "key-1" not in json.dumps(json_format.MessageToDict(routes))
+    assert b"key-1" in ecds["kong.auth"].packed.value
