@@ -2,9 +2,9 @@
 tests/unit/test_docs_examples.py) hold when the page is followed step by step.
 
 Each resource block is applied with every resource block before it on the page, into test_docs_examples's base
-mesh. Gateway proxies are built as the control plane builds them: their mesh legs are the mesh services the page's
-Kong files name (``<service>.mesh``), and a gateway Dataplane without ``networking.outbound`` entries is run with
-``--proxy-listen 127.0.0.1:8000`` (the labels ``isthmus dp run`` sets). Kong files must load and validate.
+mesh. Gateway proxies are built as the control plane builds them: a gateway Dataplane without ``networking.outbound``
+entries is run with ``--proxy-listen 127.0.0.1:8000`` (the labels ``isthmus dp run`` sets) and its mesh legs are the
+mesh services the page's Kong files name (``<service>.mesh``); one with outbounds is in delegated mode. Kong files must load and validate.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def _apply(blocks: list[str]) -> Applied:
     for name, dp in dataplanes.items():
         spec = dp.spec
         assert isinstance(spec, DataplaneSpec)
-        gateway = spec.networking.gateway is not None
-        ir = build_proxy_ir(ctx, name, identity, legs if gateway else frozenset())
+        serves_kong = spec.networking.gateway is not None and "isthmus.io/gateway-listen" in dp.labels
+        ir = build_proxy_ir(ctx, name, identity, legs if serves_kong else frozenset())
         messages = translate(ir)
         assert Snapshot.build(messages).consistency_errors() == [], name
         irs[name] = ir

@@ -17,6 +17,12 @@ idle timeouts, hashing). The gateway's resources are then fused with them per pr
   gets a cluster of its own, ``kong:<ws>:mesh-leg:<service id>``: a copy of the mesh cluster with Kong's values
   over it.
 
+* a gateway serving Kong routes is an endpoint of its own service at its first proxy listener
+  (:func:`isthmus.context.mesh_context.gateway_listen`); with mTLS the mesh pipeline builds its mesh inbound there
+  (MeshTrafficPermission, the consumer-header rule, to ``localhost:<port>``), and that inbound's TLS filter chain
+  joins the gateway's HTTP listener behind a TLS inspector: mesh clients (another gateway by mesh name) are
+  authenticated and authorised as at any inbound, then meet the gateway's own Kong routes and plugins.
+
 Without a mesh leg (the mesh pipeline has not built it yet, or the service is not in the mesh) Kong's values apply.
 """
 

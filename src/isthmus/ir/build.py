@@ -145,9 +145,9 @@ def build_proxy_ir(
 
     outbounds: list[OutboundListener] = []
     legs = [(o.service, o.backend_ref.port if o.backend_ref is not None else None, o.tags or {}, o.address or LOCALHOST, o.port) for o in net.outbound if not names.handles(ctx, o)]  # fmt: skip
-    listed = {o.service for o in net.outbound}
     # a gateway's mesh leg: the mesh services its Kong configuration names (``<service>.mesh``), without a listener
-    legs += [(s, None, {}, "", 0) for s in sorted(gateway_services) if s not in listed]
+    # (listed or not: Kong's routes take the leg's route policies from its ``gateway-leg:`` RouteConfiguration)
+    legs += [(s, None, {}, "", 0) for s in sorted(gateway_services)]
     for service, port_filter, tags, address, port in legs:
         candidates = [e for e in ctx.endpoints.get(service, ()) if e.ready]
         cluster_name = service
