@@ -180,9 +180,22 @@ def test_request_transformer_order_and_method(setup: Setup) -> None:
     bare = _json(s.gw.get("/rt-all/p"))
     assert bare["path"] == "/p?add=A&app=2"
     assert "x-new" not in bare["headers"] and "x-rep" not in bare["headers"]
-    # a template is refused with Kong's error body, nothing stored
-    _refused(s, "request-transformer", {"add": {"body": ["a:$(query_params.a)"]}},
-             {"config": {"add": {"body": "templates ($(...)) are not supported yet"}}})  # fmt: skip
+    # templates: the request's headers and query arguments as the client sent them
+    templated = {
+        "add": {
+            "headers": ["X-Copy:$(headers.x_src)-$(query_params.q)"],
+            "querystring": ['q2:$(headers["x-src"])'],
+        },
+        "replace": {"uri": "/v2/$(query_params.id)"},
+    }
+    _route(s, "rt-tpl", ["/rt-tpl"], "request-transformer", templated)
+    tpl = _applied(s, "/rt-tpl/x?id=42&q=7", lambda r: r.status_code == 200 and "/v2" in _json(r)["path"],
+                   headers={"X-Src": "S"})  # fmt: skip
+    assert _json(tpl)["path"] == "/v2/42?id=42&q=7&q2=S"
+    assert _json(tpl)["headers"]["x-copy"] == "S-7"
+    # an expression other than a lookup is refused with Kong's error body, nothing stored
+    _refused(s, "request-transformer", {"add": {"headers": ["X-A:$(headers.a or 'b')"]}},
+             {"config": {"add": {"headers": "template '$(headers.a or 'b')' is not supported yet"}}})  # fmt: skip
     _refused(s, "request-transformer", {"add": {"headers": ["X-A"]}},
              {"config": {"add": {"headers": ["invalid value: X-A"]}}})  # fmt: skip
 

@@ -48,12 +48,14 @@ def test_kong_docs_examples_are_accepted(name: str, config: dict[str, Any]) -> N
          {"config": {"rename": {"headers": ["'bad name' is not a valid header"]}}}),
         ({"name": "request-transformer", "config": {"http_method": "get"}},
          {"config": {"http_method": "invalid value: get"}}),
-        ({"name": "request-transformer", "config": {"add": {"body": ["a:$(query_params.a)"]}}},
-         {"config": {"add": {"body": "templates ($(...)) are not supported yet"}}}),
-        ({"name": "request-transformer", "config": {"add": {"headers": ["x-a:$(headers.b)"]}}},
-         {"config": {"add": {"headers": "templates ($(...)) are not supported yet"}}}),
-        ({"name": "request-transformer", "config": {"replace": {"uri": "/$(query_params.a)"}}},
-         {"config": {"replace": {"uri": "templates other than $(uri_captures...) are not supported yet"}}}),
+        ({"name": "request-transformer", "config": {"add": {"body": ["a:$(query_params.a or 'x')"]}}},
+         {"config": {"add": {"body": "template '$(query_params.a or 'x')' is not supported yet"}}}),
+        ({"name": "request-transformer", "config": {"add": {"querystring": ["a:$(uri_captures[1])"]}}},
+         {"config": {"add": {"querystring": "uri_captures templates are supported in replace.uri only (not supported yet here)"}}}),
+        ({"name": "request-transformer", "config": {"remove": {"headers": ["x-b"]}, "add": {"headers": ["x-a:$(headers.x_b)"]}}},
+         {"config": {"add": {"headers": "a template reading header 'x-b', which this configuration changes, is not supported yet"}}}),
+        ({"name": "request-transformer", "config": {"replace": {"uri": "/$(uri_captures[1])/$(query_params.a)"}}},
+         {"config": {"replace": {"uri": "uri_captures with other templates in replace.uri are not supported yet"}}}),
         ({"name": "response-transformer", "config": {"add": {"headers": ["x-a"]}}},
          {"config": {"add": {"headers": ["invalid value: x-a"]}}}),
         ({"name": "response-transformer", "config": {"append": {"json_types": ["object"]}}},
@@ -171,6 +173,29 @@ def test_response_transformer_mutations() -> None:
         {"append": {"header": {"key": "x-e", "value": "e"}, "append_action": "ADD_IF_ABSENT"}},
         {"append": {"header": {"key": "x-f", "value": "f"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}},
     ]  # fmt: skip
+
+
+def test_request_transformer_templates() -> None:
+    parts = request_transformer.template(
+        'a $(headers.X_Custom)/$(query_params["q"]) $(uri_captures[2])$(uri_captures.id)'
+    )
+    assert parts == [("lit", "a "), ("header", "x-custom"), ("lit", "/"), ("query", "q"), ("lit", " "),
+                     ("capture", "2"), ("capture", "id")]  # fmt: skip
+    config = request_transformer.Config.model_validate(
+        {"add": {"headers": ["x-copy:$(headers.x_src)-100%"], "querystring": ["q2:$(query_params.q)"],
+                 "body": ["who:$(headers[\"x-src\"])"]},
+         "replace": {"uri": "/v2/$(query_params.id)"}}
+    )  # fmt: skip
+    assert plugins.config_errors("request-transformer", config.model_dump()) == {}
+    headers, _ = request_transformer.header_mutations(config)
+    assert headers[0]["append"]["header"]["value"] == "%REQ(x-src)%-100%%"
+    assert (
+        request_transformer.query_mutations(config, frozenset())[0]["append"]["record"]["value"]
+        == "%QUERY_PARAM(q)%"
+    )
+    edits = json.loads(request_transformer.lua_edits(config) or "")
+    assert edits["uri"] == [["lit", "/v2/"], ["query", "id"]]
+    assert edits["add"] == [["who", [["header", "x-src"]]]]
 
 
 def test_transformer_body_edits() -> None:

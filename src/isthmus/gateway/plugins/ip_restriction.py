@@ -141,7 +141,11 @@ KIND = PluginKind(
         {
             "name": REPLY_FILTER,
             "disabled": True,
-            "typed_config": {"@type": _LUA, "source_codes": {"reply": {"inline_string": REPLY_LUA}}},
+            "typed_config": {
+                "@type": _LUA,
+                "source_codes": {"reply": {"inline_string": REPLY_LUA}},
+                "clear_route_cache": False,
+            },
         },
     ),
 )

@@ -160,7 +160,11 @@ KIND = PluginKind(
         {
             "name": FILTER,
             "disabled": True,
-            "typed_config": {"@type": _LUA, "source_codes": {"cache": {"inline_string": SOURCE}}},
+            "typed_config": {
+                "@type": _LUA,
+                "source_codes": {"cache": {"inline_string": SOURCE}},
+                "clear_route_cache": False,
+            },
         },
     ),
 )

@@ -10,12 +10,18 @@ querystring; within headers and querystring: remove, rename, replace, add, appen
   route's upstream Host (``host_rewrite_literal``), as Kong sets the upstream Host header.
 * ``replace.uri``: the route's ``regex_rewrite`` becomes the whole path (the query string is kept); Kong's
   ``$(uri_captures[n])`` / ``$(uri_captures.name)`` templates are the route regex's groups (``\\n``).
-* ``http_method`` and the body: a Lua filter (``kong.request-transformer.lua``) sets ``:method`` (to GET, HEAD or
-  TRACE a form-encoded body's arguments are appended to the query string, as Kong does) and edits a JSON,
+* ``http_method``, the body and a ``replace.uri`` reading headers or query arguments: a Lua filter
+  (``kong.request-transformer.lua``, which never re-routes) sets ``:method`` (to GET, HEAD or TRACE a
+  form-encoded body's arguments are appended to the query string, as Kong does), sets the path, and edits a JSON,
   form-urlencoded or multipart body as Kong does (remove, rename and replace only a non-empty body; add and
   append also an empty one; a multipart body has no append), setting Content-Length.
 
-Refused at apply ("not supported yet"): templates (``$(...)``) other than ``uri_captures`` in ``replace.uri``.
+Templates: Kong renders values with Lua expressions on ``headers``, ``query_params`` and ``uri_captures``;
+Isthmus supports the lookups (``$(headers.name)``, ``$(headers["name"])``, ``$(query_params...)`` and, in
+``replace.uri``, ``$(uri_captures[n])`` / ``$(uri_captures.name)``): Envoy's ``%REQ(name)%`` and
+``%QUERY_PARAM(name)%`` in header and querystring values, the Lua filter for body values and the path. Refused at
+apply ("not supported yet"): any other expression, a template reading a header the same configuration changes
+(Envoy reads it after the earlier edits, Kong before), uri captures outside ``replace.uri``.
 """
 
 from __future__ import annotations
@@ -43,15 +49,76 @@ _LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPe
 MAX_QUERY_RENAMES = 4
 _HEADER_NAME = re.compile(r"^[a-zA-Z0-9\-_]+$")
 _PAIR = re.compile(r"^([^:]+):*(.*)$", re.S)  # Kong's "^([^:]+):*(.-)$"
-_CAPTURE = re.compile(
-    r"""\$\(\s*uri_captures\s*(?:\[\s*(\d+)\s*\]|\[\s*["']([^"']+)["']\s*\]|\.([A-Za-z_]\w*))\s*\)"""
-)
-TEMPLATE_REFUSED = "templates ($(...)) are not supported yet"
 
 
 def _name_value(entry: str) -> tuple[str, str]:
     match = _PAIR.match(entry)
     return (match.group(1), match.group(2)) if match else (entry, "")
+
+
+Part = tuple[str, str]  # ("lit", text) | ("header", name) | ("query", name) | ("capture", index or name)
+_ACCESS_DOT = re.compile(r"^\s*(headers|query_params|uri_captures)\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_ACCESS_KEY = re.compile(
+    r"""^\s*(headers|query_params|uri_captures)\s*\[\s*(?:"([^"]*)"|'([^']*)')\s*\]\s*$"""
+)
+_ACCESS_INDEX = re.compile(r"^\s*uri_captures\s*\[\s*(\d+)\s*\]\s*$")
+_KINDS = {"headers": "header", "query_params": "query", "uri_captures": "capture"}
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def template(value: str) -> list[Part]:
+    """Kong's template (``$(expr)``, parentheses balanced) as literal and lookup parts; the lookups supported are
+    ``headers.name``, ``headers["name"]``, ``query_params...`` and ``uri_captures[n]`` / ``uri_captures.name``
+    (a header name as ngx reads it: lowercased, ``_`` as ``-``); any other expression is a TemplateError."""
+    parts: list[Part] = []
+    position = 0
+    while (start := value.find("$(", position)) >= 0:
+        depth, end = 0, -1
+        for i in range(start + 1, len(value)):
+            depth += {"(": 1, ")": -1}.get(value[i], 0)
+            if depth == 0:
+                end = i
+                break
+        if end < 0:
+            break
+        if start > position:
+            parts.append(("lit", value[position:start]))
+        expr = value[start + 2 : end]
+        found = _ACCESS_INDEX.match(expr)
+        if found:
+            parts.append(("capture", found.group(1)))
+        elif found := _ACCESS_DOT.match(expr) or _ACCESS_KEY.match(expr):
+            kind = _KINDS[found.group(1)]
+            name = next(g for g in found.groups()[1:] if g is not None)
+            parts.append((kind, name.lower().replace("_", "-") if kind == "header" else name))
+        else:
+            raise TemplateError(f"template '$({expr})' is not supported yet")
+        position = end + 1
+    if position < len(value) or not parts:
+        parts.append(("lit", value[position:]))
+    return parts
+
+
+def _formatted(parts: list[Part]) -> str:
+    """Template parts as Envoy's substitution format (``%REQ(h)%``, ``%QUERY_PARAM(q)%``, literals escaped)."""
+    out = []
+    for kind, text in parts:
+        if kind == "header":
+            out.append(f"%REQ({text})%")
+        elif kind == "query":
+            out.append(f"%QUERY_PARAM({text})%")
+        else:
+            out.append(_literal(text))
+    return "".join(out)
+
+
+def _lua_value(value: str) -> str | list[list[str]]:
+    """A value for the Lua filter: the text, or its template parts."""
+    parts = template(value)
+    return value if parts == [("lit", value)] else [list(p) for p in parts]
 
 
 def _header(value: str) -> str:
@@ -134,14 +201,47 @@ def _sections(config: Config) -> dict[str, _Remove | _Rename | _Pairs]:
             "add": config.add, "append": config.append}  # fmt: skip
 
 
+def _template_problem(value: str, captures: bool = False) -> str | None:
+    try:
+        parts = template(value)
+    except TemplateError as exc:
+        return str(exc)
+    if not captures and any(kind == "capture" for kind, _ in parts):
+        return "uri_captures templates are supported in replace.uri only (not supported yet here)"
+    return None
+
+
+def _touched_headers(config: Config) -> set[str]:
+    names = {n.lower() for n in config.remove.headers}
+    for section in (config.rename, config.replace, config.add, config.append):
+        for entry in section.headers:
+            name, value = _name_value(entry)
+            names.add(name.lower())
+            if section is config.rename:
+                names.add(value.lower())
+    return names
+
+
 def checks(config: Config) -> dict[str, Any]:
     errors: dict[str, Any] = {}
+    touched = _touched_headers(config)
     for section, fields in _sections(config).items():
         problems: dict[str, str] = {}
         for field in ("body", "headers", "querystring"):
-            values = getattr(fields, field)
-            if any("$(" in v for v in values):
-                problems[field] = TEMPLATE_REFUSED
+            for entry in getattr(fields, field):
+                name, value = _name_value(entry)
+                problem = None if section in ("remove", "rename") else _template_problem(value)
+                if problem is None and field == "headers" and section not in ("remove", "rename"):
+                    read = {text for kind, text in template(value) if kind == "header"}
+                    if read & touched:
+                        problem = (
+                            f"a template reading header '{sorted(read & touched)[0]}', which this configuration "
+                            "changes, is not supported yet"
+                        )
+                    elif name.lower() == "host" and read | {k for k, _ in template(value) if k == "query"}:
+                        problem = "a template in the host header is not supported yet"
+                if problem is not None:
+                    problems.setdefault(field, problem)
         if section == "rename" and any(_name_value(v)[1].lower() == "host" for v in config.rename.headers):
             problems["headers"] = "renaming a header to host is not supported yet"
         if section == "append" and any(_name_value(v)[0].lower() == "host" for v in config.append.headers):
@@ -151,8 +251,12 @@ def checks(config: Config) -> dict[str, Any]:
                 f"more than {MAX_QUERY_RENAMES} querystring renames are not supported yet"
             )
         if section == "replace" and config.replace.uri is not None:
-            if "$(" in _CAPTURE.sub("", config.replace.uri):
-                problems["uri"] = "templates other than $(uri_captures...) are not supported yet"
+            problem = _template_problem(config.replace.uri, captures=True)
+            kinds = {kind for kind, _ in template(config.replace.uri)} if problem is None else set()
+            if problem is None and "capture" in kinds and kinds & {"header", "query"}:
+                problem = "uri_captures with other templates in replace.uri are not supported yet"
+            if problem is not None:
+                problems["uri"] = problem
         if problems:
             errors[section] = problems
     return errors
@@ -192,14 +296,14 @@ def header_mutations(config: Config) -> tuple[list[dict[str, Any]], str | None]:
         if name.lower() == "host":
             host = value
         else:
-            out.append(_set(name.lower(), _literal(value), "OVERWRITE_IF_EXISTS"))
+            out.append(_set(name.lower(), _formatted(template(value)), "OVERWRITE_IF_EXISTS"))
     for entry in config.add.headers:
         name, value = _name_value(entry)
         if name.lower() != "host":
-            out.append(_set(name.lower(), _literal(value), "ADD_IF_ABSENT"))
+            out.append(_set(name.lower(), _formatted(template(value)), "ADD_IF_ABSENT"))
     for entry in config.append.headers:
         name, value = _name_value(entry)
-        out.append(_set(name.lower(), _literal(value), "APPEND_IF_EXISTS_OR_ADD"))
+        out.append(_set(name.lower(), _formatted(template(value)), "APPEND_IF_EXISTS_OR_ADD"))
     return out, host
 
 
@@ -216,13 +320,13 @@ def query_mutations(config: Config, present: frozenset[str]) -> list[dict[str, A
         out.append({"remove": old})
     for entry in config.replace.querystring:
         name, value = _name_value(entry)
-        out.append(_query(name, _literal(value), "OVERWRITE_IF_EXISTS"))
+        out.append(_query(name, _formatted(template(value)), "OVERWRITE_IF_EXISTS"))
     for entry in config.add.querystring:
         name, value = _name_value(entry)
-        out.append(_query(name, _literal(value), "ADD_IF_ABSENT"))
+        out.append(_query(name, _formatted(template(value)), "ADD_IF_ABSENT"))
     for entry in config.append.querystring:
         name, value = _name_value(entry)
-        out.append(_query(name, _literal(value), "APPEND_IF_EXISTS_OR_ADD"))
+        out.append(_query(name, _formatted(template(value)), "APPEND_IF_EXISTS_OR_ADD"))
     return out
 
 
@@ -233,43 +337,50 @@ def _group_index(regex: str, name: str) -> int | None:
         return None
 
 
+def lua_uri(config: Config) -> bool:
+    """Whether ``replace.uri`` reads headers or query arguments (then the Lua filter sets the path)."""
+    uri = config.replace.uri
+    return uri is not None and any(kind in ("header", "query") for kind, _ in template(uri))
+
+
 def uri_rewrite(uri: str, match: dict[str, Any]) -> dict[str, Any]:
     """The ``regex_rewrite`` making the whole upstream path ``uri`` (its captures from the route's path regex)."""
     regex = match.get("safe_regex", {}).get("regex")
     out: list[str] = []
-    position = 0
-    for found in _CAPTURE.finditer(uri):
-        out.append(uri[position : found.start()].replace("\\", "\\\\"))
-        position = found.end()
-        index: int | None = None
-        if regex is not None:
-            index = (
-                int(found.group(1))
-                if found.group(1)
-                else _group_index(regex, found.group(2) or found.group(3))
-            )
-        if index is not None:
-            out.append(f"\\{index}")
-    out.append(uri[position:].replace("\\", "\\\\"))
+    for kind, text in template(uri):
+        if kind == "capture":
+            index = None if regex is None else int(text) if text.isdigit() else _group_index(regex, text)
+            if index is not None:
+                out.append(f"\\{index}")
+        else:
+            out.append(text.replace("\\", "\\\\"))
     pattern = "^(?:" + regex + ").*$" if regex is not None else "^.*$"
     return {"pattern": {"regex": pattern}, "substitution": "".join(out)}
 
 
 def lua_edits(config: Config) -> str | None:
-    """The Lua filter's edits (JSON): the method and the body edits, or None when there are none."""
+    """The Lua filter's edits (JSON): the method, the body edits (values as text or template parts) and a
+    templated ``replace.uri``, or None when there are none."""
     body = [config.remove.body, config.rename.body, config.replace.body, config.add.body, config.append.body]
-    if config.http_method is None and not any(body):
+    uri = lua_uri(config)
+    if config.http_method is None and not any(body) and not uri:
         return None
+
+    def pairs(entries: list[str]) -> list[list[Any]]:
+        return [[name, _lua_value(value)] for name, value in map(_name_value, entries)]
+
     edits: dict[str, Any] = {
         "body": any(body),
         "remove": config.remove.body,
         "rename": [list(_name_value(e)) for e in config.rename.body],
-        "replace": [list(_name_value(e)) for e in config.replace.body],
-        "add": [list(_name_value(e)) for e in config.add.body],
-        "append": [list(_name_value(e)) for e in config.append.body],
+        "replace": pairs(config.replace.body),
+        "add": pairs(config.add.body),
+        "append": pairs(config.append.body),
     }
     if config.http_method is not None:
         edits["method"] = config.http_method
+    if uri and config.replace.uri is not None:
+        edits["uri"] = [list(p) for p in template(config.replace.uri)]
     return json.dumps(edits, separators=(",", ":"))
 
 
@@ -290,7 +401,9 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
         action = dict(r["route"])
         if config.replace.uri is not None:
             action.pop("prefix_rewrite", None)
-            action["regex_rewrite"] = uri_rewrite(config.replace.uri, r["match"])
+            action.pop("regex_rewrite", None)
+            if not lua_uri(config):  # else the Lua filter sets the whole path
+                action["regex_rewrite"] = uri_rewrite(config.replace.uri, r["match"])
         if host is not None:
             for key in ("auto_host_rewrite", "host_rewrite_header", "host_rewrite_path_regex"):
                 action.pop(key, None)
@@ -339,6 +452,8 @@ KIND = PluginKind(
             "typed_config": {
                 "@type": _LUA,
                 "source_codes": {"request": {"inline_string": transform_lua.REQUEST}},
+                # the method and path it sets do not choose another route (Kong routes before its plugins run)
+                "clear_route_cache": False,
             },
         },
         {"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},

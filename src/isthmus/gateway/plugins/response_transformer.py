@@ -161,6 +161,8 @@ KIND = PluginKind(
             "typed_config": {
                 "@type": _LUA,
                 "source_codes": {"response": {"inline_string": transform_lua.RESPONSE}},
+                # never another route for a response (the route cache is not cleared)
+                "clear_route_cache": False,
             },
         },
         {"name": FILTER, "disabled": True, "typed_config": {"@type": _MUTATION}},

@@ -311,9 +311,44 @@ local function encode_multipart(parts, boundary)
   return table.concat(out)
 end
 
+-- a value: its text, or its template parts rendered with the request as the client sent it
+local function render(value, headers, args)
+  if type(value) ~= "table" then return value end
+  local out = {}
+  for _, part in ipairs(value) do
+    local kind, text = part[1], part[2]
+    if kind == "lit" then
+      out[#out + 1] = text
+    elseif kind == "header" then
+      out[#out + 1] = headers:get(text) or ""
+    elseif kind == "query" then
+      local v = args[text]
+      if type(v) == "table" then v = v[1] end
+      if v == true then v = "true" end
+      out[#out + 1] = v or ""
+    end
+  end
+  return table.concat(out)
+end
+
+local function rendered(list, headers, args)
+  local out = {}
+  for i, pair in ipairs(list) do out[i] = { pair[1], render(pair[2], headers, args) } end
+  return out
+end
+
 function envoy_on_request(handle)
-  local edits = edits_of(handle:filterContext())
+  local raw = edits_of(handle:filterContext())
   local headers = handle:headers()
+  local path = headers:get(":path") or "/"
+  local q = string.find(path, "?", 1, true)
+  local args = decode_args(q and string.sub(path, q + 1) or "")
+  local edits = { body = raw.body, method = raw.method, remove = raw.remove, rename = raw.rename,
+    replace = rendered(raw.replace, headers, args), add = rendered(raw.add, headers, args),
+    append = rendered(raw.append, headers, args) }
+  if raw.uri ~= nil then
+    headers:replace(":path", render(raw.uri, headers, args) .. (q and string.sub(path, q) or ""))
+  end
   local content_type = string.lower(headers:get("content-type") or "")
   local json = string.find(content_type, "application/json", 1, true) ~= nil
   local multi = not json and string.find(content_type, "multipart/form-data", 1, true) ~= nil
