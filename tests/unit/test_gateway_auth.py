@@ -181,3 +181,16 @@ def test_gateway_resources_carry_credentials_by_ecds_only() -> None:
         resource.packed.Unpack(routes)
         assert "key-1" not in json.dumps(json_format.MessageToDict(routes))
     assert b"key-1" in ecds["kong.auth"].packed.value
+
+
+def test_the_credential_table_is_rebuilt_only_when_an_entity_changes() -> None:
+    ws = _workspace(5)
+    first = consumers.lua_source(ws)
+    assert (
+        consumers.lua_source({k: dict(v) for k, v in ws.items()}) is first
+    )  # same entities, copied collections
+    changed = {k: dict(v) for k, v in ws.items()}
+    changed["key-auths"]["k1"] = {**changed["key-auths"]["k1"], "key": "rotated"}
+    assert "rotated" in consumers.lua_source(changed) and "rotated" not in first
+    changed["plugins"] = {"x": _plugin("x", "request-termination", consumer="c1")}
+    assert "consumer_routes = true" in consumers.lua_source(changed)

@@ -137,6 +137,20 @@ def data_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_COLLECTIONS = ("consumers", "key-auths", "basic-auths", "jwts", "acls")
+# the last sources built, by the entity objects they were built from (entities are replaced, never changed, on
+# write: the same objects mean the same table); the objects are held, so their identities are never reused
+_MEMO: list[tuple[tuple[object, ...], str]] = []
+_MEMO_SIZE = 4
+
+
 def lua_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """kong.auth's whole Lua source: the helpers, ``D``, then the plugins."""
-    return auth.lua("codec", "request", "sha1") + "\n" + data_source(entities) + auth.lua("auth")
+    key = (consumer_scoped(entities), *(e for c in _COLLECTIONS for e in entities.get(c, {}).values()))
+    for seen, source in _MEMO:
+        if len(seen) == len(key) and all(a is b for a, b in zip(seen, key, strict=True)):
+            return source
+    source = auth.lua("codec", "request", "sha1") + "\n" + data_source(entities) + auth.lua("auth")
+    _MEMO.insert(0, (key, source))
+    del _MEMO[_MEMO_SIZE:]
+    return source
