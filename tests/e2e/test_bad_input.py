@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from isthmus.catalog import default_registry
 from isthmus.cli.main import app
+from isthmus.resources.registry import Scope
 from tests.e2e.harness import ISTHMUS, ControlPlane
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -63,6 +64,8 @@ def path_of(doc: Any) -> str:
     name = doc.get("name") if isinstance(doc.get("name"), str) and doc.get("name") else "unnamed"
     if rtype.kind == "Mesh":
         return f"/meshes/{quote(name, safe='')}"
+    if rtype.scope is Scope.GLOBAL:  # Zone, ZoneIngress, HostnameGenerator, ...: /{plural}/{name}
+        return f"/{rtype.plural}/{quote(name, safe='')}"
     mesh = doc.get("mesh") if isinstance(doc.get("mesh"), str) and doc.get("mesh") else "default"
     return f"/meshes/{quote(mesh, safe='')}/{rtype.plural}/{quote(name, safe='')}"
 
@@ -72,7 +75,8 @@ def stored(cp: ControlPlane) -> dict[str, int]:
     counts = {"Mesh": cp.http.get("/meshes").json()["total"]}
     for rtype in default_registry().public():
         if rtype.kind != "Mesh":
-            resp = cp.http.get(f"/meshes/default/{rtype.plural}")
+            path = f"/{rtype.plural}" if rtype.scope is Scope.GLOBAL else f"/meshes/default/{rtype.plural}"
+            resp = cp.http.get(path)
             assert resp.status_code == 200, resp.text
             counts[rtype.kind] = resp.json()["total"]
     return counts
