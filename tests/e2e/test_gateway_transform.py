@@ -333,4 +333,18 @@ def test_proxy_cache_docs_example(setup: Setup) -> None:
     assert s.gw.get("/cc/a").headers["x-cache-status"] == "Hit"
     assert s.gw.get("/cc/private", headers={"x-reply-cache-control": "private, max-age=60"}).headers["x-cache-status"] == "Bypass"  # fmt: skip
     assert s.gw.get("/cc/none").headers["x-cache-status"] == "Bypass"
+    # the key: only vary_query_params, and the vary_headers; diagnostic headers as response_headers says
+    vary = {"strategy": "memory", "vary_headers": ["X-Tenant"], "vary_query_params": ["page"],
+            "response_headers": {"age": False, "X-Cache-Key": False}}  # fmt: skip
+    _route(s, "cvary", ["/cvary"], "proxy-cache", vary)
+    tenant_a = {"X-Tenant": "a"}
+    _applied(s, "/cvary/a?page=1&junk=1", lambda r: "x-cache-status" in r.headers, headers=tenant_a)
+    hit = s.gw.get("/cvary/a?junk=2&page=1", headers=tenant_a)
+    assert hit.headers["x-cache-status"] == "Hit" and _json(hit)["path"] == "/a?page=1&junk=1"
+    assert "age" not in hit.headers and "x-cache-key" not in hit.headers
+    assert s.gw.get("/cvary/a?page=1", headers={"X-Tenant": "b"}).headers["x-cache-status"] == "Miss"
+    assert s.gw.get("/cvary/a?page=2", headers=tenant_a).headers["x-cache-status"] == "Miss"
+    debug = s.gw.get("/cvary/a?page=1", headers={**tenant_a, "Kong-Debug": "1"})
+    key = hashlib.sha256(b"cvary|GET|GET /cvary/a|page=1|X-Tenant=a").hexdigest()
+    assert debug.headers["x-cache-key"] == key and "age" in debug.headers
     _refused(s, "proxy-cache", {"cache_ttl": 300}, {"config": {"strategy": "required field missing"}})
