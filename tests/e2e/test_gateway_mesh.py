@@ -283,6 +283,34 @@ def test_mesh_policies_apply_to_the_leg_unless_kong_sets_the_value(mesh: Mesh) -
     assert [d["allowed"] for d in explained["destinations"]] == [True]
 
 
+def test_kong_connect_timeout_and_upstream_get_their_own_copy_of_the_mesh_cluster(mesh: Mesh) -> None:
+    # an Upstream named after the mesh host lends its algorithm and passive health checks (its targets are unused)
+    upstream = {
+        "algorithm": "least-connections",
+        "healthchecks": {"passive": {"unhealthy": {"http_failures": 3}}},
+    }
+    _ok(mesh.kong.put("/upstreams/backend.mesh", json=upstream))
+    sid = _ok(
+        mesh.kong.put("/services/backend-own", json={"url": "http://backend.mesh/", "connect_timeout": 1500})
+    )["id"]
+    _ok(mesh.kong.put("/services/backend-own/routes/own", json={"paths": ["/own"]}))
+    gw = mesh.edge.http
+    wait_for(
+        _answers(lambda: gw.get("/own/x"), 200, "backend"), 60, what="gateway -> its own mesh-leg cluster"
+    )
+    assert "URI=spiffe://default/edge" in gw.get("/own/x").json()["caller"]
+    dump = httpx.get(
+        f"http://127.0.0.1:{mesh.edge.admin_port}/config_dump?resource=dynamic_active_clusters"
+    ).json()
+    clusters = {c["cluster"]["name"]: c["cluster"] for c in dump["configs"]}
+    own = clusters[f"kong:default:mesh-leg:{sid}"]
+    assert own["connect_timeout"] == "1.500s" and own["lb_policy"] == "LEAST_REQUEST"
+    assert own["outlier_detection"]["consecutive_5xx"] == 3
+    assert own["eds_cluster_config"]["service_name"] == "backend"
+    assert own["transport_socket"] == clusters["backend"]["transport_socket"]  # the gateway's mesh mTLS
+    assert mesh.kong.delete("/upstreams/backend.mesh").status_code == 204
+
+
 def test_sidecar_drops_consumer_headers_unless_the_caller_is_a_gateway(mesh: Mesh) -> None:
     forged = {h: "mallory" for h in CONSUMER_HEADERS} | {"x-other": "kept"}
     wait_for(_answers(lambda: mesh.web("open", "/x"), 200, "open"), 60, what="web -> open")

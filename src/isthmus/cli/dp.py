@@ -19,6 +19,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _ports(flag: str, text: str) -> tuple[int, ...]:
+    from isthmus.dp.agent import AgentError
+
+    ports = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise AgentError(f"{flag} {text!r}: {item!r} is not a port number (1-65535)")
+        ports.append(int(item))
+    return tuple(ports)
+
+
 @app.command("run")
 def run(
     cp_address: str = typer.Option(
@@ -35,7 +46,10 @@ def run(
         "sidecar", help="sidecar | gateway (Kong's configuration of --workspace on --proxy-listen)"
     ),
     proxy_listen: list[str] = typer.Option(
-        [], "--proxy-listen", help="Gateway: HOST:PORT the proxy serves HTTP on (repeatable)"
+        [],
+        "--proxy-listen",
+        help="Gateway: HOST:PORT the proxy serves HTTP on (repeatable); without it (and --proxy-listen-tls) "
+        "Kuma's delegated mode: only the Dataplane's outbounds, for another gateway in front",
     ),
     proxy_listen_tls: list[str] = typer.Option(
         [], "--proxy-listen-tls", help="Gateway: HOST:PORT it serves HTTPS on, with the certificates' SNIs"
@@ -47,6 +61,32 @@ def run(
         "--dns-envoy-port",
         help="Serve the mesh's names (generated hostnames, <service>.mesh) on 127.0.0.1:PORT/udp, by Envoy's "
         "DNS filter (Kuma's --dns-envoy-port); the proxy also gets listeners on the services' VIPs",
+    ),
+    transparent_proxy: bool = typer.Option(
+        False,
+        "--transparent-proxy",
+        help="Redirect the application's TCP through Envoy with iptables in this network namespace (needs "
+        "root; rules removed on exit); the Dataplane gets Kuma's networking.transparentProxying if it has none",
+    ),
+    transparent_proxy_user: str = typer.Option(
+        "5678",
+        "--transparent-proxy-user",
+        "--kuma-dp-user",
+        help="User (name or uid) Envoy runs as with --transparent-proxy: its traffic is never redirected",
+    ),
+    redirect_dns: bool = typer.Option(
+        False,
+        "--redirect-dns",
+        help="With --transparent-proxy: send the application's DNS (udp/53) to the data plane's DNS "
+        "(--dns-port, default 15053)",
+    ),
+    exclude_inbound_ports: str = typer.Option(
+        "",
+        "--exclude-inbound-ports",
+        help="With --transparent-proxy: inbound ports never redirected (1,2,...)",
+    ),
+    exclude_outbound_ports: str = typer.Option(
+        "", "--exclude-outbound-ports", help="With --transparent-proxy: outbound ports never redirected"
     ),
     work_dir: Path | None = typer.Option(None, help="Directory for the bootstrap and Envoy's log"),
     drain_time: float = typer.Option(2.0, help="Seconds to drain inbound listeners on shutdown"),
@@ -69,6 +109,7 @@ def run(
     from isthmus.dp.agent import (
         AgentError,
         AgentOptions,
+        TransparentProxyOptions,
         check_proxy_type,
         load_ca_cert_file,
         load_dataplane_file,
@@ -106,7 +147,17 @@ def run(
             gateway_listen_tls=tuple(proxy_listen_tls),
             gateway_workspace=workspace,
             dns_port=dns_port,
+            transparent_proxy=TransparentProxyOptions(
+                user=transparent_proxy_user,
+                redirect_dns=redirect_dns,
+                exclude_inbound_ports=_ports("--exclude-inbound-ports", exclude_inbound_ports),
+                exclude_outbound_ports=_ports("--exclude-outbound-ports", exclude_outbound_ports),
+            )
+            if transparent_proxy
+            else None,
         )
+        if not transparent_proxy and (redirect_dns or exclude_inbound_ports or exclude_outbound_ports):
+            raise AgentError("--redirect-dns and --exclude-*-ports need --transparent-proxy")
     except AgentError as exc:
         raise _fail(str(exc)) from None
 
