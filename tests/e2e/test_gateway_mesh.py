@@ -380,7 +380,7 @@ def test_mesh_scenario_with_key_auth(mesh: Mesh) -> None:
 
     def alice() -> bool:
         r = gw.get("/secure/x", headers=key)
-        return r.status_code == 200 and r.json()["headers"].get("x-consumer-username") == "alice"
+        return r.status_code == 200 and bool(r.json()["headers"].get("x-consumer-username") == "alice")
 
     wait_for(alice, 60, what="alice's key accepted")
     body = gw.get("/secure/x", headers=key).json()
