@@ -17,10 +17,21 @@ def demo(
     xds_port: int = typer.Option(5678, help="xDS port"),
     api_tls_port: int = typer.Option(5682, help="REST API port over HTTPS"),
     exit_after_check: bool = typer.Option(False, "--check", help="Exit after verifying traffic flows"),
+    multizone: bool = typer.Option(
+        False,
+        "--multizone",
+        help="Two zones (azure, gcp) in network namespaces with a global control plane, a zone ingress and a "
+        "gateway each, catalog in gcp only (needs root)",
+    ),
 ) -> None:
     """Run a control plane, demo services and their sidecars, and show what to try."""
     if ctx.invoked_subcommand is not None:
         return
+    if multizone:
+        from isthmus.demo.multizone import MultiZoneOptions, run_multizone
+
+        data = data_dir if data_dir != ".isthmus-demo" else ".isthmus-demo-multizone"
+        raise typer.Exit(run_multizone(MultiZoneOptions(data, check=exit_after_check)))
     from isthmus.demo.runner import DemoOptions, run_demo
 
     code = asyncio.run(run_demo(DemoOptions(data_dir, api_port, xds_port, exit_after_check, api_tls_port)))
