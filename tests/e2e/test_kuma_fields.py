@@ -48,7 +48,7 @@ def dataplane(mesh: str, name: str, service: str, **inbound: Any) -> dict[str, A
 # written straight into the store, as an Isthmus that accepted these fields would have kept them
 LEGACY_MESH = {"logging": {"backends": [{"name": "f", "type": "file"}]}, "routing": {"zoneEgress": True}}
 LEGACY_DP = dataplane("legacy", "old-1", "old")
-LEGACY_DP["networking"]["transparentProxying"] = {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
+LEGACY_DP["metrics"] = {"type": "prometheus", "conf": {"port": 1234, "path": "/metrics"}}
 
 
 async def _seed(store_spec: str) -> None:
@@ -128,4 +128,4 @@ def test_records_stored_with_refused_fields_still_configure_their_proxies(cp: Co
     # applying the same document again is refused
     resp = cp.http.put("/meshes/legacy/dataplanes/old-1", json=LEGACY_DP)
     assert resp.status_code == 400, resp.text
-    assert resp.json()["invalid_parameters"][0]["field"] == "networking.transparentProxying"
+    assert resp.json()["invalid_parameters"][0]["field"] == "metrics"

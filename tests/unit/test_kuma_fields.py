@@ -58,11 +58,10 @@ routing:
 """
 
 
-def test_kumas_passthrough_false_and_zone_egress_are_refused_naming_each_field() -> None:
+def test_kumas_passthrough_false_is_accepted_and_zone_egress_refused() -> None:
     with pytest.raises(ResourceValidationError) as caught:
         parse_document(yaml.safe_load(KUMA_MESH), REG)
     assert [(e.field, e.reason) for e in caught.value.errors] == [
-        ("networking.outbound.passthrough", "false is not supported yet (it needs transparent proxying)"),
         ("routing.zoneEgress", "true is not supported yet"),
     ]
     assert isinstance(loads_from_store(yaml.safe_load(KUMA_MESH)).spec, MeshSpec)
@@ -239,16 +238,7 @@ def dataplane(**extra: Any) -> dict[str, Any]:
 
 
 REFUSED_DATAPLANE_FIELDS = [
-    # kumactl install transparent-proxy's Dataplane form
-    (
-        {
-            "networking": {
-                "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}
-            }
-        },
-        "networking.transparentProxying",
-        "transparentProxying is not supported yet (declare inbounds and outbounds)",
-    ),
+    # transparentProxying is acted on (isthmus dp run --transparent-proxy): tests/unit/test_transparent_proxy.py
     (
         {
             "probes": {

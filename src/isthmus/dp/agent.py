@@ -37,7 +37,7 @@ import httpx
 from cryptography import x509
 
 from isthmus import __version__
-from isthmus.dp import gateway_services
+from isthmus.dp import gateway_services, transparent_proxy
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
 from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
@@ -90,6 +90,18 @@ class AgentOptions:
     gateway_listen_tls: tuple[str, ...] = ()  # --proxy-listen-tls HOST:PORT
     gateway_workspace: str = "default"  # --workspace: the Kong workspace the gateway serves
     dns_port: int | None = None  # --dns-port: Envoy answers the mesh's names on 127.0.0.1:PORT (UDP)
+    transparent_proxy: TransparentProxyOptions | None = None  # --transparent-proxy: iptables redirection
+
+
+@dataclass(frozen=True)
+class TransparentProxyOptions:
+    """``dp run --transparent-proxy`` (isthmus.dp.transparent_proxy): Envoy runs as ``user``; the rules redirect
+    the application's TCP to Envoy, and its DNS queries with ``redirect_dns`` (to ``--dns-port``, default 15053)."""
+
+    user: str = str(transparent_proxy.DEFAULT_UID)
+    redirect_dns: bool = False
+    exclude_inbound_ports: tuple[int, ...] = ()
+    exclude_outbound_ports: tuple[int, ...] = ()
 
 
 # -- input -------------------------------------------------------------------------------------------------
@@ -477,7 +489,13 @@ class DataplaneAgent:
             )
         elif options.gateway_listen or options.gateway_listen_tls:
             raise AgentError("--proxy-listen: only for --proxy-type gateway")
-        self.resource["labels"] = dns_labels(self.resource, options.dns_port)  # isthmus.names: the DNS
+        self._iptables: str | None = None
+        self._redirect: transparent_proxy.Redirect | None = None
+        self._envoy_user: dict[str, int] = {}
+        dns_port = options.dns_port
+        if options.transparent_proxy is not None:
+            dns_port = self._transparent(options.transparent_proxy)
+        self.resource["labels"] = dns_labels(self.resource, dns_port)  # isthmus.names: the DNS
         self._http_client = http_client
         self._envoy: EnvoyProcess | None = None
         self._skip_drain = False
@@ -495,6 +513,48 @@ class DataplaneAgent:
                 raise AgentError(
                     f"--ca-cert-file: not a usable CA certificate: {_one_line(str(exc))}"
                 ) from None
+
+    def _transparent(self, tp: TransparentProxyOptions) -> int | None:
+        """Check ``--transparent-proxy`` (root, iptables, a sidecar), give the Dataplane Kuma's
+        ``transparentProxying`` if it has none, and return the DNS port (``--redirect-dns``: 15053 by default)."""
+        if self.options.proxy_type != "sidecar":
+            raise AgentError("--transparent-proxy: only for --proxy-type sidecar")
+        try:
+            uid, gid = transparent_proxy.resolve_user(tp.user)
+            self._iptables = transparent_proxy.check_can_redirect(uid)
+        except transparent_proxy.TransparentProxyError as exc:
+            raise AgentError(str(exc)) from None
+        net = self.resource["networking"]
+        declared = net.get("transparentProxying")
+        if declared is None:
+            declared = net["transparentProxying"] = {
+                "redirectPortInbound": transparent_proxy.Redirect.inbound_port,
+                "redirectPortOutbound": transparent_proxy.Redirect.outbound_port,
+            }
+        if not isinstance(declared, Mapping):
+            raise AgentError("networking.transparentProxying: must be a mapping")
+        ports = {}
+        for key, default in (
+            ("redirectPortInbound", transparent_proxy.Redirect.inbound_port),
+            ("redirectPortOutbound", transparent_proxy.Redirect.outbound_port),
+        ):
+            value = declared.get(key) or default
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+                raise AgentError(f"networking.transparentProxying.{key}: must be a port number (1-65535)")
+            ports[key] = value
+        dns_port = self.options.dns_port
+        if tp.redirect_dns and dns_port is None:
+            dns_port = transparent_proxy.DEFAULT_DNS_PORT
+        self._redirect = transparent_proxy.Redirect(
+            uid=uid,
+            inbound_port=ports["redirectPortInbound"],
+            outbound_port=ports["redirectPortOutbound"],
+            dns_port=dns_port if tp.redirect_dns else None,
+            exclude_inbound_ports=tp.exclude_inbound_ports,
+            exclude_outbound_ports=tp.exclude_outbound_ports,
+        )
+        self._envoy_user = {"user": uid, "group": gid}
+        return dns_port
 
     @property
     def node_id(self) -> str:
@@ -604,7 +664,10 @@ class DataplaneAgent:
             self.options.gateway_listen or self.options.gateway_listen_tls
         )
         bootstrap = self._bootstrap(xds, admin_port, work_dir)
-        async with gateway_services.rate_limit_service(kong, bootstrap) as service:
+        async with (
+            gateway_services.rate_limit_service(kong, bootstrap) as service,
+            transparent_proxy.redirected(self._iptables, self._redirect),  # removed once Envoy has stopped
+        ):
             await self._supervise_envoy(stop, xds, bootstrap, work_dir, service)
 
     def _bootstrap(self, xds: tuple[str, int], admin_port: int, work_dir: Path) -> dict[str, Any]:
@@ -644,6 +707,7 @@ class DataplaneAgent:
             drain_time=opts.drain_time,
             log_level=opts.log_level,
             passthrough_logs=opts.passthrough_logs,
+            **self._envoy_user,  # a transparent proxy's Envoy runs as its own user
             **dict(opts.envoy_overrides),
         )
         envoy = EnvoyProcess(bootstrap, envoy_options)

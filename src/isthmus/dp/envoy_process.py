@@ -62,6 +62,8 @@ class EnvoyOptions:
     healthy_after: float = 30.0  # an Envoy that ran this long resets the back-off
     max_consecutive_failures: int | None = 10  # None: restart forever
     passthrough_logs: bool = False  # also copy Envoy's output to our stderr
+    user: int | None = None  # run Envoy as this uid (a transparent proxy's); the work dir becomes its own
+    group: int | None = None
 
     def __post_init__(self) -> None:
         if self.log_level not in ENVOY_LOG_LEVELS:
@@ -203,6 +205,9 @@ class EnvoyProcess:
                 fd = os.open(self.bootstrap_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as out:
                     out.write(json.dumps(self._bootstrap, indent=2) + "\n")
+                if self._options.user is not None:  # Envoy reads its bootstrap, writes its admin address
+                    for path in (self._options.work_dir, self.bootstrap_path):
+                        os.chown(path, self._options.user, self._options.group or -1)
                 self._log_file = self.log_path.open("ab")
             except OSError as exc:
                 raise EnvoyStartError(f"cannot prepare work dir {self.work_dir}: {exc}") from None
@@ -269,6 +274,12 @@ class EnvoyProcess:
             "--log-level", opts.log_level,
         ]  # fmt: skip
 
+    def _identity(self) -> dict[str, Any]:
+        opts = self._options
+        if opts.user is None:
+            return {}
+        return {"user": opts.user, "group": opts.group, "extra_groups": []}
+
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.admin_address_path.unlink(missing_ok=True)
         self._admin_url = None
@@ -285,7 +296,8 @@ class EnvoyProcess:
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.work_dir,
                 start_new_session=True,
-                preexec_fn=_parent_death_hook(),
+                preexec_fn=_parent_death_hook(),  # runs after the switch of user, which would clear it
+                **self._identity(),
             )
         except OSError as exc:
             raise EnvoyStartError(f"cannot run Envoy {self._binary}: {exc.strerror or exc}") from None

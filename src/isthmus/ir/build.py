@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from isthmus.context.mesh_context import MeshContext, gateway_listen
 from isthmus.ingress.remote import localize
+from isthmus.ir import transparent
 from isthmus.ir.model import (
     Cluster,
     Endpoint,
@@ -208,6 +209,7 @@ def build_proxy_ir(
         secrets=secrets,
     )
     base = names.extend(base, ctx, dp, tls)  # backendRef outbounds, VIP listeners, DNS (isthmus.names)
+    base = transparent.apply(base, ctx, dp)  # a transparent proxy's catch-all listeners
     # other zones through their ingresses, localities and priorities (isthmus.ingress), once the balancer is known
     return localize(apply_policies(base, ctx, dp), ctx, dp)
 

@@ -24,6 +24,7 @@ from isthmus.ir.traffic import (
     Timeouts,
     WeightedBackend,
 )
+from isthmus.ir.transparent import TransparentProxy
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ class InboundListener:
     # SPIFFE IDs of the mesh's gateways: only their requests keep Kong's consumer headers (HTTP inbounds drop them
     # from every other caller, see :data:`CONSUMER_HEADERS`)
     gateway_callers: tuple[str, ...] = ()
+    bind: bool = True  # False: a transparent proxy's inbound, reached by original destination (ir/transparent.py)
 
 
 # Kong's consumer headers: set by a gateway after authentication; a sidecar's inbound removes them unless the caller
@@ -214,6 +216,7 @@ class OutboundListener:
     timeouts: Timeouts | None = None  # HCM / TCP proxy timeouts, and the default route's request timeout
     retry: Retry | None = None  # the default for routes that set none
     lb: LoadBalancer | None = None  # hash policies for the routes (the cluster carries the rest)
+    bind: bool = True  # False: reached by original destination through a transparent proxy (ir/transparent.py)
 
 
 @dataclass(frozen=True)
@@ -236,3 +239,4 @@ class ProxyIR:
     secrets: tuple[Secret, ...]
     patches: tuple[str, ...] = ()  # MeshProxyPatch modifications, canonical JSON, applied after translation
     dns: DnsTable | None = None  # the data plane's DNS for generated names (isthmus.names)
+    transparent: TransparentProxy | None = None  # catch-all listeners of a transparent proxy (ir/transparent.py)

@@ -16,7 +16,6 @@ or ``ip route add local 240.0.0.0/4 dev lo`` there).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +32,7 @@ from isthmus.ir.model import (
 from isthmus.ir.names import DnsRecord, DnsTable, ExternalTls, ExternalUpstream
 from isthmus.names import vips
 from isthmus.names.selection import NAMESPACE, ORIGIN, ZONE, effective_labels, endpoints
-from isthmus.resources.dataplane import DataplaneSpec, Outbound
+from isthmus.resources.dataplane import DataplaneSpec, Outbound, TransparentProxying
 from isthmus.resources.mesh import MeshServicesMode
 from isthmus.resources.meshservice import (
     MeshExternalServiceDocument,
@@ -69,7 +68,7 @@ def dns_port(dp: Resource) -> int | None:
     return int(raw) if raw.isdigit() and 0 < int(raw) < 65536 else None
 
 
-def _transparent(dp: Resource) -> dict[str, Any] | None:
+def _transparent(dp: Resource) -> TransparentProxying | None:
     spec = dp.spec
     assert isinstance(spec, DataplaneSpec)
     return spec.networking.transparent_proxying
@@ -255,8 +254,12 @@ class _Builder:
         if mode is MeshServicesMode.EXCLUSIVE:
             return
         taken: set[str] = set()
+        tp = _transparent(self.dp)
+        only = set(tp.reachable_services) if tp is not None and tp.reachable_services else None
         for service in sorted(self.ctx.endpoints):
             if reachable is not None and ("kuma.io/service", service) not in reachable:
+                continue
+            if only is not None and service not in only:  # Kuma's transparentProxying.reachableServices
                 continue
             vip = vips.legacy_vip(self.ctx.name, service, taken)
             cluster = self.legacy_cluster(service)
@@ -346,15 +349,10 @@ def _external_tls(doc: MeshExternalServiceDocument, by_name: bool) -> ExternalTl
 
 
 def _reachable(dp: Resource) -> set[tuple[str, str]] | None:
-    tp = _transparent(dp) or {}
-    rb = tp.get("reachableBackends")
-    if not isinstance(rb, Mapping):
+    tp = _transparent(dp)
+    if tp is None or tp.reachable_backends is None:
         return None
-    out: set[tuple[str, str]] = set()
-    for ref in rb.get("refs") or []:
-        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
-            out.add((str(ref.get("kind", "MeshService")), ref["name"]))
-    return out
+    return {(ref.kind, ref.name) for ref in tp.reachable_backends.refs if ref.name}
 
 
 def extend(ir: ProxyIR, ctx: MeshContext, dp: Resource, tls: MeshTls | None) -> ProxyIR:

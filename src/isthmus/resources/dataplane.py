@@ -184,6 +184,90 @@ class Gateway(Model):
     type: Literal["DELEGATED", "BUILTIN"] = "DELEGATED"
 
 
+class IpFamilyMode(str, Enum):
+    """Kuma's ``transparentProxying.ipFamilyMode`` (its enum names)."""
+
+    UNSPECIFIED = "UnSpecified"
+    DUAL_STACK = "DualStack"
+    IPV4 = "IPv4"
+
+
+class ReachableBackendRef(Model):
+    kind: Literal["MeshService", "MeshExternalService", "MeshMultiZoneService"]
+    name: TagValue | None = None
+    namespace: TagValue | None = None
+    port: Port | None = None
+    labels: Labels | None = None
+
+    @model_validator(mode="after")
+    def _selects(self) -> ReachableBackendRef:
+        if not self.name and not self.labels:
+            raise ValueError("either name or labels must be set")
+        if self.name and self.labels:
+            raise ValueError("name and labels are mutually exclusive")
+        return self
+
+
+class ReachableBackends(Model):
+    refs: list[ReachableBackendRef] = Field(default_factory=list)
+
+
+# Kuma's default redirect ports (kumactl install transparent-proxy)
+DEFAULT_REDIRECT_PORT_INBOUND = 15006
+DEFAULT_REDIRECT_PORT_OUTBOUND = 15001
+
+
+class TransparentProxying(Model):
+    """Kuma's ``networking.transparentProxying``: the proxy's application traffic is redirected to Envoy by
+    iptables (``isthmus dp run --transparent-proxy``); outbound connections reach ``redirectPortOutbound``,
+    inbound ones ``redirectPortInbound``, and Envoy hands each to the listener of its original destination."""
+
+    redirect_port_inbound: Port | None = Field(default=None, alias="redirectPortInbound")
+    redirect_port_outbound: Port | None = Field(default=None, alias="redirectPortOutbound")
+    redirect_port_inbound_v6: Port | None = Field(default=None, alias="redirectPortInboundV6")
+    direct_access_services: list[str] | None = Field(default=None, alias="directAccessServices")
+    reachable_services: list[TagValue] | None = Field(default=None, alias="reachableServices")
+    ip_family_mode: IpFamilyMode | None = Field(default=None, alias="ipFamilyMode")
+    reachable_backends: ReachableBackends | None = Field(default=None, alias="reachableBackends")
+
+    @field_validator("redirect_port_inbound_v6")
+    @classmethod
+    def _v6(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and applying(info):
+            raise ValueError(not_supported("redirectPortInboundV6", "Isthmus redirects IPv4 only"))
+        return value
+
+    @field_validator("ip_family_mode")
+    @classmethod
+    def _family(cls, value: IpFamilyMode | None, info: ValidationInfo) -> IpFamilyMode | None:
+        if value is IpFamilyMode.DUAL_STACK and applying(info):
+            raise ValueError(not_supported("DualStack", "Isthmus redirects IPv4 only; use IPv4"))
+        return value
+
+    @field_validator("direct_access_services")
+    @classmethod
+    def _direct(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value and applying(info):
+            raise ValueError(not_supported("directAccessServices"))
+        return value
+
+    @property
+    def inbound_port(self) -> int:
+        return self.redirect_port_inbound or DEFAULT_REDIRECT_PORT_INBOUND
+
+    @property
+    def outbound_port(self) -> int:
+        return self.redirect_port_outbound or DEFAULT_REDIRECT_PORT_OUTBOUND
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TransparentProxying:
+        if self.inbound_port == self.outbound_port:
+            raise ValueError(
+                f"redirectPortOutbound: port {self.outbound_port} is also the redirectPortInbound"
+            )
+        return self
+
+
 class Networking(Model):
     address: IPAddress
     advertised_address: IPAddress | None = Field(default=None, alias="advertisedAddress")
@@ -191,7 +275,7 @@ class Networking(Model):
     outbound: list[Outbound] = Field(default_factory=list)
     gateway: Gateway | None = None
     admin: Admin | None = None
-    transparent_proxying: FreeForm | None = Field(default=None, alias="transparentProxying")
+    transparent_proxying: TransparentProxying | None = Field(default=None, alias="transparentProxying")
 
     @field_validator("inbound", "outbound", mode="before")
     @classmethod
@@ -202,16 +286,6 @@ class Networking(Model):
             raise ValueError(
                 f"at most {limit} {info.field_name}s are allowed in one Dataplane, got {len(value)}"
             )
-        return value
-
-    @field_validator("transparent_proxying")
-    @classmethod
-    def _redirect_ports(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        _ports_in(value, ("redirectPortInbound", "redirectPortOutbound", "redirectPortInboundV6"))
-        if applying(info):
-            raise ValueError(not_supported("transparentProxying", "declare inbounds and outbounds"))
         return value
 
     @model_validator(mode="after")
@@ -243,10 +317,17 @@ def _port_clash(net: Networking) -> str | None:
         for i, inbound in enumerate(net.inbound)
     ]
     sockets += [(out.address or LOOPBACK, out.port, f"outbound[{i}]") for i, out in enumerate(net.outbound)]
+    tp = net.transparent_proxying
+    if tp is not None:  # Envoy's catch-all listeners of a transparent proxy listen on every address
+        sockets += [
+            ("0.0.0.0", tp.outbound_port, "transparentProxying.redirectPortOutbound"),
+            ("0.0.0.0", tp.inbound_port, "transparentProxying.redirectPortInbound"),
+        ]
     for address, port, field in sockets:
         for other_address, other_port, other in used:
             if port == other_port and _overlap(address, other_address):
-                return f"{field}.port: port {port} is already used by {other}"
+                where = field if field.startswith("transparentProxying") else f"{field}.port"
+                return f"{where}: port {port} is already used by {other}"
         used.append((address, port, field))
     admin = net.admin.port if net.admin is not None else None
     if admin is not None:

@@ -113,16 +113,9 @@ class Constraints(Model):
 
 
 class OutboundNetworking(Model):
+    # what a transparent proxy does with connections to destinations outside the mesh: true (Kuma's default)
+    # forwards them to their original destination, false closes them (isthmus.ir.transparent)
     passthrough: bool | None = None
-
-    @field_validator("passthrough")
-    @classmethod
-    def _passthrough(cls, value: bool | None, info: ValidationInfo) -> bool | None:
-        # Kuma's passthrough only decides what a transparent proxy does with traffic to unknown destinations;
-        # without transparent proxying such traffic never reaches the proxy, which is what true (the default) means
-        if value is False and applying(info):
-            raise ValueError(not_supported("false", "it needs transparent proxying"))
-        return value
 
 
 class MeshNetworking(Model):
@@ -186,6 +179,12 @@ class MeshSpec(Model):
     @property
     def dataplane_constraints(self) -> DataplaneProxyConstraints | None:
         return self.constraints.dataplane_proxy if self.constraints is not None else None
+
+    @property
+    def passthrough(self) -> bool:
+        """Kuma's ``networking.outbound.passthrough`` (default true)."""
+        out = self.networking.outbound if self.networking is not None else None
+        return out is None or out.passthrough is not False
 
     @property
     def mesh_services_mode(self) -> MeshServicesMode:

@@ -10,9 +10,10 @@ from functools import lru_cache
 from typing import Any
 
 from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundListener, ProxyIR, Secret
+from isthmus.ir.transparent import TransparentProxy
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
-from isthmus.xds.translate import clusters, listeners, names, secrets
+from isthmus.xds.translate import clusters, listeners, names, secrets, transparent
 from isthmus.xds.translate.patches import apply_patches
 
 _cluster = lru_cache(maxsize=65536)(clusters.cluster)
@@ -25,11 +26,14 @@ _routes = lru_cache(maxsize=65536)(listeners.outbound_routes)
 def translate(ir: ProxyIR) -> dict[str, list[Any]]:
     """Envoy resources of one proxy, by type URL. The messages may be shared: never mutate them. MeshProxyPatch
     modifications, if any, are applied to copies."""
+    tp = ir.transparent
     messages: dict[str, list[Any]] = {
-        types.CLUSTER: [_cluster(c) for c in ir.clusters],
+        types.CLUSTER: [_cluster(c) for c in ir.clusters] + (list(transparent.clusters(tp)) if tp else []),
         types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
-        types.LISTENER: [_inbound(i) for i in ir.inbounds] + [_outbound(o) for o in ir.outbounds if o.port]
-        + ([names.dns_listener(ir.dns)] if ir.dns is not None else []),
+        types.LISTENER: [_inbound(i) for i in ir.inbounds]
+        + [_outbound(o) for o in ir.outbounds if o.port]
+        + ([names.dns_listener(ir.dns)] if ir.dns is not None else [])
+        + (list(transparent.listeners(tp)) if tp else []),
         types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [secrets.secret(s) for s in ir.secrets],
     }
@@ -61,6 +65,15 @@ def _packed_routes(node: OutboundListener) -> Resource:
     return Resource.of(types.ROUTE, _routes(node))
 
 
+@lru_cache(maxsize=64)
+def _packed_transparent(node: TransparentProxy) -> tuple[tuple[Resource, ...], tuple[Resource, ...]]:
+    """(clusters, listeners) of a transparent proxy's catch-alls, packed once per distinct setting."""
+    return (
+        tuple(Resource.of(types.CLUSTER, c) for c in transparent.clusters(node)),
+        tuple(Resource.of(types.LISTENER, lst) for lst in transparent.listeners(node)),
+    )
+
+
 @lru_cache(maxsize=4096)
 def _packed_secret(node: Secret) -> Resource:
     return Resource.of(types.SECRET, secrets.secret(node))
@@ -71,12 +84,15 @@ def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
     A proxy with MeshProxyPatch modifications is translated, patched on copies, then packed."""
     if ir.patches:
         return {t: [Resource.of(t, m) for m in msgs] for t, msgs in translate(ir).items()}
+    tp = ir.transparent
     return {
-        types.CLUSTER: [_packed_cluster(c) for c in ir.clusters],
+        types.CLUSTER: [_packed_cluster(c) for c in ir.clusters]
+        + (list(_packed_transparent(tp)[0]) if tp else []),
         types.ENDPOINT: [_packed_endpoints(e) for e in ir.endpoints],
         types.LISTENER: [_packed_inbound(i) for i in ir.inbounds]
         + [_packed_outbound(o) for o in ir.outbounds if o.port]  # port 0: a gateway's mesh leg
-        + ([Resource.of(types.LISTENER, names.dns_listener(ir.dns))] if ir.dns is not None else []),
+        + ([Resource.of(types.LISTENER, names.dns_listener(ir.dns))] if ir.dns is not None else [])
+        + (list(_packed_transparent(tp)[1]) if tp else []),
         types.ROUTE: [_packed_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [_packed_secret(s) for s in ir.secrets],
     }

@@ -138,6 +138,8 @@ def inbound(ir: InboundListener) -> listener_pb2.Listener:
         traffic_direction=base_pb2.INBOUND,
         enable_reuse_port={"value": False},
     )
+    if not ir.bind:  # a transparent proxy's inbound: reached from the inbound catch-all (xds/translate/transparent)
+        listener.bind_to_port.value = False
     filters = _inbound_filters(ir)
     if ir.tls_mode is TlsMode.OFF or ir.tls is None:
         listener.filter_chains.append(listener_components_pb2.FilterChain(filters=filters))
@@ -181,7 +183,10 @@ def outbound(ir: OutboundListener) -> listener_pb2.Listener:
         traffic_direction=base_pb2.OUTBOUND,
         filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
     )
-    names.bind_vip(out, ir.address)  # a virtual IP (isthmus.names) binds with freebind
+    if not ir.bind:  # reached from a transparent proxy's outbound catch-all (xds/translate/transparent)
+        out.bind_to_port.value = False
+    else:
+        names.bind_vip(out, ir.address)  # a virtual IP (isthmus.names) binds with freebind
     return out
 
 
