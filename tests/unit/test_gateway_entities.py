@@ -35,7 +35,21 @@ def test_service_errors_name_every_field_as_kong() -> None:
     assert violation(e.Service, {"host": "a", "foo": 1})["message"] == "schema violation (foo: unknown field)"
     assert violation(e.Service, {"host": "a", "retries": 40000})["fields"] == {"retries": "value should be between 0 and 32767"}  # fmt: skip
     assert violation(e.Service, {"host": "a", "name": "bad name"})["fields"]["name"].startswith("invalid value 'bad name'")  # fmt: skip
-    assert violation(e.Service, {"host": "a", "protocol": "tcp", "path": "/x"})["fields"] == {"path": "value must be null"}  # fmt: skip
+    tcp = violation(e.Service, {"host": "a", "protocol": "tcp", "path": "/x"})["fields"]
+    assert tcp == {"path": "value must be null", "protocol": "'tcp' is not supported yet"}
+
+
+def test_protocols_the_gateway_does_not_serve_are_refused_not_ignored() -> None:
+    for protocol in ("tcp", "tls", "tls_passthrough", "udp", "ws", "wss"):
+        assert violation(e.Service, {"host": "a", "protocol": protocol})["fields"] == {
+            "protocol": f"'{protocol}' is not supported yet"
+        }
+    stream = violation(e.Route, {"protocols": ["tcp", "tls"], "destinations": [{"port": 80}]})
+    assert stream["fields"] == {"protocols": "'tcp', 'tls' not supported yet"}
+    grpc = e.validate(
+        e.Route, {"protocols": ["grpc", "grpcs"], "paths": ["/hello.Greeter"], "strip_path": False}
+    )
+    assert grpc.dump()["protocols"] == ["grpc", "grpcs"]
 
 
 def test_route_defaults() -> None:

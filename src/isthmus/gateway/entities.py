@@ -36,6 +36,8 @@ MAX_LIST = 10_000
 
 PROTOCOLS = ("grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss")
 HTTP_REDIRECT_CODES = (426, 301, 302, 307, 308)
+# Kong protocols the gateway does not serve yet: refused at apply rather than stored and never routed
+NOT_YET_PROTOCOLS = ("tcp", "tls", "tls_passthrough", "udp", "ws", "wss")
 
 # Kong's bundled plugins (OSS 3.10, ``kong/constants.lua``): other names are refused with Kong's "not enabled"
 # message; bundled ones not in isthmus.gateway.plugins.kinds() yet are refused as "not supported yet".
@@ -312,6 +314,8 @@ class Service(Entity):
             for field in ("client_certificate", "tls_verify", "tls_verify_depth", "ca_certificates"):
                 if getattr(self, field) is not None:
                     errors[field] = "value must be null"
+        if self.protocol in NOT_YET_PROTOCOLS and "protocol" not in errors:
+            errors["protocol"] = f"'{self.protocol}' is not supported yet"
         return errors
 
 
@@ -376,6 +380,11 @@ class Route(Entity):
                 "these sets are mutually exclusive: ('http', 'https'), ('tcp', 'tls', 'udp'), "
                 "('tls_passthrough'), ('grpc', 'grpcs'), ('ws', 'wss')"
             )
+            return errors
+        if protocols & set(NOT_YET_PROTOCOLS):
+            # Kong's stream routes (and Enterprise's WebSocket ones) are not served by the gateway yet
+            names = ", ".join(f"'{p}'" for p in sorted(protocols & set(NOT_YET_PROTOCOLS)))
+            errors["protocols"] = f"{names} not supported yet"
             return errors
         http_like = bool(protocols & {"http", "https", "grpc", "grpcs", "ws", "wss"})
         if self.snis and not protocols & {"https", "grpcs", "tls", "tls_passthrough", "wss"}:
