@@ -12,7 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from tests.e2e.harness import ControlPlane, free_port, wait_for
+from tests.conftest import free_port
+from tests.e2e.harness import ControlPlane, wait_for
 from tests.e2e.test_gateway_proxy import MESH, Gateway, _created
 
 pytestmark = pytest.mark.e2e
