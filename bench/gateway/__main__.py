@@ -47,12 +47,15 @@ from bench.gateway.workload import (
     UPSTREAM_CONF,
     big_config,
     dump,
+    extra_ratio_lines,
     medians,
+    minimal_envoy,
     parse_wrk,
     small_config,
     throughput_table,
     timing_lines,
 )
+from isthmus.dp.envoy_binary import find_envoy_binary
 
 MESH = """type: Mesh
 name: default
@@ -162,6 +165,12 @@ def main() -> None:
     ap.add_argument("--routes", type=int, default=10_000)
     ap.add_argument("--consumers", type=int, default=10_000)
     ap.add_argument("--changes", type=int, default=8)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the nginx proxy and threads of the minimal Envoy (the gateway Envoys: see dp run)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
@@ -175,9 +184,31 @@ def main() -> None:
     try:
         upstream_port, proxy_port = free_port(), free_port()
         (tmp / "upstream.conf").write_text(UPSTREAM_CONF.format(dir=tmp, port=upstream_port))
-        (tmp / "proxy.conf").write_text(PROXY_CONF.format(dir=tmp, port=proxy_port, upstream=upstream_port))
+        proxy_conf = PROXY_CONF.format(dir=tmp, port=proxy_port, upstream=upstream_port, workers=args.workers)
+        (tmp / "proxy.conf").write_text(proxy_conf)
         for conf in ("upstream.conf", "proxy.conf"):
             procs.append(subprocess.Popen([nginx_bin, "-c", str(tmp / conf), "-e", str(tmp / f"{conf}.log")]))
+        minimal_port = free_port()
+        (tmp / "minimal.json").write_text(json.dumps(minimal_envoy(minimal_port, upstream_port, free_port())))
+        with (tmp / "minimal.log").open("ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(find_envoy_binary()),
+                        "-c",
+                        str(tmp / "minimal.json"),
+                        "--concurrency",
+                        str(args.workers),
+                        "--disable-hot-restart",
+                        "--log-level",
+                        "warning",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        minimal = f"http://127.0.0.1:{minimal_port}"
+        wait_for(lambda: status(minimal + "/") == 200, 20, what="the minimal Envoy")
         upstream = f"http://127.0.0.1:{upstream_port}"
         wait_for(lambda: status(upstream + "/") == 200, 20, what="nginx upstream")
         wait_for(lambda: status(f"http://127.0.0.1:{proxy_port}/") == 200, 20, what="nginx proxy")
@@ -211,6 +242,7 @@ def main() -> None:
         paths: dict[str, tuple[str, dict[str, str]]] = {
             "upstream direct (nginx)": (upstream + "/", {}),
             "nginx reverse proxy": (f"http://127.0.0.1:{proxy_port}/bench", {}),
+            "minimal Envoy (router only)": (minimal + "/bench", {}),
             "gateway, plain route": (small.url + "/bench", {}),
             f"gateway, {auth_row}": (small.url + "/bauth", auth_headers),
             "10k routes, plain route": (big.url + "/bench", {}),
@@ -245,10 +277,13 @@ def main() -> None:
 
     med = {name: medians(rounds) for name, rounds in results.items()}
     print(
-        f"\nGateway: wrk -t1 -c50, {args.rounds} rounds x {args.duration}s, medians; one worker each "
-        f"(gateway Envoys, nginx proxy, nginx upstream); {args.routes} routes / {args.consumers} consumers"
+        f"\nGateway: wrk -t1 -c50, {args.rounds} rounds x {args.duration}s, medians; workers: nginx proxy "
+        f"{args.workers}, minimal Envoy {args.workers}, gateway Envoys 1, nginx upstream 1; "
+        f"{args.routes} routes / {args.consumers} consumers"
     )
     for line in throughput_table(med):
+        print(line)
+    for line in extra_ratio_lines(med):
         print(line)
     print()
     for line in timing_lines([apply_s], [served_s], change_s):

@@ -33,10 +33,10 @@ http {{
 }}
 """
 
-# nginx as a reverse proxy to the same upstream, one worker as the gateway Envoy has one worker thread;
+# nginx as a reverse proxy to the same upstream, as many workers as the gateway Envoy has worker threads;
 # kept-alive upstream connections (as Envoy's pool) and the forwarding headers Kong's proxy sets
 PROXY_CONF = """
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {dir}/proxy.pid;
 error_log {dir}/proxy-error.log warn;
@@ -62,6 +62,60 @@ http {{
   }}
 }}
 """
+
+
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def minimal_envoy(port: int, upstream_port: int, admin_port: int) -> dict[str, Any]:
+    """A hand-written minimal Envoy bootstrap: one listener, one route to the upstream, the router only, Envoy's
+    defaults everywhere else (HTTP/1.1 kept-alive upstream connections). What Envoy itself costs on this machine,
+    apart from the gateway's configuration."""
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    upstream = {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "minimal",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }
+            ]
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "minimal",
+                    "address": address,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": upstream}}]}],
+                    },
+                }
+            ],
+        },
+    }
 
 
 def route_path(service: int, route: int) -> str:
@@ -164,6 +218,7 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 # (row, its baseline row, target ratio or None) in the order printed
 COMPARISONS: tuple[tuple[str, str, float | None], ...] = (
+    ("minimal Envoy (router only)", "nginx reverse proxy", None),
     ("gateway, key-auth + rate-limiting", "gateway, plain route", 0.90),
     ("gateway, plain route", "nginx reverse proxy", 0.70),
     ("10k routes, plain route", "gateway, plain route", 0.95),
@@ -176,6 +231,21 @@ COMPARISONS: tuple[tuple[str, str, float | None], ...] = (
         0.95,
     ),
 )
+
+
+# further ratios printed under the table: what the gateway's configuration costs on top of Envoy itself
+EXTRA_RATIOS: tuple[tuple[str, str], ...] = (
+    ("gateway, plain route", "minimal Envoy (router only)"),
+    ("10k routes, plain route", "minimal Envoy (router only)"),
+)
+
+
+def extra_ratio_lines(med: Mapping[str, Mapping[str, float]]) -> list[str]:
+    return [
+        f"{row} / {base}: {med[row]['rps'] / med[base]['rps']:.3f}"
+        for row, base in EXTRA_RATIOS
+        if row in med and base in med and med[base]["rps"]
+    ]
 
 
 def throughput_table(med: Mapping[str, Mapping[str, float]]) -> list[str]:
