@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 
 from isthmus.gateway import mesh_leg
 from isthmus.gateway import plugins as kong_plugins
@@ -386,33 +386,73 @@ def route_configuration(
     upstreams = {str(u["name"]): u for u in entities.get("upstreams", {}).values()}
     entries = _sorted_entries(entities)
     scopes = kong_plugins.Scopes(entities.get("plugins", {}))
-    routes = [
-        r
-        for entry in entries
-        for r in [
-            # consumer-scoped plugin configurations: the consumers' copies first (isthmus.gateway.plugins.auth)
-            *consumer_copies(
-                scopes,
-                entry.route.id,
-                entry.route.service_id,
-                partial(_envoy_routes, workspace, entry, services, upstreams, https, port),
-            ),
-            *_envoy_routes(
-                workspace,
-                entry,
-                services,
-                upstreams,
-                https,
-                port,
-                scopes.effective(entry.route.id, entry.route.service_id),
-            ),
-        ]
-    ]
+    routes = []
+    for entry in entries:
+        # consumer-scoped plugin configurations: the consumers' copies first (isthmus.gateway.plugins.auth)
+        copies = consumer_copies(
+            scopes,
+            entry.route.id,
+            entry.route.service_id,
+            partial(_envoy_routes, workspace, entry, services, upstreams, https, port),
+        )
+        general = _envoy_routes(
+            workspace,
+            entry,
+            services,
+            upstreams,
+            https,
+            port,
+            scopes.effective(entry.route.id, entry.route.service_id),
+        )
+        routes += [*copies, *_enable_filters(general, _filters_of_copies(copies))]
     routes.append(_direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE))
     return {
         "name": route_config_name(workspace, https, port),
         "virtual_hosts": [{**_virtual_host(workspace), "routes": routes}],
     }
+
+
+def _filters_of_copies(copies: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {name for c in copies for name in c.get("typed_per_filter_config") or {}}
+
+
+def _enable_filters(routes: list[dict[str, Any]], names: set[str]) -> list[dict[str, Any]]:
+    """``routes`` with the filters ``names`` enabled (dict form): the HTTP filters disabled by default are created
+    for a request by the route first chosen, the Kong route's general one (consumer headers are removed before
+    routing), so the filters its consumer copies configure must be enabled there too (without a configuration of
+    their own there they do nothing)."""
+    out = []
+    for r in routes:
+        per_filter = r.get("typed_per_filter_config") or {}
+        missing = sorted(names - set(per_filter))
+        out.append(
+            {**r, "typed_per_filter_config": {**per_filter, **{n: _ENABLED for n in missing}}}
+            if missing
+            else r
+        )
+    return out
+
+
+_ENABLED = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+
+
+def _enable_filter_messages(
+    routes: list[route_components_pb2.Route], names: set[str]
+) -> list[route_components_pb2.Route]:
+    """:func:`_enable_filters` for Route messages (the memoised ones are copied, never changed)."""
+    out = []
+    for r in routes:
+        missing = sorted(names - set(r.typed_per_filter_config))
+        if missing:
+            copy = route_components_pb2.Route()
+            copy.CopyFrom(r)
+            for name in missing:
+                copy.typed_per_filter_config[name].Pack(
+                    route_components_pb2.FilterConfig(config=any_pb2.Any())
+                )
+            r = copy
+        out.append(r)
+    return out
 
 
 # Envoy routes of one matcher, by everything they are made of: a change to one route among thousands converts one.
@@ -458,7 +498,9 @@ def route_message(
         build = partial(_envoy_routes, workspace, entry, services, upstreams, https, port)
         copies = consumer_copies(scopes, entry.route.id, entry.route.service_id, build)
         vhost.routes.extend(json_format.ParseDict(r, route_components_pb2.Route()) for r in copies)
-        vhost.routes.extend(messages)
+        vhost.routes.extend(
+            _enable_filter_messages(messages, _filters_of_copies(copies)) if copies else messages
+        )
     vhost.routes.append(
         json_format.ParseDict(
             _direct("no route", {"prefix": "/"}, 404, NO_ROUTE_MESSAGE), route_components_pb2.Route()

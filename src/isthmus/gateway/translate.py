@@ -79,6 +79,9 @@ from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2 as early_header_mutation_pb2,  # noqa: F401
+)
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
@@ -98,6 +101,7 @@ from isthmus.gateway.envoy_routes import (
     seconds,
     uses_uri_capture,
 )
+from isthmus.gateway.plugins import auth as kong_auth
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
 
@@ -113,6 +117,18 @@ SERVER_NAME_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+EARLY_HEADER_MUTATION = (
+    "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+)
+_FORGEABLE_REMOVAL = {
+    "name": "envoy.http.early_header_mutation.header_mutation",
+    "typed_config": {
+        "@type": EARLY_HEADER_MUTATION,
+        "mutations": [{"remove": name} for name in kong_auth.FORGEABLE_HEADERS],
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,8 @@ def _hcm_filter(
             "normalize_path": True,
             "merge_slashes": True,
             "use_remote_address": True,
+            # the headers only the gateway may set, removed before the route is chosen (natively, on every request)
+            "early_header_mutation_extensions": [_FORGEABLE_REMOVAL],
             "rds": {
                 "route_config_name": route_config_name(workspace, https, address.port if per_port else None),
                 "config_source": {"ads": {}, "resource_api_version": "V3"},

@@ -95,6 +95,8 @@ KIND = PluginKind(
     http_filters=(
         {
             "name": FILTER,
+            # disabled by default: enabled by the CorsPolicy of the routes with the plugin
+            "disabled": True,
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
         },
     ),

@@ -369,11 +369,11 @@ def _apply_redis(config: Config, scope: Any, routes: list[EnvoyRoute]) -> list[E
         encoded = plan(config, scope, route_service(r)).encode()
         rate_limits = [{"actions": redis_actions(config, encoded)}]
         changed = {**r, "route": {**r["route"], "rate_limits": rate_limits}}
+        # the filter is disabled by default (routes without the plugin do not run it): enabled here
+        per_route = {**r.get("typed_per_filter_config", {}), REDIS_FILTER: _FILTER_ENABLED}
         if config.error_code != 429 or not config.fault_tolerant:  # answers other than 429: the status filter
-            changed["typed_per_filter_config"] = {
-                **r.get("typed_per_filter_config", {}),
-                STATUS_FILTER: _ENABLED,
-            }
+            per_route[STATUS_FILTER] = _ENABLED
+        changed["typed_per_filter_config"] = per_route
         out.append(changed)
     return out
 
@@ -401,8 +401,12 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     ]
 
 
+# the three filters are disabled by default: a route without the plugin runs none of them (a route's own
+# configuration of a filter enables it there)
+_FILTER_ENABLED = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
 REDIS_HTTP_FILTER = {
     "name": REDIS_FILTER,
+    "disabled": True,
     "typed_config": {
         "@type": _REDIS_TYPE,
         "domain": rl_plan.DOMAIN,
@@ -436,6 +440,7 @@ def _kong_headers(config: Config) -> dict[str, Any]:
 
 STATUS_HTTP_FILTER = {
     "name": STATUS_FILTER,
+    "disabled": True,
     "typed_config": {
         "@type": _LUA_TYPE,
         "source_codes": {
@@ -455,7 +460,11 @@ KIND = PluginKind(
     http_filters=(
         # before the rate limit filters, so that it sees their answers: a refusal's status other than 429
         STATUS_HTTP_FILTER,
-        {"name": FILTER, "typed_config": {"@type": _TYPE, "stat_prefix": "kong_rate_limiting"}},
+        {
+            "name": FILTER,
+            "disabled": True,
+            "typed_config": {"@type": _TYPE, "stat_prefix": "kong_rate_limiting"},
+        },
         REDIS_HTTP_FILTER,
     ),
     # Kong's 429 body for Envoy's rate-limited local replies

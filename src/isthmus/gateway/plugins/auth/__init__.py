@@ -2,9 +2,9 @@
 
 Four HTTP filters on every gateway listener, in Kong's priority order:
 
-* ``kong.auth.pre`` (Lua, static): removes the consumer headers from every request (a client can never forge
-  them; a forged ``X-Consumer-ID`` also re-selects the route) and, on a route with the jwt plugin, passes Kong's
-  one token to jwt_authn in an internal header;
+* ``kong.auth.pre`` (Lua, static): on a route with the jwt plugin, passes Kong's one token to jwt_authn in an
+  internal header (the consumer headers and that internal header are removed from every request before its
+  route is chosen, natively, by the listeners' early header mutation: :data:`FORGEABLE_HEADERS`);
 * ``kong.jwt`` (``envoy.filters.http.jwt_authn``, by ECDS): one provider per jwt credential (issuer = the
   credential's ``key``), ``allow_missing_or_failed``, so it only verifies signatures and records which
   credential verified the token; the Lua step decides 401 or anonymous;
@@ -14,6 +14,9 @@ Four HTTP filters on every gateway listener, in Kong's priority order:
   consumer headers; when the workspace has consumer-scoped plugin configurations it sets ``x-consumer-id`` and
   clears the route cache so that the consumer's own route copy is selected;
 * ``kong.acl`` (Lua, static, priority 950): Kong's acl over the identified consumer's groups.
+
+The four filters are disabled by default and enabled by the routes whose plugins use them (``with_metadata``),
+so a route without auth plugins runs no Lua.
 
 Credentials travel by ECDS (Envoy's extension config discovery): a consumer or credential change updates those
 two filter configurations only, never the listener (no drain) nor the routes. Each route carries only its plugin
@@ -40,6 +43,18 @@ LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 # Kong's consumer headers (kong/constants.lua HEADERS); acl adds X-Consumer-Groups
+# every header only the gateway may set, removed from each request before routing (a client can never forge a
+# consumer; a forged X-Consumer-ID cannot select a consumer's route copy)
+FORGEABLE_HEADERS = (
+    "x-consumer-id",
+    "x-consumer-custom-id",
+    "x-consumer-username",
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+    "x-consumer-groups",
+    "x-authenticated-groups",
+    JWT_HEADER,
+)
 CONSUMER_HEADERS = (
     "X-Consumer-ID",
     "X-Consumer-Custom-ID",
@@ -56,9 +71,16 @@ def lua(*names: str) -> str:
     return "\n".join(folder.joinpath(f"{n}.lua").read_text(encoding="utf-8") for n in names)
 
 
+# a route's ``typed_per_filter_config`` entry enabling a filter that is disabled by default (Envoy's FilterConfig
+# with an empty ``config``: enabled, no per-route configuration)
+FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+ENABLED = {"@type": FILTER_CONFIG, "config": {}}
+
+
 def _ecds(name: str, type_url: str) -> dict[str, Any]:
     return {
         "name": name,
+        "disabled": True,
         "config_discovery": {
             "config_source": {"ads": {}, "resource_api_version": "V3"},
             "type_urls": [type_url],
@@ -69,6 +91,7 @@ def _ecds(name: str, type_url: str) -> dict[str, Any]:
 def _inline(name: str, source: str) -> dict[str, Any]:
     return {
         "name": name,
+        "disabled": True,
         "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": source}},
     }
 
@@ -88,13 +111,18 @@ def acl_filters() -> tuple[dict[str, Any], ...]:
 
 def with_metadata(routes: list[EnvoyRoute], namespace: str, key: str, value: Any) -> list[EnvoyRoute]:
     """``routes`` with ``value`` at ``metadata.filter_metadata[namespace][key]`` (read by that Lua filter's
-    ``handle:metadata():get(key)``)."""
+    ``handle:metadata():get(key)``), and the filter ``namespace`` enabled there (every auth filter is disabled by
+    default: a route without these plugins runs none of them)."""
     out = []
     for r in routes:
         metadata = dict(r.get("metadata") or {})
         filter_metadata = dict(metadata.get("filter_metadata") or {})
         filter_metadata[namespace] = {**(filter_metadata.get(namespace) or {}), key: value}
-        out.append({**r, "metadata": {**metadata, "filter_metadata": filter_metadata}})
+        changed = {**r, "metadata": {**metadata, "filter_metadata": filter_metadata}}
+        per_filter = r.get("typed_per_filter_config") or {}
+        if namespace not in per_filter:
+            changed["typed_per_filter_config"] = {**per_filter, namespace: ENABLED}
+        out.append(changed)
     return out
 
 

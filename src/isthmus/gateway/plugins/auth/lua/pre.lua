@@ -1,23 +1,13 @@
--- kong.auth.pre: on every gateway request, before Envoy's jwt_authn. Removes the headers only the gateway may
--- set (a client can never forge a consumer) and, on a route with the jwt plugin, hands Kong's one token to
--- jwt_authn in an internal header.
-local FORGEABLE = {
-  "x-consumer-id", "x-consumer-custom-id", "x-consumer-username", "x-credential-identifier",
-  "x-anonymous-consumer", "x-consumer-groups", "x-authenticated-groups", "x-isthmus-jwt",
-}
-
+-- kong.auth.pre: on a route with the jwt plugin (the filter is disabled elsewhere), before Envoy's jwt_authn,
+-- hands Kong's one token to jwt_authn in an internal header. The headers only the gateway may set (and that
+-- internal header) were removed from the request before its route was chosen (the listener's early header
+-- mutation), so a client can never forge a consumer.
 local function prepare(h)
-  local headers = h:headers()
-  local forged_consumer = headers:get("x-consumer-id") ~= nil
-  for _, name in ipairs(FORGEABLE) do headers:remove(name) end
-  if forged_consumer then
-    h:clearRouteCache() -- the route was chosen with the forged header
-  end
   local jwt = h:metadata():get("jwt")
   if jwt then
     local tokens = jwt_tokens(h, jwt)
     if #tokens == 1 and type(tokens[1]) == "string" then
-      headers:replace("x-isthmus-jwt", tokens[1])
+      h:headers():replace("x-isthmus-jwt", tokens[1])
     end
   end
 end
