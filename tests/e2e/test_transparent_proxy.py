@@ -115,7 +115,6 @@ def namespaces(tmp_path: Path) -> Iterator[Namespaces]:
             a, os.O_RDONLY
         )  # this thread's namespace, by a path that does not depend on the thread
         spaces = Namespaces(f"/proc/self/fd/{keep_a}", holder)
-        run = lambda *args: subprocess.run(list(args), check=True)  # noqa: E731
         run("ip", "link", "set", "lo", "up")
         run("ip", "link", "add", "isthmus-a", "type", "veth", "peer", "name", "isthmus-b")
         run("ip", "link", "set", "isthmus-b", "netns", str(holder.pid))
@@ -133,6 +132,10 @@ def namespaces(tmp_path: Path) -> Iterator[Namespaces]:
         holder.wait()
         _libc.setns(original, CLONE_NEWNET)
         os.close(original)
+
+
+def run(*args: str) -> None:
+    subprocess.run(list(args), check=True)
 
 
 class Outside(http.server.BaseHTTPRequestHandler):
