@@ -37,6 +37,7 @@ from isthmus.cp.insights import Insights
 from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
+from isthmus.cp.stats_scraper import StatsScraper, online_targets
 from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.gateway.admin_api import create_admin_app
 from isthmus.gateway.reconciler import GatewayCache, GatewayReconciler
@@ -282,6 +283,8 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 if options.mode != "standalone"
                 else None
             ),
+            gateway_store=gateway_store,
+            stats=StatsScraper(lambda: online_targets(store, insights, reconciler)),  # for the web UI
         )
         app = create_app(state)
         config = uvicorn.Config(
@@ -309,6 +312,8 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 ingress_generation = tg.create_task(ingresses.run(), name="ingress-reconciler")
                 names = NamesController(store, registry, mode=options.mode, zone=options.zone or "default")
                 tg.create_task(names.run(), name="names")  # generated MeshServices, VIPs, hostnames
+                assert state.stats is not None
+                scraper = tg.create_task(state.stats.run(), name="stats-scraper")  # only while the UI reads
                 await reconciler.wait_ready()
                 housekeeping = Housekeeping(
                     store,
@@ -350,6 +355,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 gateway_generation.cancel()
                 ingress_generation.cancel()
                 cleanup.cancel()
+                scraper.cancel()
                 if zone_sync is not None:
                     zone_sync.cancel()
     finally:

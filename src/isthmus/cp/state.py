@@ -16,6 +16,8 @@ from isthmus.store.base import ResourceStore
 from isthmus.xds.cache import SnapshotCache
 
 if TYPE_CHECKING:
+    from isthmus.cp.stats_scraper import StatsScraper
+    from isthmus.gateway.store import GatewayStore
     from isthmus.kds.ownership import WriteGuard
 
 
@@ -36,3 +38,6 @@ class ControlPlaneState:
     # standalone, every write allowed
     write_guard: WriteGuard | None = field(default=None, kw_only=True)
     mode: str = field(default="standalone", kw_only=True)  # standalone | global | zone
+    # the web UI's views (cp/api/ui_data.py): the Admin API's GatewayStore, and the data planes' stats
+    gateway_store: GatewayStore | None = field(default=None, kw_only=True)
+    stats: StatsScraper | None = field(default=None, kw_only=True)

@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isthmus import __version__
-from isthmus.cp.api import auth, errors, inspect, resources, tokens
+from isthmus.cp.api import auth, errors, gui, inspect, resources, tokens, ui_data
 from isthmus.cp.api.limits import BodyLimitMiddleware
 from isthmus.cp.api.models import Index, ResourceTypes
 from isthmus.cp.api.openapi import ControlPlaneApi
@@ -58,6 +58,8 @@ def create_app(state: ControlPlaneState) -> FastAPI:
         return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(inspect.build_router(state))
+    app.include_router(ui_data.build_router(state))  # the web UI's views, before /meshes/{mesh}/{plural}
+    app.include_router(gui.build_router())  # the web UI's files at /gui
     # fixed paths before resources' /{plural}/{name} (global kinds), which would otherwise match them first
     app.include_router(kds_api.build_router(state))  # /tokens/zone, /zones+insights
     app.include_router(tokens.build_router(state))
