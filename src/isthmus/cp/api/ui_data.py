@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field, ValidationError
 
-from isthmus.cp.api.errors import error_responses
+from isthmus.cp.api.errors import ApiError, error_responses
 from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.stats_scraper import Traffic, edges, services
 from isthmus.gateway.entities import NAME_RE
@@ -313,9 +313,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 items.append(entry)
         return {"mesh": mesh, "total": total, "items": items}
 
-    workspace_param: Any = Path(
-        description="a Kong workspace", pattern=NAME_RE.pattern, json_schema_extra={"maxLength": 128}
-    )
+    workspace_param: Any = Path(description="a Kong workspace", pattern=NAME_RE.pattern, max_length=128)
 
     async def gateway_proxies() -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {}
@@ -327,6 +325,16 @@ def build_router(state: ControlPlaneState) -> APIRouter:
                 )
         return found
 
+    async def workspace_names(proxies: dict[str, list[dict[str, Any]]]) -> set[str]:
+        """``default``, the workspaces with entities and those gateway proxies name (only these are loaded:
+        asking for any other name loads nothing)."""
+        names = {"default", *proxies}
+        for collection in GATEWAY_COLLECTIONS:
+            for record in (await state.store.list(KINDS[collection].record_type)).items:
+                if record.mesh.startswith(SCOPE_PREFIX):
+                    names.add(record.mesh.removeprefix(SCOPE_PREFIX))
+        return names
+
     def gateway_store() -> GatewayStore:
         return state.gateway_store or GatewayStore(state.store)
 
@@ -334,14 +342,9 @@ def build_router(state: ControlPlaneState) -> APIRouter:
     async def workspaces() -> dict[str, Any]:
         """The Kong workspaces that have entities or gateway proxies, with their entity counts."""
         proxies = await gateway_proxies()
-        names = {"default", *proxies}
-        for collection in GATEWAY_COLLECTIONS:
-            for record in (await state.store.list(KINDS[collection].record_type)).items:
-                if record.mesh.startswith(SCOPE_PREFIX):
-                    names.add(record.mesh.removeprefix(SCOPE_PREFIX))
         store = gateway_store()
         items = []
-        for name in sorted(names):
+        for name in sorted(await workspace_names(proxies)):
             ws = await store.workspace(name)
             items.append(
                 {
@@ -360,6 +363,11 @@ def build_router(state: ControlPlaneState) -> APIRouter:
     async def workspace_overview(workspace: str = workspace_param) -> dict[str, Any]:
         """A workspace's services, routes, consumers (without credentials), plugins (secrets redacted) and
         upstreams, at most 1000 of each, and the gateway proxies serving it."""
+        proxies = await gateway_proxies()
+        if workspace not in await workspace_names(proxies):
+            raise ApiError(
+                404, "Not found", f"workspace {workspace!r} has no entities and no gateway proxies"
+            )
         ws = await gateway_store().workspace(workspace)
 
         def listed(collection: str) -> list[dict[str, Any]]:
@@ -373,7 +381,7 @@ def build_router(state: ControlPlaneState) -> APIRouter:
             "configurationHash": ws.configuration_hash(),
             "counts": {c: len(ws.entities[c]) for c in GATEWAY_COLLECTIONS},
             **{c: listed(c) for c in GATEWAY_COLLECTIONS},
-            "proxies": (await gateway_proxies()).get(workspace, []),
+            "proxies": proxies.get(workspace, []),
         }
 
     return router
