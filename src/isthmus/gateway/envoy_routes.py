@@ -295,7 +295,8 @@ def _envoy_routes(
             continue
         service = services.get(spec.service_id or "")
         if service is None:
-            out += kong_plugins.apply(plugins or {}, [_direct(name, match, 503, NO_SERVICE_MESSAGE)])
+            identity = _identity(workspace, spec, None)
+            out += kong_plugins.apply(plugins or {}, [_direct(name, match, 503, NO_SERVICE_MESSAGE)], identity)
             continue
         action: dict[str, Any] = {
             "cluster": mesh_leg.cluster_for(workspace, service, upstreams)
@@ -331,8 +332,20 @@ def _envoy_routes(
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                     }
                 ]
-        out += mesh_leg.mark(kong_plugins.apply(plugins or {}, proxied), service, upstreams)
+        identity = _identity(workspace, spec, service)
+        out += mesh_leg.mark(kong_plugins.apply(plugins or {}, proxied, identity), service, upstreams)
     return out
+
+
+def _identity(workspace: str, spec: RouteSpec, service: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """Which Kong route (and service) Envoy routes serve, for the plugins that log it."""
+    return {
+        "workspace": workspace,
+        "route_id": spec.id,
+        "route_name": spec.name,
+        "service_id": str(service["id"]) if service else None,
+        "service_name": str(service["name"]) if service and service.get("name") else None,
+    }
 
 
 def _direct(name: str, match: dict[str, Any], status: int, message: str) -> dict[str, Any]:

@@ -90,6 +90,7 @@ from google.protobuf import json_format
 
 from isthmus.gateway import healthchecks, mesh_leg
 from isthmus.gateway import plugins as kong_plugins
+from isthmus.gateway.plugins import observability as kong_observability
 from isthmus.gateway.envoy_routes import (
     HASH_PATH_HEADER,
     SNI_FILTER_STATE,
@@ -507,10 +508,15 @@ def translate(
         return out
 
     routes = [route_message(workspace, entities, False, p) for p in ports(listen)] if listen else []
+    # Kong's logging, metrics and tracing plugins: access logs and the tracer on every HCM (plugins.observability)
+    observed, observed_clusters = kong_observability.hcm(workspace, entities)
+    clusters += [json_format.ParseDict(c, cluster_pb2.Cluster()) for c in observed_clusters]
     listeners = [
-        json_format.ParseDict(listener(workspace, a, per_port), listener_pb2.Listener()) for a in listen
+        json_format.ParseDict(kong_observability.decorate(listener(workspace, a, per_port), observed), listener_pb2.Listener())  # fmt: skip
+        for a in listen
     ]
-    tls = [x for x in (tls_listener(workspace, a, entities, per_port) for a in listen_tls) if x is not None]
+    tls = [kong_observability.decorate(tls_listener(workspace, a, entities, per_port), observed) for a in listen_tls]  # fmt: skip
+    tls = [x for x in tls if x is not None]
     if tls:
         listeners += [json_format.ParseDict(x, listener_pb2.Listener()) for x in tls]
         routes += [route_message(workspace, entities, True, p) for p in ports(listen_tls)]

@@ -39,19 +39,28 @@ class PluginKind:
     # instead of ``apply``, for a plugin that keys state on its scope (Kong's ``conf.route_id``/``conf.service_id``):
     # (config, {"route_id": ..., "service_id": ...}, routes) -> routes
     scoped_apply: Callable[[Any, Mapping[str, str | None], list[EnvoyRoute]], list[EnvoyRoute]] | None = None
+    # instead of ``apply``, for a plugin that records which Kong route it served (logging, metrics, tracing):
+    # (config, {"workspace", "route_id", "route_name", "service_id", "service_name"}, routes) -> routes
+    identified_apply: Callable[[Any, Mapping[str, str | None], list[EnvoyRoute]], list[EnvoyRoute]] | None = None
 
 
 def _registry() -> dict[str, PluginKind]:
     from isthmus.gateway.plugins import (
         correlation_id,
         cors,
+        file_log,
+        http_log,
         ip_restriction,
+        opentelemetry,
+        prometheus,
         proxy_cache,
         rate_limiting,
         request_size_limiting,
         request_termination,
         request_transformer,
         response_transformer,
+        tcp_log,
+        zipkin,
     )
     from isthmus.gateway.plugins.auth import acl, basic_auth, jwt, key_auth
 
@@ -69,6 +78,12 @@ def _registry() -> dict[str, PluginKind]:
         proxy_cache.KIND,
         request_transformer.KIND,
         response_transformer.KIND,
+        file_log.KIND,
+        http_log.KIND,
+        tcp_log.KIND,
+        prometheus.KIND,
+        opentelemetry.KIND,
+        zipkin.KIND,
     )
     return {k.name: k for k in sorted(kinds, key=lambda k: -k.priority)}
 
@@ -166,7 +181,11 @@ def extension_configs(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
     return auth.extension_configs(entities)
 
 
-def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
+def apply(
+    plugins: Mapping[str, Mapping[str, Any]],
+    routes: list[EnvoyRoute],
+    identity: Mapping[str, str | None] | None = None,
+) -> list[EnvoyRoute]:
     """The Envoy routes of one Kong route with its effective plugins applied (``effective``'s result), the lowest
     Kong priority first: a request-size-limiting 413 comes before a request-termination, as in Kong."""
     for name, plugin in sorted(plugins.items(), key=lambda item: kinds()[item[0]].priority):
@@ -175,6 +194,8 @@ def apply(plugins: Mapping[str, Mapping[str, Any]], routes: list[EnvoyRoute]) ->
         if kind.scoped_apply is not None:
             scope = {"route_id": _ref(plugin.get("route")), "service_id": _ref(plugin.get("service"))}
             routes = kind.scoped_apply(config, scope, routes)
+        elif kind.identified_apply is not None:
+            routes = kind.identified_apply(config, identity or {}, routes)
         else:
             routes = kind.apply(config, routes)
     return routes
