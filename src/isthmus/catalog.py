@@ -18,7 +18,7 @@ from isthmus.resources.meshservice import (
 )
 from isthmus.resources.registry import KdsScope, Registry, ResourceType, Scope
 from isthmus.resources.secret import SecretSpec
-from isthmus.resources.zone import ZoneIngressSpec, ZoneInsightSpec, ZoneSpec
+from isthmus.resources.zone import ZoneEgressSpec, ZoneIngressSpec, ZoneInsightSpec, ZoneSpec
 
 
 def default_registry() -> Registry:
@@ -76,6 +76,15 @@ def default_registry() -> Registry:
                 spec_at_top_level=True,
                 short_name="zi",
                 kds_scope=KdsScope.FROM_ZONE_TO_ALL,
+            ),
+            ResourceType(
+                "ZoneEgress",
+                "zoneegresses",
+                Scope.GLOBAL,
+                ZoneEgressSpec,
+                spec_at_top_level=True,
+                short_name="ze",
+                kds_scope=KdsScope.FROM_ZONE,  # Kuma: zone -> global only (its zone's proxies use it)
             ),
             *gateway_resource_types(),  # Kong's entities (isthmus.gateway), internal
         ]

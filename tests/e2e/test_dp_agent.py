@@ -538,11 +538,11 @@ def test_cli_missing_file(tmp_path: Path) -> None:
     assert (code, stderr) == (1, f"Error: --dataplane-file {tmp_path / 'nope.yaml'}: no such file\n")
 
 
-@pytest.mark.parametrize("proxy_type", ["ingress", "egress"])
-def test_cli_refuses_unsupported_proxy_types(proxy_type: str) -> None:
+@pytest.mark.parametrize(("proxy_type", "kind"), [("ingress", "ZoneIngress"), ("egress", "ZoneEgress")])
+def test_cli_zone_proxy_types_run_their_resource_only(proxy_type: str, kind: str) -> None:
     code, stderr = invoke("--dataplane", DATAPLANE_YAML, "--proxy-type", proxy_type)
     assert code == 1
-    assert stderr == f"Error: --proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway)\n"
+    assert stderr == f"Error: --proxy-type {proxy_type} runs a {kind} resource, and only it\n"
 
 
 def test_cli_gateway_options_are_checked() -> None:

@@ -58,12 +58,9 @@ routing:
 """
 
 
-def test_kumas_passthrough_false_is_accepted_and_zone_egress_refused() -> None:
-    with pytest.raises(ResourceValidationError) as caught:
-        parse_document(yaml.safe_load(KUMA_MESH), REG)
-    assert [(e.field, e.reason) for e in caught.value.errors] == [
-        ("routing.zoneEgress", "true is not supported yet"),
-    ]
+def test_kumas_passthrough_false_and_zone_egress_are_accepted() -> None:
+    spec = parse_document(yaml.safe_load(KUMA_MESH), REG).spec
+    assert isinstance(spec, MeshSpec) and spec.routing is not None and spec.routing.zone_egress is True
     assert isinstance(loads_from_store(yaml.safe_load(KUMA_MESH)).spec, MeshSpec)
 
 

@@ -34,6 +34,7 @@ ADMIN_GROUP = "mesh-system:admin"
 READONLY_GROUP = "mesh-system:readonly"
 DATAPLANE_TYPE = "dataplane"
 INGRESS_TYPE = "ingress"  # a zone ingress (isthmus.ingress): its ZoneIngress only, any mesh's key signs it
+EGRESS_TYPE = "egress"  # a zone egress (isthmus.egress): its ZoneEgress only, any mesh's key signs it
 MAX_VALIDITY = timedelta(days=3650)
 DEFAULT_DATAPLANE_VALIDITY = MAX_VALIDITY  # Kuma's default when a data-plane token request has no validFor
 CLOCK_SKEW = timedelta(minutes=5)
@@ -332,7 +333,7 @@ class TokenService:
                 tags[key] = frozenset(listed)
         if not isinstance(name, str) or not isinstance(kind, str):
             raise InvalidToken("the token's Name and Type claims must be strings")
-        if kind not in ("", DATAPLANE_TYPE, INGRESS_TYPE):
+        if kind not in ("", DATAPLANE_TYPE, INGRESS_TYPE, EGRESS_TYPE):
             raise InvalidToken(f"the token is for proxies of type {kind!r}, not {DATAPLANE_TYPE!r}")
         if await self.is_revoked(claims["jti"], mesh):
             raise InvalidToken("the token has been revoked")

@@ -40,7 +40,11 @@ def dataplane_token(
     tag: list[str] = typer.Option(
         [], "--tag", help="KEY=VALUE the Dataplane's tags must match; repeat it, or KEY=V1,V2"
     ),
-    proxy_type: str = typer.Option("dataplane", "--proxy-type", help="dataplane, or ingress (a zone ingress: --name is its ZoneIngress)"),
+    proxy_type: str = typer.Option(
+        "dataplane",
+        "--proxy-type",
+        help="dataplane, ingress or egress (a zone proxy: --name is its ZoneIngress/ZoneEgress)",
+    ),
     valid_for: str | None = typer.Option(None, "--valid-for", help="e.g. 24h, 720h (default: 10 years)"),
     cp_address: str = _cp_address_option(),
     auth_token: str | None = _auth_token_option(),

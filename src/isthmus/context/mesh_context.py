@@ -134,7 +134,7 @@ def build_mesh_context(
         "gateways": sorted(gateways),  # every sidecar's inbound trusts their consumer headers
     }
     remote = remote_zones(mesh.name, ingresses)
-    if remote.ingresses or zone:
+    if remote.ingresses or remote.egresses or zone:
         config["zones"] = [zone, remote.addresses_digest()]  # where other zones' ingresses are
     config_hash = _digest(config)
     return MeshContext(

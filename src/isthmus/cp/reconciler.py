@@ -53,6 +53,7 @@ from isthmus.xds.node import mesh_name_usable, node_id, node_id_or_none
 from isthmus.xds.snapshot import Snapshot
 from isthmus.xds.translate import translate_packed
 
+ZONE_PROXY_KINDS = ("ZoneIngress", "ZoneEgress")  # isthmus.ingress / isthmus.egress
 log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = (1.0, 30.0)  # first and longest wait before a failed mesh is generated again
@@ -197,7 +198,7 @@ class Reconciler:
         def add(ev: ChangeEvent) -> None:
             if ev.type == "Mesh":
                 dirty.setdefault(ev.name, set())
-            elif ev.type == "ZoneIngress":  # other zones' endpoints of every mesh (isthmus.ingress)
+            elif ev.type in ZONE_PROXY_KINDS:  # other zones' endpoints, the zone's egresses (isthmus.ingress)
                 self._ingresses = None
                 for name in self.contexts:
                     dirty.setdefault(name, set())
@@ -365,11 +366,13 @@ class Reconciler:
         """Every ZoneIngress (this zone's and, synced, the other zones'), read again after a change."""
         if self._ingresses is None:
             out: list[Resource] = []
-            for record in (await self.store.list("ZoneIngress")).items:
-                try:
-                    out.append(from_record(record, self.registry))
-                except Exception as exc:  # an invalid record only loses its endpoints
-                    log.error("stored ZoneIngress %r skipped: %s", record.name, exc)
+            # ZoneEgresses too: a mesh with routing.zoneEgress goes through them
+            for kind in ZONE_PROXY_KINDS:
+                for record in (await self.store.list(kind)).items:
+                    try:
+                        out.append(from_record(record, self.registry))
+                    except Exception as exc:  # an invalid record only loses its endpoints
+                        log.error("stored %s %r skipped: %s", kind, record.name, exc)
             self._ingresses = out
         return self._ingresses
 

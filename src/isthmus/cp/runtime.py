@@ -39,6 +39,8 @@ from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.stats_scraper import StatsScraper, online_targets
 from isthmus.cp.tls import ServerTls, ensure_server_tls
+from isthmus.egress.auth import EgressAwareAuthenticator
+from isthmus.egress.reconciler import EgressReconciler
 from isthmus.gateway.admin_api import create_admin_app
 from isthmus.gateway.reconciler import GatewayCache, GatewayReconciler
 from isthmus.gateway.store import GatewayStore
@@ -224,9 +226,19 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         log.info("admin user token in %s", await write_admin_token(tokens, options.data_dir))
     reconciler.zone = options.zone if options.mode == "zone" else ""
     ingresses = IngressReconciler(store, registry, cache, reconciler, mode=options.mode, zone=reconciler.zone)
-    reconciler.on_synced = ingresses.request_sync  # zone ingresses follow the meshes' endpoints
+    egresses = EgressReconciler(
+        store, registry, cache, reconciler, certificates, mode=options.mode, zone=reconciler.zone
+    )
+
+    def zone_proxies_follow(mesh: str) -> None:  # zone ingresses and egresses follow the meshes' endpoints
+        ingresses.request_sync(mesh)
+        egresses.request_sync(mesh)
+
+    reconciler.on_synced = zone_proxies_follow
     authenticator = (
-        IngressAwareAuthenticator(xds_authenticator(tokens, reconciler), tokens, store)
+        EgressAwareAuthenticator(
+            IngressAwareAuthenticator(xds_authenticator(tokens, reconciler), tokens, store), tokens, store
+        )
         if options.dp_auth == "token"
         else None
     )
@@ -310,6 +322,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 generation = tg.create_task(reconciler.run(), name="reconciler")
                 gateway_generation = tg.create_task(gateway_reconciler.run(), name="gateway-reconciler")
                 ingress_generation = tg.create_task(ingresses.run(), name="ingress-reconciler")
+                egress_generation = tg.create_task(egresses.run(), name="egress-reconciler")
                 names = NamesController(store, registry, mode=options.mode, zone=options.zone or "default")
                 tg.create_task(names.run(), name="names")  # generated MeshServices, VIPs, hostnames
                 assert state.stats is not None
@@ -354,6 +367,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 generation.cancel()
                 gateway_generation.cancel()
                 ingress_generation.cancel()
+                egress_generation.cancel()
                 cleanup.cancel()
                 scraper.cancel()
                 if zone_sync is not None:

@@ -41,6 +41,7 @@ from isthmus.dp import gateway_services, transparent_proxy
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
 from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
+from isthmus.egress.node import egress_node_id
 from isthmus.ingress.node import ingress_node_id
 from isthmus.resources.errors import ResourceValidationError
 from isthmus.resources.loading import MAX_DOCUMENT_BYTES, load_yaml
@@ -51,7 +52,8 @@ T = TypeVar("T")
 
 DEFAULT_CP_ADDRESS = "http://127.0.0.1:5681"
 DEFAULT_ADMIN_PORT = 9901
-SUPPORTED_PROXY_TYPES = ("sidecar", "gateway", "ingress")
+ZONE_PROXY_TYPES = {"ZoneIngress": "zoneingresses", "ZoneEgress": "zoneegresses"}  # kind -> REST plural
+SUPPORTED_PROXY_TYPES = ("sidecar", "gateway", "ingress", "egress")
 KNOWN_PROXY_TYPES = ("sidecar", "gateway", "ingress", "egress")
 SERVICE_TAG = "kuma.io/service"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -112,10 +114,10 @@ def check_proxy_type(proxy_type: str) -> None:
         return
     if proxy_type in KNOWN_PROXY_TYPES:
         raise AgentError(
-            f"--proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway, ingress)"
+            f"--proxy-type {proxy_type}: not supported yet (supported: sidecar, gateway, ingress, egress)"
         )
     raise AgentError(
-        f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar, gateway, ingress)"
+        f"--proxy-type {proxy_type!r}: unknown proxy type (supported: sidecar, gateway, ingress, egress)"
     )
 
 
@@ -197,8 +199,11 @@ def check_dataplane(document: Any, source: str = "dataplane") -> dict[str, Any]:
             f"{source}: expected a Dataplane resource (a mapping), got {type(document).__name__}"
         )
     kind = document.get("type")
-    if kind not in ("Dataplane", "ZoneIngress"):  # a ZoneIngress for --proxy-type ingress (no mesh)
-        raise AgentError(f"{source}: type: must be 'Dataplane' (or 'ZoneIngress'), got {kind!r}")
+    # a ZoneIngress/ZoneEgress for --proxy-type ingress/egress
+    if kind not in ("Dataplane", *ZONE_PROXY_TYPES):
+        raise AgentError(
+            f"{source}: type: must be 'Dataplane' (or 'ZoneIngress', 'ZoneEgress'), got {kind!r}"
+        )
     for key in ("name", "mesh") if kind == "Dataplane" else ("name",):
         value = document.get(key)
         if not isinstance(value, str) or not value:
@@ -368,6 +373,7 @@ class ControlPlaneClient:
         self.address = address.rstrip("/")
         self._connect_timeout = connect_timeout
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._zone_plural = "zoneingresses"  # where a zone proxy's resource lives (set by register)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
@@ -422,7 +428,8 @@ class ControlPlaneClient:
     async def register(self, resource: Mapping[str, Any]) -> bool:
         """PUT the Dataplane; True if it was created, False if updated."""
         mesh, name = resource.get("mesh", ""), resource["name"]
-        url = _resource_url(self.address, mesh, name)
+        self._zone_plural = ZONE_PROXY_TYPES.get(str(resource.get("type")), "zoneingresses")
+        url = _resource_url(self.address, mesh, name, self._zone_plural)
 
         async def call() -> bool:
             response = await self._client.put(url, json=dict(resource), headers=self._headers)
@@ -440,7 +447,9 @@ class ControlPlaneClient:
         """DELETE the Dataplane; best effort (a failure is logged, not raised)."""
         try:
             response = await self._client.delete(
-                _resource_url(self.address, mesh, name), timeout=timeout, headers=self._headers
+                _resource_url(self.address, mesh, name, self._zone_plural),
+                timeout=timeout,
+                headers=self._headers,
             )
         except httpx.HTTPError as exc:
             log.warning("could not deregister Dataplane %s/%s: %s", mesh, name, exc or type(exc).__name__)
@@ -451,9 +460,9 @@ class ControlPlaneClient:
             log.info("deregistered Dataplane %s/%s", mesh, name)
 
 
-def _resource_url(address: str, mesh: str, name: str) -> str:
-    """Where the agent registers its resource: a Dataplane, or (no mesh) a ZoneIngress."""
-    return f"{address}/meshes/{mesh}/dataplanes/{name}" if mesh else f"{address}/zoneingresses/{name}"
+def _resource_url(address: str, mesh: str, name: str, zone_plural: str = "zoneingresses") -> str:
+    """Where the agent registers its resource: a Dataplane, or (no mesh) a ZoneIngress or ZoneEgress."""
+    return f"{address}/meshes/{mesh}/dataplanes/{name}" if mesh else f"{address}/{zone_plural}/{name}"
 
 
 # -- agent -------------------------------------------------------------------------------------------------
@@ -483,6 +492,8 @@ class DataplaneAgent:
         self.name: str = self.resource["name"]
         if (options.proxy_type == "ingress") != (self.resource["type"] == "ZoneIngress"):
             raise AgentError("--proxy-type ingress runs a ZoneIngress resource, and only it")
+        if (options.proxy_type == "egress") != (self.resource["type"] == "ZoneEgress"):
+            raise AgentError("--proxy-type egress runs a ZoneEgress resource, and only it")
         if options.proxy_type == "gateway":
             self.resource["labels"] = gateway_labels(
                 self.resource, options.gateway_listen, options.gateway_workspace, options.gateway_listen_tls
@@ -558,6 +569,8 @@ class DataplaneAgent:
 
     @property
     def node_id(self) -> str:
+        if self.resource["type"] == "ZoneEgress":
+            return egress_node_id(self.name)
         if not self.mesh:
             return ingress_node_id(self.name)
         return f"{self.mesh}.{self.name}"
@@ -680,7 +693,7 @@ class DataplaneAgent:
             admin_port=admin_port,
             admin_address=opts.admin_address,
             metadata={
-                "dataplane.proxyType": {"gateway": "gateway", "ingress": "ingress"}.get(
+                "dataplane.proxyType": {"gateway": "gateway", "ingress": "ingress", "egress": "egress"}.get(
                     opts.proxy_type, "dataplane"
                 ),
                 "dataplane.admin.port": str(admin_port),

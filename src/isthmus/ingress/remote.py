@@ -15,6 +15,7 @@ import re
 from dataclasses import replace
 
 from isthmus.context.mesh_context import MeshContext
+from isthmus.egress.route import through_egress
 from isthmus.ingress.locality import assign_priorities, overprovisioning
 from isthmus.ingress.sni import legacy_sni, resource_sni
 from isthmus.ingress.zones import merged_endpoints, tags_match
@@ -56,8 +57,13 @@ def _meshservice(ctx: MeshContext, cluster: Cluster) -> tuple[Resource, int] | N
 
 
 def localize(ir: ProxyIR, ctx: MeshContext, dp: Resource) -> ProxyIR:
-    """The IR with other zones' endpoints through their ingresses, localities and priorities."""
+    """The IR with other zones' endpoints through their ingresses, localities and priorities, and (a mesh with
+    ``routing.zoneEgress``) through the zone's egress (:mod:`isthmus.egress.route`)."""
     local = proxy_zone(ctx, dp)
+    return through_egress(_by_zone(ir, ctx, local), ctx, local)
+
+
+def _by_zone(ir: ProxyIR, ctx: MeshContext, local: str) -> ProxyIR:
     sets = {e.cluster: e for e in ir.endpoints}
     remote_zones = set(ctx.remote.ingresses) - {local, ""}
     if not remote_zones and not (ctx.endpoint_zones - {local, ""}):

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from isthmus.resources.registry import Resource
-from isthmus.resources.zone import ZoneIngressSpec, public_address
+from isthmus.resources.zone import ZoneEgressSpec, ZoneIngressSpec, public_address
 
 SERVICE_TAG = "kuma.io/service"
 
@@ -35,6 +35,9 @@ class RemoteZones:
 
     by_service: Mapping[str, tuple[IngressEndpoint, ...]] = field(default_factory=dict)
     ingresses: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)  # zone -> addresses
+    # zone -> (name, address, port) of its ZoneEgresses ("" : an egress of this control plane's zone that does
+    # not name it); used when the mesh has routing.zoneEgress (isthmus.egress)
+    egresses: Mapping[str, tuple[tuple[str, str, int], ...]] = field(default_factory=dict)
 
     def digest_of(self, service: str) -> str:
         return _digest(
@@ -42,7 +45,13 @@ class RemoteZones:
         )
 
     def addresses_digest(self) -> str:
-        return _digest(sorted((z, list(a)) for z, a in self.ingresses.items()))
+        return _digest(
+            [sorted((z, list(a)) for z, a in self.ingresses.items()), sorted(self.egresses.items())]
+        )
+
+    def egresses_of(self, zone: str) -> tuple[tuple[str, str, int], ...]:
+        """The egresses a proxy of ``zone`` leaves through: its zone's, else those that name no zone."""
+        return self.egresses.get(zone) or self.egresses.get("", ())
 
 
 def _digest(parts: object) -> str:
@@ -53,8 +62,13 @@ def _digest(parts: object) -> str:
 def remote_zones(mesh: str, ingresses: Sequence[Resource]) -> RemoteZones:
     by_service: dict[str, list[IngressEndpoint]] = {}
     addresses: dict[str, set[tuple[str, int]]] = {}
+    egresses: dict[str, set[tuple[str, str, int]]] = {}
     for res in sorted(ingresses, key=lambda r: r.name):
         spec = res.spec
+        if isinstance(spec, ZoneEgressSpec):
+            owner = spec.zone or res.labels.get("kuma.io/zone", "")
+            egresses.setdefault(owner, set()).add((res.name, spec.networking.address, spec.networking.port))
+            continue
         if not isinstance(spec, ZoneIngressSpec):
             continue
         zone = spec.zone or res.labels.get("kuma.io/zone", "")
@@ -76,6 +90,7 @@ def remote_zones(mesh: str, ingresses: Sequence[Resource]) -> RemoteZones:
     return RemoteZones(
         {k: tuple(v) for k, v in sorted(by_service.items())},
         {z: tuple(sorted(a)) for z, a in sorted(addresses.items())},
+        {z: tuple(sorted(e)) for z, e in sorted(egresses.items())},
     )
 
 

@@ -123,7 +123,7 @@ class MeshNetworking(Model):
 
 
 class Routing(Model):
-    """Kuma's defaults (all false) are what Isthmus does; the other values are refused."""
+    """Kuma's defaults (all false) are what Isthmus does; the other values are refused, except zoneEgress."""
 
     locality_aware_load_balancing: bool | None = Field(default=None, alias="localityAwareLoadBalancing")
     zone_egress: bool | None = Field(default=None, alias="zoneEgress")
@@ -131,9 +131,8 @@ class Routing(Model):
         default=None, alias="defaultForbidMeshExternalServiceAccess"
     )
 
-    @field_validator(
-        "locality_aware_load_balancing", "zone_egress", "default_forbid_mesh_external_service_access"
-    )
+    # zoneEgress: true sends cross-zone and MeshExternalService traffic through the zone's egress (isthmus.egress)
+    @field_validator("locality_aware_load_balancing", "default_forbid_mesh_external_service_access")
     @classmethod
     def _only_default(cls, value: bool | None, info: ValidationInfo) -> bool | None:
         if value and applying(info):

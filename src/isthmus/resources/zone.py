@@ -1,6 +1,7 @@
 """Multi-zone resources in Kuma's Universal format: ``Zone`` and ``ZoneInsight`` (kept by the global control
 plane, one per zone that connected) and ``ZoneIngress`` (Kuma 2.x: a zone's entry point for traffic from other
-zones, registered in its zone and synced to the global and every other zone).
+zones, registered in its zone and synced to the global and every other zone) and ``ZoneEgress`` (Kuma 2.x: the
+way out of a zone when ``Mesh.routing.zoneEgress`` is on, registered in its zone and synced to the global).
 
 Every one is global-scoped (no mesh) with its spec fields at the top level, as in Kuma.
 """
@@ -86,6 +87,29 @@ class ZoneIngressSpec(Model):
     zone: str = ""
     networking: ZoneIngressNetworking
     available_services: list[AvailableService] = Field(default_factory=list, alias="availableServices")
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value:
+            problem = zone_name_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+class ZoneEgressNetworking(Model):
+    address: IPAddress
+    port: Port
+    admin: FreeForm | None = None
+
+
+class ZoneEgressSpec(Model):
+    """Kuma 2.x ``ZoneEgress``: ``zone`` (set by the zone control plane when absent) and
+    ``networking.address/port`` where its Envoy listens, which the zone's proxies connect to."""
+
+    zone: str = ""
+    networking: ZoneEgressNetworking
 
     @field_validator("zone")
     @classmethod

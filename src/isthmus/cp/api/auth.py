@@ -140,15 +140,17 @@ class AuthMiddleware:
     ) -> Receive:
         if path == "/" and method in READ_METHODS:
             return receive
-        if identity.type == "ingress":  # a zone ingress's token: its own ZoneIngress only (isthmus.ingress)
+        zone_plural = {"ingress": "zoneingresses", "egress": "zoneegresses"}.get(identity.type)
+        if zone_plural is not None:  # a zone proxy's token: its own ZoneIngress/ZoneEgress only
             parts = path.rstrip("/").split("/")
-            if len(parts) != 3 or parts[1] != "zoneingresses" or method not in DATAPLANE_METHODS:
+            if len(parts) != 3 or parts[1] != zone_plural or method not in DATAPLANE_METHODS:
                 raise Denied(
                     403,
-                    "an ingress token only allows GET /, and GET, PUT and DELETE of its /zoneingresses/{name}",
+                    f"an {identity.type} token only allows GET /, and GET, PUT and DELETE of its "
+                    f"/{zone_plural}/{{name}}",
                 )
             if identity.name and parts[2] != identity.name:
-                raise Denied(403, f"the ingress token is for {identity.name!r}, not {parts[2]!r}")
+                raise Denied(403, f"the {identity.type} token is for {identity.name!r}, not {parts[2]!r}")
             return receive
         target = dataplane_path(path)
         if target is None or method not in DATAPLANE_METHODS:

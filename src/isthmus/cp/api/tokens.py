@@ -16,6 +16,7 @@ from isthmus.auth.keys import SigningKeyError
 from isthmus.auth.tokens import (
     DATAPLANE_TYPE,
     DEFAULT_DATAPLANE_VALIDITY,
+    EGRESS_TYPE,
     INGRESS_TYPE,
     MAX_VALIDITY,
     InvalidToken,
@@ -81,7 +82,7 @@ DATAPLANE_REQUEST = {
             "additionalProperties": {"type": "array", "items": {"type": "string"}},
             "description": "tag -> values the Dataplane may have, e.g. {kuma.io/service: [web]}",
         },
-        "type": {"type": "string", "enum": [DATAPLANE_TYPE, INGRESS_TYPE]},
+        "type": {"type": "string", "enum": [DATAPLANE_TYPE, INGRESS_TYPE, EGRESS_TYPE]},
         "validFor": {**_VALID_FOR, "description": "default: 10 years, as Kuma"},
     },
 }
@@ -195,10 +196,12 @@ def build_router(state: ControlPlaneState) -> APIRouter:
         name = _name(body.get("name"), "name", errors, required=False)
         tags = parse_tags(body.get("tags"), errors)
         kind = body.get("type") or DATAPLANE_TYPE
-        if kind not in (DATAPLANE_TYPE, INGRESS_TYPE):
+        if kind not in (DATAPLANE_TYPE, INGRESS_TYPE, EGRESS_TYPE):
             errors.append(
                 FieldError(
-                    "type", f"{kind!r} is not a valid proxy type ({DATAPLANE_TYPE!r} or {INGRESS_TYPE!r})"
+                    "type",
+                    f"{kind!r} is not a valid proxy type "
+                    f"({DATAPLANE_TYPE!r}, {INGRESS_TYPE!r} or {EGRESS_TYPE!r})",
                 )
             )
         valid_for = parse_valid_for(body.get("validFor"), errors, DEFAULT_DATAPLANE_VALIDITY)
