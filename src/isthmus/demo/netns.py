@@ -53,11 +53,15 @@ class Zone:
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn(*args, **kwargs)`` on a thread that lives in the zone's namespace (sockets it opens are the zone's:
         ``127.0.0.1`` there is the zone's loopback)."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """:meth:`run` without waiting: the call's future (calls run one at a time, in order)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"netns-{self.name}", initializer=_enter, initargs=(self.netns,)
             )
-        return self._executor.submit(fn, *args, **kwargs).result()
+        return self._executor.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         if self._executor is not None:
