@@ -158,7 +158,7 @@ def browser(world: World) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1360, "height": 860})
+    context = browser.new_context(viewport={"width": 1280, "height": 640})
     pg = context.new_page()
     pg.set_default_timeout(WAIT_MS)
     try:

@@ -4,6 +4,7 @@ against real Envoys, is in tests/e2e/test_gui.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -179,11 +180,15 @@ def test_target_from_dataplane_and_ir() -> None:
     }
     target = target_for("default.web-1", spec, ir)
     assert target is not None
-    assert target.url == "http://[::1]:9902"
+    assert target.url == "http://127.0.0.1:9902"  # an address of this host: the admin on loopback
     assert target.service == "web"
     assert target.clusters == {"backend": "backend", "kong_ws_mesh-leg_1": "orders"}
     assert stat_name("a:b:c") == "a_b_c"
     assert target_for("default.web-1", {"networking": {"address": "127.0.0.1"}}, ir) is None  # no admin port
+    remote = {"networking": {"address": "2001:db8::7", "admin": {"port": 9901}}}  # TEST-NET: not this host
+    assert target_for("default.web-1", remote, ir) == dataclasses.replace(
+        target, url="http://[2001:db8::7]:9901", service="web-1", listeners={}
+    )
 
 
 def test_plugin_secrets_are_redacted() -> None:

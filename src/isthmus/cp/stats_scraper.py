@@ -2,9 +2,8 @@
 service, and who calls whom.
 
 The scraper reads each online proxy's Envoy statistics from its admin endpoint (``/stats?format=json``, filtered
-to the few counters and one histogram used here) at ``networking.admin.port`` of its Dataplane, on the
-Dataplane's address (the agent binds the admin to loopback by default: a control plane on the same host, or
-agents run with ``--admin-address``). It runs only while someone looks: every read of its results (:meth:`touch`)
+to the few counters and one histogram used here) at ``networking.admin.port`` of its Dataplane: on loopback when
+the Dataplane's address is one of this host's (the agent binds the admin to 127.0.0.1), else on that address. It runs only while someone looks: every read of its results (:meth:`touch`)
 keeps it going for :data:`IDLE_AFTER` seconds. It is bounded: at most :data:`MAX_PROXIES` proxies per round,
 :data:`CONCURRENCY` requests at a time, :data:`TIMEOUT` seconds and :data:`MAX_BODY` bytes per answer, and it keeps
 only the last two samples of each proxy.
@@ -21,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -119,6 +120,22 @@ def stat_name(cluster: str) -> str:
     return cluster.replace(":", "_")
 
 
+@functools.lru_cache(maxsize=1024)
+def is_local_address(address: str) -> bool:
+    """Whether ``address`` is one of this host's (a socket can bind to it): a data plane on this host, whose Envoy
+    admin listens on loopback only."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return address == "localhost"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def target_for(node_id: str, record_spec: Mapping[str, Any], ir: ProxyIR | None) -> Target | None:
     """The target of a proxy from its Dataplane (address, admin port) and its IR; None without an admin port."""
     net = record_spec.get("networking") or {}
@@ -127,11 +144,10 @@ def target_for(node_id: str, record_spec: Mapping[str, Any], ir: ProxyIR | None)
     address = net.get("address")
     if not isinstance(port, int) or not isinstance(address, str) or not address:
         return None
-    host = address
+    host = "127.0.0.1" if is_local_address(address) else address  # the agent's admin is on loopback
     with contextlib.suppress(ValueError):
-        ip = ipaddress.ip_address(address)
-        if ip.version == 6:
-            host = f"[{address}]"
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
     mesh, _, name = node_id.partition(".")
     gateway = net.get("gateway")
     listeners: dict[str, str] = {}
