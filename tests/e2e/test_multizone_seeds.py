@@ -13,10 +13,14 @@ and zone ingress), an Isthmus gateway in each zone as a mesh member and ``catalo
 from __future__ import annotations
 
 import functools
+import os
 import random
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +37,7 @@ from isthmus.demo.multizone import (
 from isthmus.demo.netns import can_create
 from isthmus.demo.zones import GlobalPorts
 from tests.conftest import free_port
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import ISTHMUS, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -209,3 +213,29 @@ def _zones(seeds: Seeds) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = seeds.world.global_call("GET", "/zones+insights").json()["items"]
     assert {z["name"] for z in items} == {"azure", "gcp"}
     return items
+
+
+def test_demo_multizone_without_root_exits_1_with_one_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to drop to an unprivileged user")
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            *ISTHMUS,
+            "demo",
+            "--multizone",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "Error: isthmus demo --multizone creates network namespaces: run it as root (with iproute2's ip)"
+    ]

@@ -53,7 +53,7 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),  # gRPC's name of MIN_RECV_PING_INTERVAL
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
