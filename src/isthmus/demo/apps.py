@@ -1,7 +1,8 @@
 """Small real servers used by the demo, the end-to-end tests and the benchmarks.
 
 * :func:`echo_app` is an ASGI app answering every request with JSON naming the service, its version and the
-  instance; with ``upstream`` set it first calls that URL (through the caller's sidecar) and nests the answer.
+  instance; with ``upstream`` set it first calls that URL (through the caller's sidecar), forwarding the trace
+  headers (:data:`TRACE_HEADERS`), and nests the answer.
   Paths that make it misbehave on purpose, for resilience tests and demos: ``/status/<code>`` answers that
   status; ``/delay/<ms>`` answers after that delay; ``/flaky`` fails every other request with 503; ``/health``
   answers 200 or 503 as set by ``POST /admin/health/ok`` and ``POST /admin/health/fail``; with ``fail_all``
@@ -19,6 +20,21 @@ from typing import Any
 import httpx
 
 Scope = MutableMapping[str, Any]
+# What an application forwards from the request it serves to the requests it makes, so that the mesh's tracing
+# (MeshTrace: B3 for Zipkin, W3C trace context for OpenTelemetry) joins them into one trace.
+TRACE_HEADERS = frozenset(
+    {
+        "x-request-id",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+        "b3",
+        "traceparent",
+        "tracestate",
+    }
+)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -63,7 +79,8 @@ def echo_app(
             if client is None:
                 client = httpx.AsyncClient(timeout=10.0)
             try:
-                resp = await client.get(upstream + scope.get("path", "/"))
+                forwarded = {k: v for k, v in headers.items() if k in TRACE_HEADERS}
+                resp = await client.get(upstream + scope.get("path", "/"), headers=forwarded)
                 body["upstream"] = {"status": resp.status_code, "body": _json_or_text(resp)}
                 status = resp.status_code if resp.status_code >= 400 else 200
             except httpx.HTTPError as exc:

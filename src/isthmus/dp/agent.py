@@ -38,6 +38,7 @@ from cryptography import x509
 
 from isthmus import __version__
 from isthmus.dp import gateway_services, transparent_proxy
+from isthmus.dp import metrics as dp_metrics
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
 from isthmus.dp.envoy_process import EnvoyError, EnvoyOptions, EnvoyProcess
@@ -725,6 +726,9 @@ class DataplaneAgent:
         )
         envoy = EnvoyProcess(bootstrap, envoy_options)
         self._envoy = envoy
+        # MeshMetric's server and MeshAccessLog's TCP forwarder (its FIFO exists before Envoy starts)
+        observing = dp_metrics.observability(self.mesh, self.name, lambda: envoy.admin_url)
+        await observing.__aenter__()
         if self._skip_drain:
             envoy.skip_drain()
         try:
@@ -738,6 +742,7 @@ class DataplaneAgent:
             raise AgentError(str(exc)) from None
         finally:
             await envoy.stop()
+            await observing.__aexit__(None, None, None)
 
 
 async def run_agent(options: AgentOptions, *, http_client: httpx.AsyncClient | None = None) -> None:

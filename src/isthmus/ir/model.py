@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Literal
 
 from isthmus.ir.names import DnsTable, ExternalUpstream
+from isthmus.ir.observability import AccessLog, Metrics, Tracing
 from isthmus.ir.traffic import (
     ConnectionLimits,
     FaultInjection,
@@ -184,6 +185,8 @@ class InboundListener:
     # SPIFFE IDs of the mesh's gateways: only their requests keep Kong's consumer headers (HTTP inbounds drop them
     # from every other caller, see :data:`CONSUMER_HEADERS`)
     gateway_callers: tuple[str, ...] = ()
+    access_logs: tuple[AccessLog, ...] = ()  # MeshAccessLog
+    tracing: Tracing | None = None  # MeshTrace (HTTP listeners)
     bind: bool = True  # False: a transparent proxy's inbound, reached by original destination (ir/transparent.py)
 
 
@@ -216,6 +219,8 @@ class OutboundListener:
     timeouts: Timeouts | None = None  # HCM / TCP proxy timeouts, and the default route's request timeout
     retry: Retry | None = None  # the default for routes that set none
     lb: LoadBalancer | None = None  # hash policies for the routes (the cluster carries the rest)
+    access_logs: tuple[AccessLog, ...] = ()  # MeshAccessLog
+    tracing: Tracing | None = None  # MeshTrace (HTTP listeners)
     bind: bool = True  # False: reached by original destination through a transparent proxy (ir/transparent.py)
 
 
@@ -239,4 +244,5 @@ class ProxyIR:
     secrets: tuple[Secret, ...]
     patches: tuple[str, ...] = ()  # MeshProxyPatch modifications, canonical JSON, applied after translation
     dns: DnsTable | None = None  # the data plane's DNS for generated names (isthmus.names)
+    metrics: Metrics | None = None  # MeshMetric: what the agent serves, handed over by the dynconf listener
     transparent: TransparentProxy | None = None  # catch-all listeners of a transparent proxy (ir/transparent.py)

@@ -23,6 +23,9 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "isthmus.policies.meshloadbalancingstrategy.plugin",
     "isthmus.policies.meshfaultinjection.plugin",
     "isthmus.policies.meshratelimit.plugin",
+    "isthmus.policies.meshaccesslog.plugin",
+    "isthmus.policies.meshtrace.plugin",
+    "isthmus.policies.meshmetric.plugin",
     "isthmus.policies.meshproxypatch.plugin",
 )
 

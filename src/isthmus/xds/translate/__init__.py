@@ -13,7 +13,7 @@ from isthmus.ir.model import Cluster, EndpointSet, InboundListener, OutboundList
 from isthmus.ir.transparent import TransparentProxy
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
-from isthmus.xds.translate import clusters, listeners, names, secrets, transparent
+from isthmus.xds.translate import clusters, listeners, names, observability, secrets, transparent
 from isthmus.xds.translate.patches import apply_patches
 
 _cluster = lru_cache(maxsize=65536)(clusters.cluster)
@@ -30,13 +30,14 @@ def translate(ir: ProxyIR) -> dict[str, list[Any]]:
     messages: dict[str, list[Any]] = {
         types.CLUSTER: [_cluster(c) for c in ir.clusters] + (list(transparent.clusters(tp)) if tp else []),
         types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
-        types.LISTENER: [_inbound(i) for i in ir.inbounds]
+        types.LISTENER: observability.listeners(ir) + [_inbound(i) for i in ir.inbounds]
         + [_outbound(o) for o in ir.outbounds if o.port]
         + ([names.dns_listener(ir.dns)] if ir.dns is not None else [])
         + (list(transparent.listeners(tp)) if tp else []),
         types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
         types.SECRET: [secrets.secret(s) for s in ir.secrets],
     }
+    messages[types.CLUSTER] = messages[types.CLUSTER] + observability.clusters(ir)  # MeshTrace, MeshAccessLog
     return apply_patches(messages, ir.patches) if ir.patches else messages
 
 
@@ -86,10 +87,12 @@ def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
         return {t: [Resource.of(t, m) for m in msgs] for t, msgs in translate(ir).items()}
     tp = ir.transparent
     return {
-        types.CLUSTER: [_packed_cluster(c) for c in ir.clusters]
+        types.CLUSTER: [Resource.of(types.CLUSTER, c) for c in observability.clusters(ir)]
+        + [_packed_cluster(c) for c in ir.clusters]
         + (list(_packed_transparent(tp)[0]) if tp else []),
         types.ENDPOINT: [_packed_endpoints(e) for e in ir.endpoints],
-        types.LISTENER: [_packed_inbound(i) for i in ir.inbounds]
+        types.LISTENER: [Resource.of(types.LISTENER, m) for m in observability.listeners(ir)]
+        + [_packed_inbound(i) for i in ir.inbounds]
         + [_packed_outbound(o) for o in ir.outbounds if o.port]  # port 0: a gateway's mesh leg
         + ([Resource.of(types.LISTENER, names.dns_listener(ir.dns))] if ir.dns is not None else [])
         + (list(_packed_transparent(tp)[1]) if tp else []),

@@ -23,7 +23,7 @@ from isthmus.ir.model import (
     TlsMode,
 )
 from isthmus.ir.traffic import Timeouts
-from isthmus.xds.translate import inbound_http, names, rbac, routes, timeouts, tls
+from isthmus.xds.translate import inbound_http, names, observability, rbac, routes, timeouts, tls
 from isthmus.xds.translate.common import ads, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -41,7 +41,11 @@ def _router() -> hcm_pb2.HttpFilter:
 
 
 def _hcm(
-    stat_prefix: str, http_filters: list[Any], limits: Timeouts | None, **route: Any
+    stat_prefix: str,
+    http_filters: list[Any],
+    limits: Timeouts | None,
+    seen: InboundListener | OutboundListener | None = None,
+    **route: Any,
 ) -> listener_components_pb2.Filter:
     manager = HCM_CLS(
         stat_prefix=stat_prefix,
@@ -50,12 +54,18 @@ def _hcm(
         **route,
     )
     timeouts.hcm(manager, limits)
+    if seen is not None:  # MeshAccessLog, MeshTrace
+        observability.decorate_hcm(manager, seen.access_logs, seen.tracing)
     return listener_components_pb2.Filter(name=HCM, typed_config=pack(manager))
 
 
-def _tcp_proxy(stat_prefix: str, cluster: str, limits: Timeouts | None) -> listener_components_pb2.Filter:
+def _tcp_proxy(
+    stat_prefix: str, cluster: str, limits: Timeouts | None, seen: InboundListener | None = None
+) -> listener_components_pb2.Filter:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
     timeouts.tcp_proxy(proxy, limits)
+    if seen is not None and seen.access_logs:  # MeshAccessLog
+        proxy.access_log.extend(observability.access_logs(seen.access_logs))
     return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
 
 
@@ -77,7 +87,7 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
                 )
             )
         filters.extend(inbound_http.network_filters(ir))
-        filters.append(_tcp_proxy(stat, ir.local_cluster, ir.timeouts))
+        filters.append(_tcp_proxy(stat, ir.local_cluster, ir.timeouts, ir))
         return filters
     http_filters = []
     if ir.permissions is not None:
@@ -100,7 +110,7 @@ def _inbound_filters(ir: InboundListener) -> list[listener_components_pb2.Filter
             "forward_client_cert_details": HCM_CLS.SANITIZE_SET,
             "set_current_client_cert_details": HCM_CLS.SetCurrentClientCertDetails(uri=True),
         }
-    return [_hcm(stat, http_filters, ir.timeouts, route_config=route_config, **extra)]
+    return [_hcm(stat, http_filters, ir.timeouts, ir, route_config=route_config, **extra)]
 
 
 def _inbound_routes(
@@ -171,12 +181,13 @@ def inbound(ir: InboundListener) -> listener_pb2.Listener:
 def outbound(ir: OutboundListener) -> listener_pb2.Listener:
     stat = f"outbound_{ir.service}_{ir.port}"
     if ir.protocol is Protocol.TCP:
-        filters = [
-            listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(routes.tcp_proxy(stat, ir)))
-        ]
+        proxy = routes.tcp_proxy(stat, ir)
+        if ir.access_logs:  # MeshAccessLog
+            proxy.access_log.extend(observability.access_logs(ir.access_logs))
+        filters = [listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
     else:
         rds = hcm_pb2.Rds(config_source=ads(), route_config_name=ir.route_config)
-        filters = [_hcm(stat, [], ir.timeouts, rds=rds)]
+        filters = [_hcm(stat, [], ir.timeouts, ir, rds=rds)]
     out = listener_pb2.Listener(
         name=ir.name,
         address=socket_address(ir.address, ir.port),
