@@ -372,7 +372,10 @@ def test_bad_input_is_refused_before_anything_is_sent(text: str, fragments: list
         ),
         (["get", "secrets"], ['unknown kind "secrets"']),  # kept in the store, never served
         (["inspect", "foo", "x"], ['unknown kind "foo"']),
-        (["inspect", "mesh", "default"], ['inspect supports dataplanes only, not "mesh"']),
+        (
+            ["inspect", "mesh", "default"],
+            ['inspect supports dataplanes, zoneingresses and zoneegresses, not "mesh"'],
+        ),
         (
             ["inspect", "dp", "web", "--config", "--policies"],
             ["--config and --policies cannot be used together"],

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from isthmus.cli.main import app
 from tests.conftest import free_port
 from tests.e2e.harness import ISTHMUS, App, ControlPlane, Proc, Sidecar, running, wait_for
 
@@ -102,6 +104,12 @@ def _zone_proxy(tmp: Path, cp: ControlPlane, kind: str, doc: str, name: str, adm
     ]
     args += ["--admin-port", str(admin), "--work-dir", str(tmp / f"work-{name}"), "--log-level", "warning"]
     return Proc(name, args, tmp).start()
+
+
+def _cli(cp: ControlPlane, *args: str) -> str:
+    result = CliRunner().invoke(app, list(args), env={"ISTHMUS_CP_ADDRESS": cp.url}, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
 
 
 def _stat(admin: int, name: str) -> int:
@@ -216,3 +224,22 @@ def test_cross_zone_and_external_traffic_leave_through_the_egress(tmp_path: Path
                 and not routes["default:backend"]["terminate"]
             )
             assert routes["default:mes:outside"]["terminate"]
+            shown = _cli(cp, "inspect", "zoneegress", "ze-a")
+            assert "backend{mesh=default} -> backend (passthrough, zones zone-b)" in shown
+            assert f"127.0.0.3:{zi_port} weight 1 zone zone-b" in shown
+            assert "-> MeshExternalService outside (terminates mTLS" in shown
+            shown = _cli(cp, "inspect", "zoneingress", "zi-b")
+            assert "backend{mesh=default} -> backend (passthrough, zones zone-b)" in shown
+
+            # the client's clusters per zone, and explain: zone-b (the only zone serving it) through ze-a then zi-b
+            zones = cp.http.get("/meshes/default/dataplanes/web/_zones").json()
+            (backend_zones,) = [c["zones"] for c in zones["clusters"] if c["cluster"] == "backend"]
+            assert [(z["zone"], z["priority"], z["via"]) for z in backend_zones] == [
+                (
+                    "zone-b",
+                    0,
+                    {"type": "egress", "egresses": ["ze-a"], "ingresses": ["zi-b"]},
+                )  # no local instance
+            ]
+            assert "zone zone-b: priority 0, weight 1" in _cli(cp, "inspect", "dataplane", "web", "--zones")
+            assert "egress ze-a -> ingress zi-b" in _cli(cp, "explain", "--from", "web", "--to", "backend")

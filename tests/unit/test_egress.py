@@ -176,3 +176,26 @@ def test_egress_of_the_other_zone_serves_nothing_from_its_own_zone() -> None:
     (egress,) = _parse(EGRESS_A.replace("zone-a", "zone-b"))
     ir = build_egress_ir(egress, {"default": _ctx()})
     assert [c.cluster for c in ir.chains] == ["default:mes:httpbin"]  # zone-b's own services are not remote
+
+
+def test_explain_shows_zones_priorities_weights_and_zone_proxies() -> None:
+    from isthmus.cli.output import render_explain
+    from isthmus.policies.explain import explain
+
+    result = explain(_ctx(), "web", "backend")
+    (backend,) = result["backends"]
+    zones = {z["zone"]: z for z in backend["zones"]}
+    assert zones["zone-a"]["priority"] == 0 and zones["zone-a"]["via"] == {"type": "direct"}
+    assert zones["zone-b"]["priority"] == 1 and zones["zone-b"]["weight"] == 3
+    assert zones["zone-b"]["via"] == {"type": "egress", "egresses": ["ze-a"], "ingresses": ["zi-b"]}
+    assert zones["zone-b"]["percentOfPriority"] == 100.0
+    text = render_explain(result)
+    assert "zone zone-b: priority 1, weight 3 (100.0% of its priority), egress ze-a -> ingress zi-b" in text
+
+    direct = explain(_ctx(mesh=MESH.replace("routing: {zoneEgress: true}", "")), "web", "backend")
+    (backend,) = direct["backends"]
+    zones = {z["zone"]: z for z in backend["zones"]}
+    assert zones["zone-b"]["via"] == {"type": "ingress", "ingresses": ["zi-b"]}
+    assert zones["zone-b"]["endpoints"] == [
+        {"address": "203.0.113.7", "port": 443, "weight": 3, "zone": "zone-b"}
+    ]

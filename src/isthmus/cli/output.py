@@ -466,6 +466,7 @@ def render_explain(doc: Mapping[str, Any]) -> str:
         ):
             if backend.get(key):
                 lines.append(f"    {key}: {_flat(backend[key])}")
+        lines.extend(render_zones(backend.get("zones") or [], "    "))
     if "timeouts" in doc:
         lines.append(f"  timeouts: {_flat(doc.get('timeouts'))}")
     if "retry" in doc:
@@ -483,4 +484,49 @@ def render_explain(doc: Mapping[str, Any]) -> str:
                 lines.append(
                     f"    {key}: {_flat(dest[key]) if not isinstance(dest[key], list) else dest[key]}"
                 )
+    return "\n".join(lines) + "\n"
+
+
+def render_zones(zones: list[dict[str, Any]], indent: str = "  ") -> list[str]:
+    """One line per zone of a cluster (isthmus.egress.inspect.cluster_zones): priority, weight, the zone proxies."""
+    lines = []
+    for z in zones:
+        via = z.get("via") or {}
+        how = str(via.get("type", "direct"))
+        if via.get("egresses"):
+            how += " " + ",".join(via["egresses"])
+        if via.get("ingresses"):
+            how += (" -> ingress " if via.get("egresses") else " ") + ",".join(via["ingresses"])
+        lines.append(
+            f"{indent}zone {z.get('zone') or '(local)'}: priority {z.get('priority')}, weight {z.get('weight')} "
+            f"({z.get('percentOfPriority')}% of its priority), {how}"
+        )
+    return lines
+
+
+def render_zone_proxy(view: dict[str, Any]) -> str:
+    """``isthmus inspect zoneingress|zoneegress NAME``: its SNI routes, each with its zones and weighted endpoints."""
+    lines = [
+        f"{view.get('type')} {view.get('name')} (zone {view.get('zone') or '-'}) on {view.get('address')}"
+    ]
+    for route in view.get("routes") or []:
+        how = "terminates mTLS" if route.get("terminate") else "passthrough"
+        zones = ",".join(route.get("zones") or []) or "-"
+        lines.append(
+            f"  {', '.join(route.get('serverNames') or [])} -> {route.get('destination')} ({how}, zones {zones})"
+        )
+        for e in route.get("endpoints") or []:
+            where = f" zone {e['zone']}" if e.get("zone") else ""
+            lines.append(f"    {e.get('address')}:{e.get('port')} weight {e.get('weight')}{where}")
+    if not view.get("routes"):
+        lines.append("  no routes")
+    return "\n".join(lines) + "\n"
+
+
+def render_dataplane_zones(view: dict[str, Any]) -> str:
+    """``isthmus inspect dataplane NAME --zones``: each cluster's zones (priority, weight, zone proxies)."""
+    lines = [f"dataplane {view.get('mesh')}/{view.get('name')} in zone {view.get('zone') or '-'}"]
+    for cluster in view.get("clusters") or []:
+        lines.append(f"  cluster {cluster.get('cluster')} ({cluster.get('service')})")
+        lines.extend(render_zones(cluster.get("zones") or [], "    "))
     return "\n".join(lines) + "\n"

@@ -308,8 +308,8 @@ def delete(
 
 
 def inspect(
-    kind: str = typer.Argument(..., help="dataplane"),
-    name: str = typer.Argument(..., help="Name of the dataplane"),
+    kind: str = typer.Argument(..., help="dataplane, zoneingress or zoneegress"),
+    name: str = typer.Argument(..., help="Name of the dataplane (or zone proxy)"),
     mesh: str = _mesh_option(),
     config: bool = typer.Option(False, "--config", help="Print the Envoy configuration the proxy is given"),
     policies: bool = typer.Option(
@@ -317,6 +317,9 @@ def inspect(
     ),
     rules: bool = typer.Option(
         False, "--rules", help="Print Kuma's rule view: to/from/inbound rules per policy type"
+    ),
+    zones: bool = typer.Option(
+        False, "--zones", help="Print each cluster's zones: priority, weight, the ingress/egress carrying it"
     ),
     output: str | None = typer.Option(
         None, "--output", "-o", help="yaml | json (default: a summary; JSON for --config)"
@@ -332,10 +335,27 @@ def inspect(
         from isthmus.cli.client import CliError
 
         rtype = resolve_kind(_registry(), kind)
+        if rtype.kind in ("ZoneIngress", "ZoneEgress"):  # Kuma's inspect zoneingress|zoneegress NAME
+            fmt = _check_format(output, ("yaml", "json")) if output is not None else None
+            with _client(cp_address, auth_token) as client:
+                view = client.get_json(f"/{rtype.plural}/{name}/_config")
+            if config:
+                text = out.render(view["xds"], fmt or "json")
+            else:
+                text = out.render(view, fmt) if fmt else out.render_zone_proxy(view)
+            typer.echo(text, nl=False)
+            return
         if rtype.kind != "Dataplane":
-            raise CliError(f'inspect supports dataplanes only, not "{kind}"')
+            raise CliError(f'inspect supports dataplanes, zoneingresses and zoneegresses, not "{kind}"')
         chosen = [
-            flag for flag, on in (("--config", config), ("--policies", policies), ("--rules", rules)) if on
+            flag
+            for flag, on in (
+                ("--config", config),
+                ("--policies", policies),
+                ("--rules", rules),
+                ("--zones", zones),
+            )
+            if on
         ]
         if len(chosen) > 1:
             raise CliError(f"{' and '.join(chosen)} cannot be used together")
@@ -349,6 +369,9 @@ def inspect(
             elif rules:
                 found = client.dataplane_rules(mesh, name)
                 text = out.render(found, fmt) if fmt else out.render_rules(found)
+            elif zones:
+                found = client.get_json(f"/meshes/{mesh}/dataplanes/{name}/_zones")
+                text = out.render(found, fmt) if fmt else out.render_dataplane_zones(found)
             else:
                 overview = client.dataplane_overview(mesh, name)
                 matched = client.dataplane_policies(mesh, name)

@@ -1,6 +1,8 @@
 """REST views of zone proxies (Kuma's paths): ``GET /zoneingresses+insights`` / ``/zoneegresses+insights`` (Kuma's
 overview shape, ``[/{name}]``) and ``GET /zoneingresses/{name}/_config`` / ``/zoneegresses/{name}/_config`` (what
-the control plane gives that proxy: its SNI routes with zones and weights, and its Envoy resources)."""
+the control plane gives that proxy: its SNI routes with zones and weights, and its Envoy resources); and
+``GET /meshes/{mesh}/dataplanes/{name}/_zones`` (a sidecar's clusters per zone: priority, weight, which ingress or
+egress carries it)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from google.protobuf import json_format
 
-from isthmus.cp.api.errors import error_responses
+from isthmus.cp.api.errors import ApiError, error_responses
 from isthmus.cp.api.resources import OffsetQuery, SizeQuery
 from isthmus.cp.state import ControlPlaneState
 from isthmus.egress.build import build_egress_ir
-from isthmus.egress.inspect import egress_view, ingress_view
+from isthmus.egress.inspect import cluster_zones, egress_view, ingress_view
 from isthmus.egress.node import egress_node_id
 from isthmus.ingress.build import build_ingress_ir
 from isthmus.ingress.node import ingress_node_id
+from isthmus.ingress.remote import proxy_zone
+from isthmus.ir.build import Identity, build_proxy_ir
 from isthmus.resources.registry import from_record, to_document
 from isthmus.store.base import NotFound, Record
 from isthmus.xds import types
@@ -56,6 +60,34 @@ def build_router(state: ControlPlaneState) -> APIRouter:
 
     for plural in KINDS:
         _routes(router, plural, record_of, overview, state)
+
+    @router.get(
+        "/meshes/{mesh}/dataplanes/{name}/_zones",
+        tags=["inspect"],
+        response_model=None,
+        responses={**OK, **error_responses(404, 409)},
+    )
+    async def dataplane_zones(mesh: str, name: str) -> dict[str, Any]:
+        """Each cluster of the proxy with its zones: priority, weight and the ingress/egress that carries it."""
+        if await state.store.get("Dataplane", mesh, name) is None:
+            raise NotFound("Dataplane", mesh, name)
+        ctx = state.reconciler.contexts.get(mesh)
+        if ctx is None or name not in ctx.dataplanes:
+            raise ApiError(
+                409, "Not ready", f"the control plane has not processed dataplane {name!r} yet; retry"
+            )
+        mtls = ctx.spec.enabled_backend is not None
+        ir = build_proxy_ir(ctx, name, Identity("", "") if mtls else None)
+        return {
+            "mesh": mesh,
+            "name": name,
+            "zone": proxy_zone(ctx, ctx.dataplanes[name]),
+            "clusters": [
+                {"cluster": c.name, "service": c.service, "zones": cluster_zones(ir, ctx, c.name)}
+                for c in ir.clusters
+                if c.service
+            ],
+        }
 
     return router
 

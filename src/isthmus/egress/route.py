@@ -51,15 +51,18 @@ def _through(
     """Endpoints of other zones replaced by the egresses: one per egress for each (zone, priority), weighted by
     the instances that zone's endpoints stood for."""
     out: list[Endpoint] = []
-    remote: dict[tuple[int, str], int] = {}
+    remote: dict[tuple[int, str], tuple[int, int]] = {}  # (priority, zone) -> (weight, locality weight)
     for e in endpoints:
         if not e.locality or e.locality == local:
             out.append(e)
         else:
             key = (e.priority, e.locality)
-            remote[key] = remote.get(key, 0) + e.weight
-    for (priority, zone), weight in sorted(remote.items()):
-        out.extend(replace(g, locality=zone, priority=priority, weight=weight) for g in egresses)
+            weight, group = remote.get(key, (0, 0))
+            remote[key] = (weight + e.weight, max(group, e.locality_weight))
+    for (priority, zone), (weight, group) in sorted(remote.items()):
+        out.extend(
+            replace(g, locality=zone, priority=priority, weight=weight, locality_weight=group) for g in egresses
+        )
     return tuple(out)
 
 

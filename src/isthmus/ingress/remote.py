@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from isthmus.context.mesh_context import MeshContext
 from isthmus.egress.route import through_egress
+from isthmus.ingress.affinity import apply_affinity
 from isthmus.ingress.locality import assign_priorities, overprovisioning
 from isthmus.ingress.sni import legacy_sni, resource_sni
 from isthmus.ingress.zones import merged_endpoints, tags_match
@@ -57,10 +58,11 @@ def _meshservice(ctx: MeshContext, cluster: Cluster) -> tuple[Resource, int] | N
 
 
 def localize(ir: ProxyIR, ctx: MeshContext, dp: Resource) -> ProxyIR:
-    """The IR with other zones' endpoints through their ingresses, localities and priorities, and (a mesh with
+    """The IR with other zones' endpoints through their ingresses, localities and priorities (and affinity groups
+    inside the zone, :mod:`isthmus.ingress.affinity`), and (a mesh with
     ``routing.zoneEgress``) through the zone's egress (:mod:`isthmus.egress.route`)."""
     local = proxy_zone(ctx, dp)
-    return through_egress(_by_zone(ir, ctx, local), ctx, local)
+    return through_egress(apply_affinity(_by_zone(ir, ctx, local), ctx, dp, local), ctx, local)
 
 
 def _by_zone(ir: ProxyIR, ctx: MeshContext, local: str) -> ProxyIR:

@@ -38,6 +38,7 @@ class RemoteZones:
     # zone -> (name, address, port) of its ZoneEgresses ("" : an egress of this control plane's zone that does
     # not name it); used when the mesh has routing.zoneEgress (isthmus.egress)
     egresses: Mapping[str, tuple[tuple[str, str, int], ...]] = field(default_factory=dict)
+    names: Mapping[tuple[str, int], str] = field(default_factory=dict)  # ingress public address -> its name
 
     def digest_of(self, service: str) -> str:
         return _digest(
@@ -63,6 +64,7 @@ def remote_zones(mesh: str, ingresses: Sequence[Resource]) -> RemoteZones:
     by_service: dict[str, list[IngressEndpoint]] = {}
     addresses: dict[str, set[tuple[str, int]]] = {}
     egresses: dict[str, set[tuple[str, str, int]]] = {}
+    names: dict[tuple[str, int], str] = {}
     for res in sorted(ingresses, key=lambda r: r.name):
         spec = res.spec
         if isinstance(spec, ZoneEgressSpec):
@@ -76,6 +78,7 @@ def remote_zones(mesh: str, ingresses: Sequence[Resource]) -> RemoteZones:
         if not zone or public is None:
             continue  # Kuma: an ingress without its public address is not used yet
         addresses.setdefault(zone, set()).add(public)
+        names[public] = res.labels.get("kuma.io/display-name", res.name)
         for available in spec.available_services:
             if available.mesh != mesh or available.external_service:
                 continue
@@ -91,6 +94,7 @@ def remote_zones(mesh: str, ingresses: Sequence[Resource]) -> RemoteZones:
         {k: tuple(v) for k, v in sorted(by_service.items())},
         {z: tuple(sorted(a)) for z, a in sorted(addresses.items())},
         {z: tuple(sorted(e)) for z, e in sorted(egresses.items())},
+        names,
     )
 
 

@@ -131,6 +131,8 @@ class Endpoint:
     locality: str = ""  # the zone of the endpoint ("" : this proxy's own zone)
     weight: int = 1  # a zone ingress stands for ``weight`` instances (isthmus.ingress.remote)
     priority: int = 0  # Envoy priority: 0 first, higher ones take traffic as lower ones lose health
+    sub_zone: str = ""  # ``<tag>=<value>`` of the affinity group it is in (MeshLoadBalancingStrategy affinityTags)
+    locality_weight: int = 0  # its group's locality weight (0: none; set for every group when affinity is on)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from isthmus.context.mesh_context import MeshContext
+from isthmus.egress.inspect import cluster_zones
 from isthmus.ir.build import Identity, build_proxy_ir
 from isthmus.ir.model import Cluster, OutboundListener
 from isthmus.ir.traffic import HttpRoute, RouteMatch, ValueMatch
@@ -181,6 +182,7 @@ def explain(
         ]
     for view in backends_view:
         view.update(_cluster_view(clusters.get(str(view["cluster"]))))
+        view["zones"] = cluster_zones(ir, ctx, str(view["cluster"]))  # priority, weight, ingress/egress per zone
     result["route"] = route_view
     result["backends"] = backends_view
     result["destinations"] = _destinations(ctx, caller, service, backends_view, clusters)

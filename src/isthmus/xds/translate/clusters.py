@@ -24,18 +24,22 @@ def _lb_endpoint(e: Endpoint) -> endpoint_components_pb2.LbEndpoint:
 
 
 def _lb_endpoints(endpoints: tuple[Endpoint, ...]) -> list[endpoint_components_pb2.LocalityLbEndpoints]:
-    """One group per (priority, zone), lowest priority first; endpoints without a zone and priority form one
-    group without a locality, as before multi-zone."""
+    """One group per (priority, zone, affinity group), lowest priority first; endpoints without a zone and
+    priority form one group without a locality, as before multi-zone."""
     if not endpoints:
         return []
-    groups: dict[tuple[int, str], list[Endpoint]] = {}
+    groups: dict[tuple[int, str, str], list[Endpoint]] = {}
     for e in endpoints:
-        groups.setdefault((e.priority, e.locality), []).append(e)
+        groups.setdefault((e.priority, e.locality, e.sub_zone), []).append(e)
     out = []
-    for (priority, zone), members in sorted(groups.items()):
+    for (priority, zone, sub_zone), members in sorted(groups.items()):
         group = endpoint_components_pb2.LocalityLbEndpoints(
             lb_endpoints=[_lb_endpoint(e) for e in members], priority=priority
         )
+        if members[0].locality_weight:
+            group.load_balancing_weight.value = members[0].locality_weight
+        if sub_zone:
+            group.locality.sub_zone = sub_zone
         if zone:
             group.locality.zone = zone
         out.append(group)

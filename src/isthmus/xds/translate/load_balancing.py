@@ -23,6 +23,8 @@ def cluster(out: cluster_pb2.Cluster, lb: LoadBalancer | None) -> None:
     if lb is None:
         return
     out.lb_policy = _POLICIES[lb.type]
+    if lb.locality is not None and lb.locality.affinity_tags:  # localZone.affinityTags: weighted groups
+        out.common_lb_config.locality_weighted_lb_config.SetInParent()
     if lb.type == "LeastRequest" and (lb.choice_count is not None or lb.active_request_bias is not None):
         if lb.choice_count is not None:
             out.least_request_lb_config.choice_count.value = lb.choice_count
