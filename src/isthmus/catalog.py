@@ -95,7 +95,13 @@ def _name_types() -> list[ResourceType]:
     """Kuma's service names (isthmus.names): the first three keep ``spec`` and ``status`` side by side."""
     return [
         ResourceType(
-            "MeshService", "meshservices", Scope.MESH, MeshServiceDocument, spec_at_top_level=True, short_name="ms"
+            "MeshService",
+            "meshservices",
+            Scope.MESH,
+            MeshServiceDocument,
+            spec_at_top_level=True,
+            short_name="ms",
+            kds_scope=KdsScope.FROM_ZONE_TO_ALL,  # Kuma: zone -> global -> other zones (labelled origin global)
         ),
         ResourceType(
             "MeshMultiZoneService",
@@ -113,5 +119,11 @@ def _name_types() -> list[ResourceType]:
             spec_at_top_level=True,
             short_name="mes",
         ),
-        ResourceType("HostnameGenerator", "hostnamegenerators", Scope.GLOBAL, HostnameGeneratorSpec),
+        ResourceType(  # the global's (Kuma's synced-* defaults) reach the zones; a zone's own stay there
+            "HostnameGenerator",
+            "hostnamegenerators",
+            Scope.GLOBAL,
+            HostnameGeneratorSpec,
+            kds_scope=KdsScope.FROM_GLOBAL_OR_ZONE,
+        ),
     ]

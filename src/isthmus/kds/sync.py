@@ -29,6 +29,8 @@ ORIGIN = "kuma.io/origin"
 ZONE = "kuma.io/zone"
 DISPLAY_NAME = "kuma.io/display-name"
 ORIGIN_GLOBAL = "global"
+MANAGED_BY = "kuma.io/managed-by"  # the generator of the zone that made it: never a receiving zone's own
+RELABELLED_DOWN = frozenset({"MeshService"})
 ORIGIN_ZONE = "zone"
 
 DOWNSTREAM = (KdsScope.FROM_GLOBAL, KdsScope.FROM_GLOBAL_OR_ZONE)
@@ -114,6 +116,9 @@ def downstream_wire(rtype: ResourceType, record: Record, zone: str) -> Wire | No
         owner = labels.get(ZONE)
         if not owner or owner == zone:
             return None
+        if record.type in RELABELLED_DOWN:  # Kuma (MADR 057): origin global in the other zones
+            down = {k: v for k, v in labels.items() if k != MANAGED_BY}
+            return wire_of(record, {**down, ORIGIN: ORIGIN_GLOBAL})
         return wire_of(record)
     return None
 

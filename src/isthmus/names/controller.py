@@ -107,7 +107,8 @@ class NamesController:
             except Exception:
                 continue
             assert isinstance(spec, MeshSpec)
-            await self._generate(mesh.name, spec.mesh_services_mode, now)
+            if self.mode != "global":  # a global's MeshServices are the zones' (synced up), as in Kuma
+                await self._generate(mesh.name, spec.mesh_services_mode, now)
         await self._statuses()
         self.passes += 1
 
