@@ -196,3 +196,120 @@ def test_a_second_collector_in_a_workspace_is_refused() -> None:
     assert observability.workspace_errors([one], same) == {}
     assert "config.http_endpoint" in observability.workspace_errors([one], other)
     assert "name" in observability.workspace_errors([one], otel)
+
+
+# Kong's docs examples for these plugins (developer.konghq.com), as written there
+DOCS_EXAMPLES = [
+    {"name": "file-log", "config": {"path": "/tmp/file.log"}},
+    {"name": "file-log", "config": {"path": "/dev/stdout", "reopen": True}},
+    {"name": "tcp-log", "config": {"host": "127.0.0.1", "port": 9999}},
+    {"name": "tcp-log", "config": {"host": "logs.example", "port": 6514, "tls": True, "tls_sni": "logs.example",
+                                   "timeout": 10000, "keepalive": 60000}},
+    {"name": "http-log", "config": {"http_endpoint": "http://mockbin.org/bin/:id", "method": "POST",
+                                    "timeout": 1000, "keepalive": 1000, "headers": {"Authorization": "Bearer x"}}},
+    {"name": "http-log", "config": {"http_endpoint": "http://127.0.0.1:9001/logs", "queue": {
+        "max_batch_size": 200, "max_coalescing_delay": 1, "max_entries": 10000, "max_retry_time": 60}}},
+    {"name": "prometheus", "config": {"per_consumer": True, "status_code_metrics": True, "latency_metrics": True,
+                                      "bandwidth_metrics": True}},
+    {"name": "prometheus"},
+    {"name": "zipkin", "config": {"http_endpoint": "http://zipkin:9411/api/v2/spans", "sample_ratio": 1,
+                                  "include_credential": True, "traceid_byte_count": 16, "header_type": "preserve",
+                                  "default_header_type": "b3", "local_service_name": "kong"}},
+    {"name": "zipkin", "config": {"http_endpoint": "http://zipkin:9411/api/v2/spans", "sample_ratio": 0.001,
+                                  "static_tags": [{"name": "env", "value": "prod"}], "tags_header": "Zipkin-Tags"}},
+    {"name": "opentelemetry", "config": {"traces_endpoint": "http://otel-collector:4318/v1/traces",
+                                         "resource_attributes": {"service.name": "kong-dev"},
+                                         "headers": {"X-Auth-Token": "secret-token"}}},
+    {"name": "opentelemetry", "config": {"traces_endpoint": "http://otel-collector:4318/v1/traces",
+                                         "sampling_rate": 0.5, "propagation": {"extract": ["w3c"],
+                                         "inject": ["preserve"], "default_format": "w3c"}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("example", DOCS_EXAMPLES, ids=lambda x: str(x["name"]))
+def test_kong_docs_examples_are_accepted(example: dict[str, Any], tmp_path: Path) -> None:
+    entity = e.validate(e.Plugin, example).dump()
+    _validate(_xds(_workspace({**entity, "id": _rid(10)})), tmp_path)
+
+
+def test_a_file_with_two_collectors_is_refused() -> None:
+    from isthmus.gateway import declarative
+    from isthmus.gateway.store import Workspace
+
+    doc = {
+        "_format_version": "3.0",
+        "plugins": [
+            {"name": "zipkin", "config": {"http_endpoint": "http://a:9411/api/v2/spans"}},
+            {"name": "opentelemetry", "config": {"traces_endpoint": "http://b:4318/v1/traces"}},
+        ],
+    }
+    with pytest.raises(KongError) as info:
+        declarative.desired(Workspace("default"), doc)
+    assert "not supported yet" in info.value.message
+
+
+def test_kong_metrics_renames_envoy_stats() -> None:
+    from isthmus.gateway.kong_metrics import kong_metrics
+
+    envoy = "\n".join(
+        [
+            "# TYPE envoy_kong_http_requests_total counter",
+            'envoy_kong_http_requests_total{service="obs",route="r",code="200",source="via_upstream",workspace="default"} 2',
+            'envoy_kong_http_requests_total{service="obs",route="r",code="404",source="direct_response",workspace="default"} 1',
+            'envoy_kong_http_requests_total{service="-",route="x",code="503",source="upstream_reset_before_response_started{connection_failure}",workspace="default"} 1',
+            "# TYPE envoy_cluster_upstream_rq counter",
+            'envoy_cluster_upstream_rq{envoy_cluster_name="kong:x"} 9',
+            "# TYPE envoy_kong_request_latency_ms histogram",
+            'envoy_kong_request_latency_ms_bucket{service="obs",route="r",workspace="default",le="5"} 2',
+            'envoy_kong_request_latency_ms_count{service="obs",route="r",workspace="default"} 2',
+        ]
+    )  # fmt: skip
+    text = kong_metrics(envoy)
+    assert "# TYPE kong_http_requests_total counter" in text
+    assert (
+        'kong_http_requests_total{service="obs",route="r",code="200",source="service",workspace="default"} 2'
+        in text
+    )
+    assert (
+        'kong_http_requests_total{service="obs",route="r",code="404",source="exit",workspace="default"} 1'
+        in text
+    )
+    assert (
+        'kong_http_requests_total{service="",route="x",code="503",source="error",workspace="default"} 1'
+        in text
+    )
+    assert 'kong_request_latency_ms_bucket{service="obs",route="r",workspace="default",le="5"} 2' in text
+    assert "# TYPE kong_request_latency_ms histogram" in text and "cluster" not in text
+
+
+def test_serializer_from_a_grpc_entry() -> None:
+    from envoy.config.core.v3 import base_pb2
+    from envoy.data.accesslog.v3 import accesslog_pb2
+
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    entry.common_properties.downstream_remote_address.socket_address.address = "10.0.0.7"
+    entry.common_properties.start_time.FromMilliseconds(1_700_000_000_123)
+    entry.common_properties.duration.FromMilliseconds(12)
+    entry.common_properties.time_to_first_upstream_tx_byte.FromMilliseconds(2)
+    entry.common_properties.time_to_last_upstream_rx_byte.FromMilliseconds(10)
+    entry.common_properties.custom_tags.update({"route_name": "r", "route_id": "rid", "service_name": "-", "workspace": "default"})  # fmt: skip
+    entry.request.request_method = base_pb2.RequestMethod.Value("POST")
+    entry.request.scheme, entry.request.authority = "http", "api.example"
+    entry.request.path, entry.request.original_path = "/up/x", "/r/x"
+    entry.request.request_body_bytes = 5
+    entry.request.request_headers.update({"user-agent": "t", "x-consumer-id": "c1"})
+    entry.response.response_code.value = 201
+    entry.response.response_body_bytes = 7
+    entry.response.response_code_details = "via_upstream"
+    out = kong_log.serialize(entry)
+    assert out["request"] | {"headers": None} == {"method": "POST", "uri": "/r/x", "url": "http://api.example/r/x", "size": 5, "headers": None}  # fmt: skip
+    assert (
+        out["request"]["headers"]["user-agent"] == "t" and out["request"]["headers"]["host"] == "api.example"
+    )
+    assert (
+        out["upstream_uri"] == "/up/x" and out["response"]["status"] == 201 and out["response"]["size"] == 7
+    )
+    assert out["latencies"] == {"request": 12, "kong": 2, "proxy": 8, "receive": 0}
+    assert out["route"] == {"id": "rid", "name": "r"} and out["service"] == {"id": None, "name": None}
+    assert out["consumer"]["id"] == "c1" and out["client_ip"] == "10.0.0.7"
+    assert out["started_at"] == 1_700_000_000_123 and out["workspace_name"] == "default"

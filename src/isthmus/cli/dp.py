@@ -55,6 +55,9 @@ def run(
         [], "--proxy-listen-tls", help="Gateway: HOST:PORT it serves HTTPS on, with the certificates' SNIs"
     ),
     workspace: str = typer.Option("default", "--workspace", help="Gateway: the Kong workspace it serves"),
+    status_listen: str | None = typer.Option(
+        None, "--status-listen", help="Gateway: HOST:PORT of Kong's Status API (GET /metrics: the prometheus plugin)"
+    ),
     dns_port: int | None = typer.Option(
         None,
         "--dns-port",
@@ -146,6 +149,7 @@ def run(
             gateway_listen=tuple(proxy_listen),
             gateway_listen_tls=tuple(proxy_listen_tls),
             gateway_workspace=workspace,
+            gateway_status_listen=status_listen,
             dns_port=dns_port,
             transparent_proxy=TransparentProxyOptions(
                 user=transparent_proxy_user,

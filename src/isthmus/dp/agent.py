@@ -37,7 +37,7 @@ import httpx
 from cryptography import x509
 
 from isthmus import __version__
-from isthmus.dp import gateway_services, transparent_proxy
+from isthmus.dp import gateway_observability, gateway_services, transparent_proxy
 from isthmus.dp import metrics as dp_metrics
 from isthmus.dp.bootstrap import build_bootstrap
 from isthmus.dp.envoy_binary import EnvoyBinaryNotFound
@@ -92,6 +92,7 @@ class AgentOptions:
     gateway_listen: tuple[str, ...] = ()  # --proxy-listen HOST:PORT (proxy type gateway)
     gateway_listen_tls: tuple[str, ...] = ()  # --proxy-listen-tls HOST:PORT
     gateway_workspace: str = "default"  # --workspace: the Kong workspace the gateway serves
+    gateway_status_listen: str | None = None  # --status-listen HOST:PORT: Kong's Status API (/metrics)
     dns_port: int | None = None  # --dns-port: Envoy answers the mesh's names on 127.0.0.1:PORT (UDP)
     transparent_proxy: TransparentProxyOptions | None = None  # --transparent-proxy: iptables redirection
 
@@ -680,9 +681,17 @@ class DataplaneAgent:
         bootstrap = self._bootstrap(xds, admin_port, work_dir)
         async with (
             gateway_services.rate_limit_service(kong, bootstrap) as service,
+            # Kong's tcp-log/http-log forwarder and the prometheus plugin's /metrics (--status-listen)
+            gateway_observability.serving(kong, bootstrap, self.options.gateway_status_listen, self._admin_url),
             transparent_proxy.redirected(self._iptables, self._redirect),  # removed once Envoy has stopped
         ):
             await self._supervise_envoy(stop, xds, bootstrap, work_dir, service)
+
+    def _admin_url(self) -> str | None:
+        try:
+            return self._envoy.admin_url if self._envoy is not None else None
+        except EnvoyError:
+            return None
 
     def _bootstrap(self, xds: tuple[str, int], admin_port: int, work_dir: Path) -> dict[str, Any]:
         opts = self.options

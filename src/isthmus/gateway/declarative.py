@@ -563,9 +563,24 @@ def desired(
     builder = _Builder(ws, doc.get("_transform", True) is not False, info)
     builder.errors = errors
     builder.build(items)
+    _tracer_errors(items, errors)
     errors.raise_if_any()
     builder.finish()
     return builder.desired
+
+
+def _tracer_errors(items: list[Item], errors: Errors) -> None:
+    """The gateway's one tracer: the file's tracing plugins share a collector (the Admin API's check)."""
+    from isthmus.gateway.plugins.observability import workspace_errors
+
+    plugins = [(item, {**item.raw, "id": repr(item.path)}) for item in items if item.collection == "plugins"]
+    for item, plugin in plugins:
+        try:
+            problems = workspace_errors([p for _, p in plugins], plugin)
+        except ValueError:  # an invalid config: reported by its own check
+            continue
+        if problems:
+            errors.add(item, item.path, problems)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from isthmus.gateway.errors import (
     Plain,
     foreign_key_violation,
     referenced_by,
+    schema_violation,
     unique_violation,
 )
 from isthmus.resources.common import Model
@@ -514,6 +515,12 @@ class GatewayStore:
             owner = ws.unique.get((collection, fields), {}).get(value)
             if owner is not None and owner != entity["id"]:
                 raise unique_violation(_unique_fields(entity, fields))
+        if collection == "plugins":  # the gateway's one tracer: the workspace's tracing plugins share a collector
+            from isthmus.gateway.plugins.observability import workspace_errors
+
+            problems = workspace_errors(ws.entities["plugins"].values(), entity)
+            if problems:
+                raise schema_violation(problems)
         return entity
 
     def _transient(

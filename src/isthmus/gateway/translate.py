@@ -90,7 +90,6 @@ from google.protobuf import json_format
 
 from isthmus.gateway import healthchecks, mesh_leg
 from isthmus.gateway import plugins as kong_plugins
-from isthmus.gateway.plugins import observability as kong_observability
 from isthmus.gateway.envoy_routes import (
     HASH_PATH_HEADER,
     SNI_FILTER_STATE,
@@ -103,6 +102,7 @@ from isthmus.gateway.envoy_routes import (
     uses_uri_capture,
 )
 from isthmus.gateway.plugins import auth as kong_auth
+from isthmus.gateway.plugins import observability as kong_observability
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource
 
@@ -511,11 +511,12 @@ def translate(
     # Kong's logging, metrics and tracing plugins: access logs and the tracer on every HCM (plugins.observability)
     observed, observed_clusters = kong_observability.hcm(workspace, entities)
     clusters += [json_format.ParseDict(c, cluster_pb2.Cluster()) for c in observed_clusters]
+    decorate = kong_observability.decorate
     listeners = [
-        json_format.ParseDict(kong_observability.decorate(listener(workspace, a, per_port), observed), listener_pb2.Listener())  # fmt: skip
+        json_format.ParseDict(decorate(listener(workspace, a, per_port), observed), listener_pb2.Listener())
         for a in listen
     ]
-    tls = [kong_observability.decorate(tls_listener(workspace, a, entities, per_port), observed) for a in listen_tls]  # fmt: skip
+    tls = [decorate(tls_listener(workspace, a, entities, per_port), observed) for a in listen_tls]
     tls = [x for x in tls if x is not None]
     if tls:
         listeners += [json_format.ParseDict(x, listener_pb2.Listener()) for x in tls]

@@ -41,7 +41,9 @@ class PluginKind:
     scoped_apply: Callable[[Any, Mapping[str, str | None], list[EnvoyRoute]], list[EnvoyRoute]] | None = None
     # instead of ``apply``, for a plugin that records which Kong route it served (logging, metrics, tracing):
     # (config, {"workspace", "route_id", "route_name", "service_id", "service_name"}, routes) -> routes
-    identified_apply: Callable[[Any, Mapping[str, str | None], list[EnvoyRoute]], list[EnvoyRoute]] | None = None
+    identified_apply: Callable[[Any, Mapping[str, str | None], list[EnvoyRoute]], list[EnvoyRoute]] | None = (
+        None
+    )
 
 
 def _registry() -> dict[str, PluginKind]:

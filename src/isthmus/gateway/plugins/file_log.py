@@ -68,4 +68,6 @@ KIND = PluginKind(
     apply=lambda c, r: r,
     identified_apply=identified_apply,
     checks=checks,
+    # the client's path, for every logging and tracing plugin (kong_log.mark enables it on their routes)
+    http_filters=(kong_log.URI_HTTP_FILTER,),
 )

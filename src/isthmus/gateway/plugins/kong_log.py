@@ -25,10 +25,30 @@ from typing import Any
 
 # Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: F401
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 
 from isthmus.gateway.plugins import EnvoyRoute
 
 METADATA = "isthmus.kong"
+# the request's path as the client sent it (the router rewrites :path in place, and Kong's x-envoy-* headers are
+# suppressed): recorded as filter state by a set_filter_state filter, enabled on the routes that log
+URI_STATE = "isthmus.kong.request_uri"
+URI_FILTER = "isthmus.kong.request_uri"
+_ENABLED = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+URI_HTTP_FILTER = {
+    "name": URI_FILTER,
+    "disabled": True,
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+        "on_request_headers": [
+            {
+                "object_key": URI_STATE,
+                "factory_key": "envoy.string",
+                "format_string": {"text_format_source": {"inline_string": "%REQ(:PATH)%"}},
+            }
+        ],
+    },
+}
 CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 IDENTITY_FIELDS = ("workspace", "route_id", "route_name", "service_id", "service_name")
 REQUEST_HEADERS = (
@@ -75,7 +95,14 @@ def mark(
         kong["service"] = kong.get("service_name") or kong.get("service_id", "")
         kong[name] = config_key
         filter_metadata[METADATA] = kong
-        out.append({**r, "metadata": {**metadata, "filter_metadata": filter_metadata}})
+        per_filter = {**r.get("typed_per_filter_config", {}), URI_FILTER: _ENABLED}
+        out.append(
+            {
+                **r,
+                "metadata": {**metadata, "filter_metadata": filter_metadata},
+                "typed_per_filter_config": per_filter,
+            }
+        )
     return out
 
 
@@ -99,8 +126,8 @@ def json_format() -> dict[str, Any]:
     return {
         "request": {
             "method": "%REQ(:METHOD)%",
-            "uri": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-            "url": "%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+            "uri": f"%FILTER_STATE({URI_STATE}:PLAIN)%",
+            "url": f"%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%FILTER_STATE({URI_STATE}:PLAIN)%",
             "size": "%BYTES_RECEIVED%",
             "headers": {h: f"%REQ({h})%" for h in REQUEST_HEADERS},
         },
@@ -164,6 +191,7 @@ def grpc_config(log_name: str, cluster: str) -> dict[str, Any]:
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
             "transport_api_version": "V3",
             "buffer_flush_interval": "0.2s",
+            "filter_state_objects_to_log": [URI_STATE],
             "custom_tags": tags,
         },
         "additional_request_headers_to_log": [h for h in REQUEST_HEADERS if h != "host"],
@@ -186,7 +214,7 @@ def serialize(entry: Any) -> dict[str, Any]:
     headers = dict(request.request_headers)
     headers["host"] = request.authority
     scheme = request.scheme or "http"
-    path = request.original_path or request.path
+    path = _state(common.filter_state_objects.get(URI_STATE)) or request.original_path or request.path
     start = common.start_time.seconds * 1000 + common.start_time.nanos // 1_000_000
     total = _millis(common.duration) if common.HasField("duration") else None
     first_up = _millis(common.time_to_first_upstream_tx_byte) if common.HasField("time_to_first_upstream_tx_byte") else None  # fmt: skip
@@ -230,6 +258,16 @@ def serialize(entry: Any) -> dict[str, Any]:
         "source": response.response_code_details or None,
         "started_at": start,
     }
+
+
+def _state(value: Any) -> str | None:
+    """A string filter state object as the gRPC access log carries it (``google.protobuf.StringValue``)."""
+    if value is None:
+        return None
+    from google.protobuf import wrappers_pb2
+
+    text = wrappers_pb2.StringValue()
+    return text.value if value.Unpack(text) else None
 
 
 def _method(value: int) -> str:
