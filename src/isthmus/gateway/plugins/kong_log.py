@@ -33,7 +33,7 @@ METADATA = "isthmus.kong"
 # the request's path as the client sent it (the router rewrites :path in place, and Kong's x-envoy-* headers are
 # suppressed): recorded as filter state by a set_filter_state filter, enabled on the routes that log
 URI_STATE = "isthmus.kong.request_uri"
-URI_FILTER = "isthmus.kong.request_uri"
+URI_FILTER = "kong.log.request_uri"
 _ENABLED = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
 URI_HTTP_FILTER = {
     "name": URI_FILTER,
