@@ -53,6 +53,13 @@ def _protocol(tag_value: str) -> Protocol:
     return Protocol.TCP
 
 
+def _remote_protocol(ctx: MeshContext, service: str) -> str:
+    """The protocol every instance of ``service`` behind other zones' ingresses agrees on (their
+    ``availableServices`` tags), else "" (as :meth:`MeshContext.service_protocol`: disagreement means tcp)."""
+    found = {dict(e.tags).get("kuma.io/protocol", "tcp") for e in ctx.remote.by_service.get(service, ())}
+    return found.pop() if len(found) == 1 else ("tcp" if found else "")
+
+
 def gateway_leg_name(service: str) -> str:
     """The RouteConfiguration name of a gateway's mesh leg to ``service`` (an outbound without a listener: Kong's
     routes reach its cluster; :mod:`isthmus.gateway.mesh_leg` takes the mesh's route policies from it)."""
@@ -157,6 +164,8 @@ def build_proxy_ir(
             cluster_name = f"{service}_{port_filter}"
         if ctx.endpoints.get(service):
             protocol = _protocol(ctx.service_protocol(service))
+        elif remote := _remote_protocol(ctx, service):  # only in other zones: their instances' protocol
+            protocol = _protocol(remote)
         else:
             protocol = _protocol(tags.get("kuma.io/protocol", "tcp" if port else "http"))
         name = f"outbound:{address}:{port}" if port else gateway_leg_name(service)
