@@ -390,7 +390,11 @@ def apply(block: str, extra: list[str]) -> Applied:
         admitted[name] = spec.membership_problem(mesh_name, mesh_spec.dataplane_constraints) is None
         if not admitted[name]:
             del dataplanes[name]  # refused on PUT: never joins
-    names = ("MeshService", "MeshMultiZoneService", "MeshExternalService")  # isthmus.names: in the context too
+    names = (
+        "MeshService",
+        "MeshMultiZoneService",
+        "MeshExternalService",
+    )  # isthmus.names: in the context too
     policies = [r for r in docs if (r.type.is_policy or r.type.kind in names) and r.mesh == mesh_name]
     mtls = mesh_spec.enabled_backend is not None
     ctx = build_mesh_context(mesh, list(dataplanes.values()), policies, _cert("ca.pem") if mtls else "")

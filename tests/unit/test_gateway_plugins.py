@@ -222,7 +222,9 @@ def test_a_known_plugin_not_implemented_is_refused() -> None:
 
     missing = [name for name in PLUGINS if name not in plugins.kinds()]
     if not missing:  # every plugin Isthmus knows is implemented (others get Kong's "not enabled")
-        assert _violation({"name": "hmac-auth"})["fields"]["name"].startswith("plugin 'hmac-auth' not enabled")
+        assert _violation({"name": "hmac-auth"})["fields"]["name"].startswith(
+            "plugin 'hmac-auth' not enabled"
+        )
         return
     body = _violation({"name": missing[0]})
     assert body["fields"] == {"name": f"plugin '{missing[0]}' is not supported yet"}

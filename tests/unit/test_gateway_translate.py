@@ -239,7 +239,9 @@ def _envoy_validate(xds: dict[str, list[dict[str, Any]]], tmp_path: Path) -> Non
     listeners = json.loads(json.dumps(xds[types.LISTENER]))
     for listener in listeners:
         for chain in [*listener.get("filter_chains", []), *([listener["default_filter_chain"]] if "default_filter_chain" in listener else [])]:  # fmt: skip
-            hcm = next(f for f in chain["filters"] if f["name"].endswith("http_connection_manager"))["typed_config"]
+            hcm = next(f for f in chain["filters"] if f["name"].endswith("http_connection_manager"))[
+                "typed_config"
+            ]
             hcm["route_config"] = routes[hcm.pop("rds")["route_config_name"]]
             tls = chain.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
             for sds in tls.get("tls_certificate_sds_secret_configs", []):

@@ -56,7 +56,9 @@ def run(
     ),
     workspace: str = typer.Option("default", "--workspace", help="Gateway: the Kong workspace it serves"),
     status_listen: str | None = typer.Option(
-        None, "--status-listen", help="Gateway: HOST:PORT of Kong's Status API (GET /metrics: the prometheus plugin)"
+        None,
+        "--status-listen",
+        help="Gateway: HOST:PORT of Kong's Status API (GET /metrics: the prometheus plugin)",
     ),
     dns_port: int | None = typer.Option(
         None,

@@ -682,7 +682,9 @@ class DataplaneAgent:
         async with (
             gateway_services.rate_limit_service(kong, bootstrap) as service,
             # Kong's tcp-log/http-log forwarder and the prometheus plugin's /metrics (--status-listen)
-            gateway_observability.serving(kong, bootstrap, self.options.gateway_status_listen, self._admin_url),
+            gateway_observability.serving(
+                kong, bootstrap, self.options.gateway_status_listen, self._admin_url
+            ),
             transparent_proxy.redirected(self._iptables, self._redirect),  # removed once Envoy has stopped
         ):
             await self._supervise_envoy(stop, xds, bootstrap, work_dir, service)

@@ -61,7 +61,8 @@ def _through(
             remote[key] = (weight + e.weight, max(group, e.locality_weight))
     for (priority, zone), (weight, group) in sorted(remote.items()):
         out.extend(
-            replace(g, locality=zone, priority=priority, weight=weight, locality_weight=group) for g in egresses
+            replace(g, locality=zone, priority=priority, weight=weight, locality_weight=group)
+            for g in egresses
         )
     return tuple(out)
 

@@ -296,7 +296,9 @@ def _envoy_routes(
         service = services.get(spec.service_id or "")
         if service is None:
             identity = _identity(workspace, spec, None)
-            out += kong_plugins.apply(plugins or {}, [_direct(name, match, 503, NO_SERVICE_MESSAGE)], identity)
+            out += kong_plugins.apply(
+                plugins or {}, [_direct(name, match, 503, NO_SERVICE_MESSAGE)], identity
+            )
             continue
         action: dict[str, Any] = {
             "cluster": mesh_leg.cluster_for(workspace, service, upstreams)

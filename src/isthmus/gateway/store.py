@@ -515,7 +515,9 @@ class GatewayStore:
             owner = ws.unique.get((collection, fields), {}).get(value)
             if owner is not None and owner != entity["id"]:
                 raise unique_violation(_unique_fields(entity, fields))
-        if collection == "plugins":  # the gateway's one tracer: the workspace's tracing plugins share a collector
+        if (
+            collection == "plugins"
+        ):  # the gateway's one tracer: the workspace's tracing plugins share a collector
             from isthmus.gateway.plugins.observability import workspace_errors
 
             problems = workspace_errors(ws.entities["plugins"].values(), entity)

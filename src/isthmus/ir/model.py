@@ -131,7 +131,9 @@ class Endpoint:
     locality: str = ""  # the zone of the endpoint ("" : this proxy's own zone)
     weight: int = 1  # a zone ingress stands for ``weight`` instances (isthmus.ingress.remote)
     priority: int = 0  # Envoy priority: 0 first, higher ones take traffic as lower ones lose health
-    sub_zone: str = ""  # ``<tag>=<value>`` of the affinity group it is in (MeshLoadBalancingStrategy affinityTags)
+    sub_zone: str = (
+        ""  # ``<tag>=<value>`` of the affinity group it is in (MeshLoadBalancingStrategy affinityTags)
+    )
     locality_weight: int = 0  # its group's locality weight (0: none; set for every group when affinity is on)
 
 
@@ -189,7 +191,9 @@ class InboundListener:
     gateway_callers: tuple[str, ...] = ()
     access_logs: tuple[AccessLog, ...] = ()  # MeshAccessLog
     tracing: Tracing | None = None  # MeshTrace (HTTP listeners)
-    bind: bool = True  # False: a transparent proxy's inbound, reached by original destination (ir/transparent.py)
+    bind: bool = (
+        True  # False: a transparent proxy's inbound, reached by original destination (ir/transparent.py)
+    )
 
 
 # Kong's consumer headers: set by a gateway after authentication; a sidecar's inbound removes them unless the caller
@@ -223,7 +227,9 @@ class OutboundListener:
     lb: LoadBalancer | None = None  # hash policies for the routes (the cluster carries the rest)
     access_logs: tuple[AccessLog, ...] = ()  # MeshAccessLog
     tracing: Tracing | None = None  # MeshTrace (HTTP listeners)
-    bind: bool = True  # False: reached by original destination through a transparent proxy (ir/transparent.py)
+    bind: bool = (
+        True  # False: reached by original destination through a transparent proxy (ir/transparent.py)
+    )
 
 
 @dataclass(frozen=True)
@@ -247,4 +253,6 @@ class ProxyIR:
     patches: tuple[str, ...] = ()  # MeshProxyPatch modifications, canonical JSON, applied after translation
     dns: DnsTable | None = None  # the data plane's DNS for generated names (isthmus.names)
     metrics: Metrics | None = None  # MeshMetric: what the agent serves, handed over by the dynconf listener
-    transparent: TransparentProxy | None = None  # catch-all listeners of a transparent proxy (ir/transparent.py)
+    transparent: TransparentProxy | None = (
+        None  # catch-all listeners of a transparent proxy (ir/transparent.py)
+    )

@@ -182,7 +182,9 @@ def explain(
         ]
     for view in backends_view:
         view.update(_cluster_view(clusters.get(str(view["cluster"]))))
-        view["zones"] = cluster_zones(ir, ctx, str(view["cluster"]))  # priority, weight, ingress/egress per zone
+        view["zones"] = cluster_zones(
+            ir, ctx, str(view["cluster"])
+        )  # priority, weight, ingress/egress per zone
     result["route"] = route_view
     result["backends"] = backends_view
     result["destinations"] = _destinations(ctx, caller, service, backends_view, clusters)

@@ -145,7 +145,9 @@ class MeshServicesMode(str, Enum):
 
     DISABLED = "Disabled"  # not generated; outbounds by kuma.io/service only
     EVERYWHERE = "Everywhere"  # generated, and every proxy reaches every MeshService by its VIP
-    REACHABLE_BACKENDS = "ReachableBackends"  # generated, reached where a proxy lists them in reachableBackends
+    REACHABLE_BACKENDS = (
+        "ReachableBackends"  # generated, reached where a proxy lists them in reachableBackends
+    )
     EXCLUSIVE = "Exclusive"  # generated and used; kuma.io/service outbounds are not
 
 

@@ -63,7 +63,9 @@ def create_app(state: ControlPlaneState) -> FastAPI:
     app.include_router(gui.build_router())  # the web UI's files at /gui
     # fixed paths before resources' /{plural}/{name} (global kinds), which would otherwise match them first
     app.include_router(kds_api.build_router(state))  # /tokens/zone, /zones+insights
-    app.include_router(zone_proxies_api.build_router(state))  # /zoneingresses+insights, /zoneegresses/{n}/_config
+    app.include_router(
+        zone_proxies_api.build_router(state)
+    )  # /zoneingresses+insights, /zoneegresses/{n}/_config
     app.include_router(tokens.build_router(state))
     app.include_router(resources.build_router(state))
     auth.install(app, state.auth, state.store)

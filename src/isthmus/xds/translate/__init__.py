@@ -30,7 +30,8 @@ def translate(ir: ProxyIR) -> dict[str, list[Any]]:
     messages: dict[str, list[Any]] = {
         types.CLUSTER: [_cluster(c) for c in ir.clusters] + (list(transparent.clusters(tp)) if tp else []),
         types.ENDPOINT: [_endpoints(e) for e in ir.endpoints],
-        types.LISTENER: observability.listeners(ir) + [_inbound(i) for i in ir.inbounds]
+        types.LISTENER: observability.listeners(ir)
+        + [_inbound(i) for i in ir.inbounds]
         + [_outbound(o) for o in ir.outbounds if o.port]
         + ([names.dns_listener(ir.dns)] if ir.dns is not None else [])
         + (list(transparent.listeners(tp)) if tp else []),

@@ -148,7 +148,9 @@ def inbound(ir: InboundListener) -> listener_pb2.Listener:
         traffic_direction=base_pb2.INBOUND,
         enable_reuse_port={"value": False},
     )
-    if not ir.bind:  # a transparent proxy's inbound: reached from the inbound catch-all (xds/translate/transparent)
+    if (
+        not ir.bind
+    ):  # a transparent proxy's inbound: reached from the inbound catch-all (xds/translate/transparent)
         listener.bind_to_port.value = False
     filters = _inbound_filters(ir)
     if ir.tls_mode is TlsMode.OFF or ir.tls is None:
