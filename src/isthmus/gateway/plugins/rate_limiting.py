@@ -54,10 +54,8 @@ _SERVICE_TIMEOUT = "30s"
 _MAX_TIMEOUT = 2**31 - 2
 # Envoy's draft-03 headers of policy local as Kong's: ``windows`` (route context) is "Minute:5,Hour:100"; the
 # per-window remainder is known for the window Envoy reports (the tightest), the first one with its limit.
+# (no envoy_on_request: Envoy then skips the request side, no coroutine per request)
 _HEADERS_LUA = """
-function envoy_on_request(handle)
-end
-
 function envoy_on_response(handle)
   local headers = handle:headers()
   local limit = headers:get("x-ratelimit-limit")
@@ -91,9 +89,6 @@ function envoy_on_response(handle)
 end
 """
 _STATUS_LUA = f"""
-function envoy_on_request(handle)
-end
-
 function envoy_on_response(handle)
   local headers = handle:headers()
   local status = headers:get("{STATUS_HEADER}")

@@ -39,7 +39,9 @@ def _kong_checks(config: Config) -> dict[str, Any]:
 
 
 def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
-    return auth.with_metadata(routes, auth.ACL, "acl", config.model_dump())
+    routes = auth.with_metadata(routes, auth.ACL, "acl", config.model_dump())
+    # tells kong.auth to record the consumer for kong.acl (dynamic metadata, written only where acl reads it)
+    return auth.with_metadata(routes, auth.AUTH, "acl", True)
 
 
 KIND = PluginKind(

@@ -206,33 +206,41 @@ local PLUGINS = { { "jwt", jwt_auth }, { "key-auth", key_auth }, { "basic-auth",
 local function authenticate(h)
   local headers = h:headers()
   local verified_token = headers:get("x-isthmus-jwt")
-  headers:remove("x-isthmus-jwt")
+  if verified_token then headers:remove("x-isthmus-jwt") end
   local consumer, credential, anonymous = nil, nil, false
-  local method = headers:get(":method")
-  for _, plugin in ipairs(PLUGINS) do
-    local conf = h:metadata():get(plugin[1])
-    if conf and not (conf.run_on_preflight == false and method == "OPTIONS") then
-      if conf.anonymous ~= nil then
-        if not credential then -- logical OR: done once an earlier plugin authenticated
-          local c, id = plugin[2](h, conf, verified_token)
-          if c then
-            consumer, credential, anonymous = c, id, false
-          else
-            local anon = anonymous_consumer(conf.anonymous)
-            if not anon then
-              respond(h, 500, message_body("anonymous consumer " .. conf.anonymous .. " is configured but doesn't exist"))
-              return
+  local method = nil
+  local md = h:metadata() -- the route's plugin configurations (taken again after a plugin ran: reading a body
+  -- invalidates objects taken before)
+  for i = 1, #PLUGINS do
+    local plugin = PLUGINS[i]
+    local conf = md:get(plugin[1])
+    if conf then
+      if conf.run_on_preflight == false and method == nil then method = headers:get(":method") end
+      if not (conf.run_on_preflight == false and method == "OPTIONS") then
+        if conf.anonymous ~= nil then
+          if not credential then -- logical OR: done once an earlier plugin authenticated
+            local c, id = plugin[2](h, conf, verified_token)
+            md = h:metadata()
+            if c then
+              consumer, credential, anonymous = c, id, false
+            else
+              local anon = anonymous_consumer(conf.anonymous)
+              if not anon then
+                respond(h, 500, message_body("anonymous consumer " .. conf.anonymous .. " is configured but doesn't exist"))
+                return
+              end
+              consumer, credential, anonymous = anon, nil, true
             end
-            consumer, credential, anonymous = anon, nil, true
           end
+        else -- logical AND: this plugin must authenticate
+          local c, id = plugin[2](h, conf, verified_token)
+          md = h:metadata()
+          if not c then
+            respond(h, id.status, id.body, id.headers)
+            return
+          end
+          consumer, credential, anonymous = c, id, false
         end
-      else -- logical AND: this plugin must authenticate
-        local c, id = plugin[2](h, conf, verified_token)
-        if not c then
-          respond(h, id.status, id.body, id.headers)
-          return
-        end
-        consumer, credential, anonymous = c, id, false
       end
     end
   end
@@ -243,10 +251,12 @@ local function authenticate(h)
   if consumer.username then headers:replace("x-consumer-username", consumer.username) end
   if credential then headers:replace("x-credential-identifier", credential) end
   if anonymous then headers:replace("x-anonymous-consumer", "true") end
-  local dm = h:streamInfo():dynamicMetadata()
-  dm:set("kong.auth", "consumer", consumer.id)
-  dm:set("kong.auth", "credential", credential ~= nil)
-  dm:set("kong.auth", "groups", consumer.groups)
+  if md:get("acl") then -- the route's acl reads the consumer from here (set only where a route has acl)
+    local dm = h:streamInfo():dynamicMetadata()
+    dm:set("kong.auth", "consumer", consumer.id)
+    dm:set("kong.auth", "credential", credential ~= nil)
+    dm:set("kong.auth", "groups", consumer.groups)
+  end
   if D.consumer_routes then
     h:clearRouteCache() -- the consumer's own copy of this route (consumer-scoped plugin configurations)
   end
