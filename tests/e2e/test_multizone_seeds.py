@@ -30,6 +30,7 @@ from isthmus.demo.multizone import (
     GATEWAY_ADMIN,
     GATEWAY_TLS_PORT,
     INGRESS_ADMIN,
+    REMOTE_HOSTNAME,
     SIDECAR_ADMIN,
     MultiZoneOptions,
     Seeds,
@@ -143,6 +144,26 @@ def test_gcp_gateway_terminates_tls_with_its_wildcard_certificate(seeds: Seeds) 
     served = _served_certificate(address, port, "shop.gcp.example")
     names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["*.gcp.example"]
+
+
+def _edge_gcp_in_azure(seeds: Seeds) -> list[dict[str, Any]]:
+    items = (seeds.world.zone_has("azure", "/meshes/default/meshservices") or {}).get("items", [])
+    return [m for m in items if m["labels"].get("kuma.io/display-name") == "edge-gcp"]
+
+
+def test_gcp_gateways_meshservice_reaches_azure_with_a_generated_hostname(seeds: Seeds) -> None:
+    (copy,) = wait_for(lambda: _edge_gcp_in_azure(seeds), 60, what="edge-gcp's MeshService in azure")
+    assert copy["name"].startswith("edge-gcp-")  # the global's name for gcp's resource
+    assert copy["labels"]["kuma.io/origin"] == "global" and copy["labels"]["kuma.io/zone"] == "gcp"
+
+    def hostnames() -> list[str]:
+        (ms,) = _edge_gcp_in_azure(seeds)
+        return [a["hostname"] for a in (ms.get("status") or {}).get("addresses", [])]
+
+    assert wait_for(hostnames, 60, what="a hostname for it in azure") == [REMOTE_HOSTNAME]
+    # read-only in azure: it is gcp's
+    resp = seeds.world.zone_call("azure", "DELETE", f"/meshes/default/meshservices/{copy['name']}")
+    assert resp.status_code == 400
 
 
 def _all_ok(seeds: Seeds, count: int) -> list[int]:

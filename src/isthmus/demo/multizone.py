@@ -69,6 +69,23 @@ spec:
     default: {action: Allow}
 """
 
+# the gcp gateway's MeshService (gateways get none generated): made in gcp, it reaches azure through the global
+GATEWAY_SERVICE = f"""type: MeshService
+mesh: default
+name: edge-gcp
+labels:
+  kuma.io/env: universal
+spec:
+  selector:
+    dataplaneTags:
+      kuma.io/service: edge-gcp
+  ports:
+  - port: {GATEWAY_PORT}
+    targetPort: {GATEWAY_PORT}
+    appProtocol: http
+"""
+REMOTE_HOSTNAME = "edge-gcp.svc.gcp.mesh.local"  # Kuma's synced-universal-mesh-service template in azure
+
 # fixed ids: applying the demo's Kong configuration again changes nothing
 _IDS = {
     "gcp-transformer": "6f1c2a52-0000-4000-8000-000000000001",
@@ -173,6 +190,7 @@ class Seeds:
             SIDECAR_ADMIN,
         )
         world.start_gateway("gcp", "edge-gcp-1", "edge-gcp", GATEWAY_PORT, GATEWAY_ADMIN, GATEWAY_TLS_PORT)
+        world.apply_zone("gcp", GATEWAY_SERVICE)  # synced to azure, named there edge-gcp.svc.gcp.mesh.local
         world.start_gateway("azure", "edge-azure-1", "edge-azure", GATEWAY_PORT, GATEWAY_ADMIN)
         self.configure_kong()
         say("Waiting for a request to cross from azure to gcp ...")
