@@ -51,9 +51,11 @@ from bench.gateway.workload import (
     medians,
     minimal_envoy,
     parse_wrk,
+    requests_done,
     small_config,
     throughput_table,
     timing_lines,
+    tree_cpu_seconds,
 )
 from isthmus.dp.envoy_binary import find_envoy_binary
 
@@ -94,13 +96,24 @@ class GatewayProxy:
     def stop(self) -> None:
         self.proc.stop()
 
+    def pid(self) -> int:
+        """The agent's pid (its tree: the agent, its Envoy and its rate-limit service)."""
+        assert self.proc.proc is not None
+        return self.proc.proc.pid
 
-def wrk(url: str, duration: int, headers: dict[str, str]) -> dict[str, float]:
+
+def wrk(url: str, duration: int, headers: dict[str, str], pid: int | None = None) -> dict[str, float]:
+    """One wrk run; with ``pid``, also the CPU microseconds per request that process tree used (the proxy's cost,
+    which the machine's other load changes much less than req/s)."""
     args = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency"]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
+    before = tree_cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    return parse_wrk(out)
+    result = parse_wrk(out)
+    if pid is not None:
+        result["cpu_us"] = (tree_cpu_seconds(pid) - before) * 1e6 / max(1, requests_done(out))
+    return result
 
 
 def status(url: str, headers: dict[str, str] | None = None) -> int:
@@ -239,16 +252,18 @@ def main() -> None:
 
         big_key = {"apikey": f"bench-key-{args.consumers // 2}"} if key_auth else {}
         auth_row = "key-auth + rate-limiting" if key_auth else "rate-limiting (no key-auth yet)"
-        paths: dict[str, tuple[str, dict[str, str]]] = {
-            "upstream direct (nginx)": (upstream + "/", {}),
-            "nginx reverse proxy": (f"http://127.0.0.1:{proxy_port}/bench", {}),
-            "minimal Envoy (router only)": (minimal + "/bench", {}),
-            "gateway, plain route": (small.url + "/bench", {}),
-            f"gateway, {auth_row}": (small.url + "/bauth", auth_headers),
-            "10k routes, plain route": (big.url + "/bench", {}),
-            f"10k routes + 10k consumers, {auth_row}": (big.url + "/bauth", big_key),
+        pids = {"upstream": procs[0].pid, "proxy": procs[1].pid, "minimal": procs[2].pid}
+        small_pid, big_pid = small.pid(), big.pid()
+        paths: dict[str, tuple[str, dict[str, str], int]] = {
+            "upstream direct (nginx)": (upstream + "/", {}, pids["upstream"]),
+            "nginx reverse proxy": (f"http://127.0.0.1:{proxy_port}/bench", {}, pids["proxy"]),
+            "minimal Envoy (router only)": (minimal + "/bench", {}, pids["minimal"]),
+            "gateway, plain route": (small.url + "/bench", {}, small_pid),
+            f"gateway, {auth_row}": (small.url + "/bauth", auth_headers, small_pid),
+            "10k routes, plain route": (big.url + "/bench", {}, big_pid),
+            f"10k routes + 10k consumers, {auth_row}": (big.url + "/bauth", big_key, big_pid),
         }
-        for name, (url, headers) in paths.items():
+        for name, (url, headers, _) in paths.items():
             code = status(url, headers)
             if code != 200:
                 raise RuntimeError(f"{name}: {url} answered {code}")
@@ -257,8 +272,8 @@ def main() -> None:
         names = list(paths)
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated: no path always first
-                url, headers = paths[name]
-                results[name].append(wrk(url, args.duration, headers))
+                url, headers, pid = paths[name]
+                results[name].append(wrk(url, args.duration, headers, pid))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for item in reversed(stoppable):

@@ -6,6 +6,7 @@ Kept apart from the runner so that tests can check it with tiny inputs (no timin
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 from collections.abc import Mapping, Sequence
@@ -205,8 +206,40 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def medians(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    keys = ("rps", "p50", "p99", "non2xx")
+    keys = [k for k in ("rps", "p50", "p99", "non2xx", "cpu_us") if all(k in r for r in rounds)]
     return {k: statistics.median(r[k] for r in rounds) for k in keys}
+
+
+def requests_done(out: str) -> int:
+    """The number of requests a ``wrk`` run completed."""
+    m = re.search(r"(\d+) requests in", out)
+    if m is None:
+        raise ValueError("no request count in wrk output")
+    return int(m.group(1))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -241,11 +274,14 @@ EXTRA_RATIOS: tuple[tuple[str, str], ...] = (
 
 
 def extra_ratio_lines(med: Mapping[str, Mapping[str, float]]) -> list[str]:
-    return [
-        f"{row} / {base}: {med[row]['rps'] / med[base]['rps']:.3f}"
-        for row, base in EXTRA_RATIOS
-        if row in med and base in med and med[base]["rps"]
-    ]
+    lines = []
+    for row, base in EXTRA_RATIOS:
+        if row in med and base in med and med[base]["rps"]:
+            line = f"{row} / {base}: req/s {med[row]['rps'] / med[base]['rps']:.3f}"
+            if med[row].get("cpu_us") and med[base].get("cpu_us"):
+                line += f", cpu per request {med[base]['cpu_us'] / med[row]['cpu_us']:.3f}"
+            lines.append(line)
+    return lines
 
 
 def throughput_table(med: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -254,20 +290,24 @@ def throughput_table(med: Mapping[str, Mapping[str, float]]) -> list[str]:
     base_of = {row: (base, target) for row, base, target in COMPARISONS}
     width = max([len(k) for k in med] + [4])
     lines = [
-        f"{'path':<{width}} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>8}  {'vs':<{width}} {'ratio':>6} {'target':>7}"
+        f"{'path':<{width}} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>8} {'cpu us/req':>10}  "
+        f"{'vs':<{width}} {'ratio':>6} {'target':>7} {'cpu ratio':>9}"
     ]
     for name, m in med.items():
         base, target = base_of.get(name, ("", None))
-        ratio_text, target_text, vs = "", "", ""
+        ratio_text, target_text, vs, cpu_ratio = "", "", "", ""
         if base in med:
             ratio = m["rps"] / med[base]["rps"]
             ratio_text = f"{ratio:.3f}"
             vs = base
             if target is not None:
                 target_text = f">={target:.2f}" + ("" if ratio >= target else " MISSED")
+            if m.get("cpu_us") and med[base].get("cpu_us"):
+                cpu_ratio = f"{med[base]['cpu_us'] / m['cpu_us']:.3f}"
+        cpu = f"{m['cpu_us']:.1f}" if "cpu_us" in m else ""
         lines.append(
-            f"{name:<{width}} {m['rps']:>9.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['non2xx']:>8.0f}  "
-            f"{vs:<{width}} {ratio_text:>6} {target_text:>7}"
+            f"{name:<{width}} {m['rps']:>9.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['non2xx']:>8.0f} {cpu:>10}  "
+            f"{vs:<{width}} {ratio_text:>6} {target_text:>7} {cpu_ratio:>9}"
         )
     return lines
 

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -22,7 +23,8 @@ from isthmus.gateway.router import (
     NO_ROUTE_MESSAGE,
     RouteEntry,
     RouteSpec,
-    sort_routes,
+    SortKey,
+    keyed_entries,
     upstream_path,
 )
 from isthmus.policies.regex import RegexError, compile_regex
@@ -380,14 +382,27 @@ def _virtual_host(workspace: str) -> dict[str, Any]:
     }
 
 
+# a Kong route's keyed matchers by the route (and Service) entity they were made from: entities are replaced, never
+# changed, on write, so the same objects mean the same matchers (a change among 10,000 routes parses one)
+_ENTRIES_MEMO: dict[int, tuple[object, object, list[tuple[SortKey, RouteEntry]]]] = {}
+_ENTRIES_MEMO_LIMIT = 200_000
+
+
 def _sorted_entries(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[RouteEntry]:
     services = entities.get("services", {})
-    specs = []
+    if len(_ENTRIES_MEMO) > _ENTRIES_MEMO_LIMIT:
+        _ENTRIES_MEMO.clear()
+    keyed: list[tuple[SortKey, RouteEntry]] = []
     for route in entities.get("routes", {}).values():
         ref = route.get("service")
         service = services.get(ref.get("id", "")) if isinstance(ref, Mapping) else None
-        specs.append(RouteSpec.from_kong(route, service))
-    return sort_routes(specs)
+        memo = _ENTRIES_MEMO.get(id(route))
+        if memo is None or memo[0] is not route or memo[1] is not service:
+            memo = (route, service, keyed_entries(RouteSpec.from_kong(route, service)))
+            _ENTRIES_MEMO[id(route)] = memo
+        keyed.extend(memo[2])
+    keyed.sort(key=itemgetter(0), reverse=True)  # sort_routes' order
+    return [entry for _, entry in keyed]
 
 
 def route_configuration(

@@ -74,8 +74,23 @@ def plan(literals: list[str | None]) -> tuple[dict[str, list[int]], list[int]] |
     return entries, unindexed
 
 
-def _route_list(routes: list[route_components_pb2.Route]) -> route_components_pb2.RouteList:
-    return route_components_pb2.RouteList(routes=routes)
+_ROUTE_LIST_URL = "type.googleapis.com/" + route_components_pb2.RouteList.DESCRIPTOR.full_name
+_ROUTES_TAG = b"\x0a"  # RouteList.routes: field 1, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _route_list_bytes(encoded: list[bytes], indexes: list[int]) -> bytes:
+    """A serialised RouteList of the routes at ``indexes`` (each route serialised once for every entry that
+    lists it, instead of copying the messages into a RouteList per entry)."""
+    return b"".join(encoded[i] for i in indexes)
 
 
 def index_routes(vhost: route_components_pb2.VirtualHost) -> bool:
@@ -87,6 +102,11 @@ def index_routes(vhost: route_components_pb2.VirtualHost) -> bool:
     if planned is None:
         return False
     entries, unindexed = planned
+    # each route as a RouteList element (tag, length, bytes), serialised once
+    encoded = [
+        _ROUTES_TAG + _varint(len(data)) + data
+        for data in (r.SerializeToString(deterministic=True) for r in routes)
+    ]
     matcher = matcher_pb2.Matcher()
     tree = matcher.matcher_tree
     tree.input.name = "request-path"
@@ -95,10 +115,12 @@ def index_routes(vhost: route_components_pb2.VirtualHost) -> bool:
     for key, indexes in entries.items():
         on_match = table[key]
         on_match.action.name = "routes"
-        on_match.action.typed_config.Pack(_route_list([routes[i] for i in indexes]))
+        on_match.action.typed_config.type_url = _ROUTE_LIST_URL
+        on_match.action.typed_config.value = _route_list_bytes(encoded, indexes)
     if unindexed:
         matcher.on_no_match.action.name = "routes"
-        matcher.on_no_match.action.typed_config.Pack(_route_list([routes[i] for i in unindexed]))
+        matcher.on_no_match.action.typed_config.type_url = _ROUTE_LIST_URL
+        matcher.on_no_match.action.typed_config.value = _route_list_bytes(encoded, unindexed)
     del vhost.routes[:]
     vhost.matcher.CopyFrom(matcher)
     return True

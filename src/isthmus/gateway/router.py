@@ -231,11 +231,22 @@ def is_http_route(route: RouteSpec) -> bool:
     return bool(route.protocols) and route.protocols[0] in HTTP_PROTOCOLS
 
 
+SortKey = tuple[Priority, bytes]
+
+
+def keyed_entries(route: RouteSpec) -> list[tuple[SortKey, RouteEntry]]:
+    """A route's matchers with their sort keys (none for a route outside the HTTP router): sorting the keyed
+    entries of every route, greatest key first, gives :func:`sort_routes`' order (callers may keep them per route)."""
+    if not is_http_route(route):
+        return []
+    return [((e.priority, _uuid_key(e.matcher_id)), e) for e in _entries(route)]
+
+
 def sort_routes(routes: Iterable[RouteSpec]) -> list[RouteEntry]:
     """The HTTP routes' matchers in Kong's evaluation order (priority, then matcher UUID, greatest first)."""
-    entries = [entry for route in routes if is_http_route(route) for entry in _entries(route)]
-    entries.sort(key=lambda e: (e.priority, _uuid_key(e.matcher_id)), reverse=True)
-    return entries
+    keyed = [item for route in routes for item in keyed_entries(route)]
+    keyed.sort(key=lambda item: item[0], reverse=True)
+    return [entry for _, entry in keyed]
 
 
 # --- normalisation (kong/tools/uri.lua) -------------------------------------------------------------------------

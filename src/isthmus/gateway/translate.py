@@ -64,6 +64,7 @@ Plugins: :mod:`isthmus.gateway.plugins` (their HCM filters on every listener, th
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -469,6 +470,57 @@ def cluster(
     return out
 
 
+# a Service's packed cluster by everything it is made of (a route change among 10,000 converts no cluster)
+_CLUSTER_MEMO: dict[str, Resource] = {}
+_CLUSTER_MEMO_LIMIT = 20_000
+
+
+def _cluster_message(
+    workspace: str,
+    service: Mapping[str, Any],
+    upstreams: Mapping[str, Mapping[str, Any]],
+    targets: Mapping[str, Sequence[Mapping[str, Any]]],
+    cas: Mapping[str, Mapping[str, Any]],
+) -> Resource:
+    upstream = upstreams.get(str(service.get("host") or ""))
+    inputs = [
+        workspace,
+        service,
+        upstream,
+        targets.get(str(upstream["id"]), ()) if upstream is not None else (),
+    ]
+    if service.get("tls_verify") is True:
+        inputs.append(cas)
+    key = json.dumps(inputs, sort_keys=True, default=str)
+    found = _CLUSTER_MEMO.get(key)
+    if found is None:
+        if len(_CLUSTER_MEMO) > _CLUSTER_MEMO_LIMIT:
+            _CLUSTER_MEMO.clear()
+        message = json_format.ParseDict(
+            cluster(workspace, service, upstreams, targets, cas), cluster_pb2.Cluster()
+        )
+        found = _CLUSTER_MEMO[key] = Resource.of(types.CLUSTER, message)
+    return found
+
+
+# the packed ECDS resources by their content: kong.auth's source holds every consumer (a megabyte at 10,000), which
+# a route change leaves as it is; converting it again costs more than this key
+_EXTENSION_MEMO: dict[str, Resource] = {}
+_EXTENSION_MEMO_SIZE = 16
+
+
+def _extension_config(config: Mapping[str, Any]) -> Resource:
+    key = json.dumps(config, sort_keys=True)
+    found = _EXTENSION_MEMO.get(key)
+    if found is None:
+        message = json_format.ParseDict(config, extension_pb2.TypedExtensionConfig())
+        found = Resource.of(kong_plugins.EXTENSION_CONFIG, message)
+        if len(_EXTENSION_MEMO) >= _EXTENSION_MEMO_SIZE:
+            _EXTENSION_MEMO.pop(next(iter(_EXTENSION_MEMO)))
+        _EXTENSION_MEMO[key] = found
+    return found
+
+
 # -- everything --------------------------------------------------------------------------------------------------
 
 
@@ -488,13 +540,13 @@ def translate(
             targets.setdefault(str(ref["id"]), []).append(t)
     cas = entities.get("ca_certificates", {})
     clusters = [
-        json_format.ParseDict(cluster(workspace, s, upstreams, targets, cas), cluster_pb2.Cluster())
+        _cluster_message(workspace, s, upstreams, targets, cas)
         for _, s in sorted(entities.get("services", {}).items())
         if mesh_service(s) is None
     ]
     # Services with a mesh host: their own copy of the mesh cluster where Kong sets something (isthmus.gateway.mesh_leg)
     clusters += [
-        json_format.ParseDict(c, cluster_pb2.Cluster())
+        Resource.of(types.CLUSTER, json_format.ParseDict(c, cluster_pb2.Cluster()))
         for c in mesh_leg.clusters(
             workspace, (s for _, s in sorted(entities.get("services", {}).items())), upstreams
         )
@@ -510,7 +562,9 @@ def translate(
     routes = [route_message(workspace, entities, False, p) for p in ports(listen)] if listen else []
     # Kong's logging, metrics and tracing plugins: access logs and the tracer on every HCM (plugins.observability)
     observed, observed_clusters = kong_observability.hcm(workspace, entities)
-    clusters += [json_format.ParseDict(c, cluster_pb2.Cluster()) for c in observed_clusters]
+    clusters += [
+        Resource.of(types.CLUSTER, json_format.ParseDict(c, cluster_pb2.Cluster())) for c in observed_clusters
+    ]
     decorate = kong_observability.decorate
     listeners = [
         json_format.ParseDict(decorate(listener(workspace, a, per_port), observed), listener_pb2.Listener())
@@ -527,15 +581,12 @@ def translate(
         for _, c in sorted(entities.get("certificates", {}).items())
     ]
     return {
-        types.CLUSTER: [Resource.of(types.CLUSTER, c) for c in clusters],
+        types.CLUSTER: clusters,
         types.LISTENER: [Resource.of(types.LISTENER, x) for x in listeners],
         types.ROUTE: [Resource.of(types.ROUTE, r) for r in routes],
         types.SECRET: [Resource.of(types.SECRET, x) for x in secrets],
         # the filter configurations the listeners' HTTP filters name (ECDS: consumers and credentials, by auth)
         kong_plugins.EXTENSION_CONFIG: [
-            Resource.of(
-                kong_plugins.EXTENSION_CONFIG, json_format.ParseDict(x, extension_pb2.TypedExtensionConfig())
-            )
-            for x in kong_plugins.extension_configs(entities)
+            _extension_config(x) for x in kong_plugins.extension_configs(entities)
         ],
     }

@@ -22,9 +22,12 @@ def consumer_copies(
     build: Callable[[Mapping[str, Mapping[str, Any]]], list[EnvoyRoute]],
 ) -> list[EnvoyRoute]:
     """The consumer copies of one Kong route's Envoy routes (``build``: effective plugins -> Envoy routes)."""
+    consumers = scopes.consumers(route_id, service_id)
+    if not consumers:
+        return []
     general = scopes.effective(route_id, service_id)
     out: list[EnvoyRoute] = []
-    for consumer in scopes.consumers(route_id, service_id):
+    for consumer in consumers:
         plugins = scopes.effective(route_id, service_id, consumer)
         if plugins == general:
             continue
