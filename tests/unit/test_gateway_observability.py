@@ -180,6 +180,8 @@ def _violation(data: dict[str, Any]) -> dict[str, Any]:
         ({"name": "opentelemetry", "config": {"traces_endpoint": "http://c/v1/traces", "header_type": "b3"}},
          {"config": {"header_type": "'b3' is not supported yet"}}),
         ({"name": "opentelemetry", "config": {}}, {"config": {"traces_endpoint": "required field missing"}}),
+        ({"name": "opentelemetry", "config": {"traces_endpoint": "http://c/v1/traces", "sampling_strategy": "parent_probability_fallback"}},
+         {"config": {"sampling_strategy": "'parent_probability_fallback' is not supported yet"}}),
     ],
 )  # fmt: skip
 def test_refusals_name_the_field(data: dict[str, Any], fields: dict[str, Any]) -> None:

@@ -3,12 +3,13 @@ Envoy's OpenTelemetry tracer, W3C trace context propagated to the upstream.
 
 ``headers`` go with each export, ``resource_attributes`` are the spans' resource (Envoy's static resource
 detector; ``service.name`` names the service, else Kong's ``kong``), ``sampling_rate`` is each route's random
-sampling (unset: Kong's ``tracing_sampling_rate`` default, 0.01; a request that carries a sampling decision keeps
-it), ``http_response_header_for_traceid`` answers the trace id. Propagation is W3C only (``traceparent``):
+sampling (unset: Kong's ``tracing_sampling_rate`` default, 0.01): a request is sampled at that rate whatever its
+parent's flag, as Kong's default ``sampling_strategy`` does for a sampled parent (a parent's "not sampled" is not
+honoured; ``parent_probability_fallback`` is not supported yet); ``http_response_header_for_traceid`` answers the
+trace id. Propagation is W3C only (``traceparent``):
 ``header_type`` ``preserve``/``w3c`` and ``propagation`` with ``w3c``/``preserve`` are accepted, other formats are
 not supported yet, nor ``logs_endpoint``, ``access_logs`` and ``metrics.endpoint``. Accepted as is: ``queue``
-and the deprecated batch fields (Envoy batches spans itself), ``sampling_strategy`` (Envoy keeps a parent's
-decision either way), ``connect_timeout`` (the collector cluster's), ``send_timeout`` + ``read_timeout`` (each
+and the deprecated batch fields (Envoy batches spans itself), ``connect_timeout`` (the collector cluster's), ``send_timeout`` + ``read_timeout`` (each
 export's timeout).
 """
 
@@ -75,6 +76,8 @@ def checks(config: Config) -> dict[str, str]:
         errors["access_logs"] = "access_logs is not supported yet"
     if config.metrics and config.metrics.get("endpoint"):
         errors["metrics"] = "metrics is not supported yet"
+    if config.sampling_strategy != "parent_drop_probability_fallback":
+        errors["sampling_strategy"] = f"'{config.sampling_strategy}' is not supported yet"
     if config.header_type not in ("preserve", "w3c"):
         errors["header_type"] = f"'{config.header_type}' is not supported yet"
     errors.update(propagation_errors(config.propagation, ("w3c",)))
