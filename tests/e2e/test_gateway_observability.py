@@ -319,3 +319,53 @@ def test_opentelemetry_w3c(setup: tuple[ControlPlane, httpx.Client, App, Path]) 
     finally:
         otlp.shutdown()
         echo.shutdown()
+
+
+def test_consumer_in_logs_and_metrics(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> None:
+    """The consumer key-auth identified is in the log entry and, with per_consumer, a metric label; a
+    consumer-scoped file-log applies to that consumer's requests only."""
+    cp, kong, app, tmp = setup
+    everyone, dana_only = tmp / "who.log", tmp / "dana.log"
+    status_port = free_port()
+    _created(kong.put("/services/who", json={"url": f"http://127.0.0.1:{app.port}"}))
+    _created(kong.put("/services/who/routes/who", json={"paths": ["/who"]}))
+    dana = _created(kong.put("/consumers/dana", json={"custom_id": "d-1"}))
+    _created(kong.post("/consumers/dana/key-auth", json={"key": "dana-key"}))
+    _created(kong.put("/consumers/erin", json={}))
+    _created(kong.post("/consumers/erin/key-auth", json={"key": "erin-key"}))
+    for body in (
+        {"name": "key-auth"},
+        {"name": "file-log", "config": {"path": str(everyone)}},
+        {"name": "prometheus", "config": {"status_code_metrics": True, "per_consumer": True}},
+    ):
+        _created(kong.post("/routes/who/plugins", json=body))
+    _created(
+        kong.post("/consumers/dana/plugins", json={"name": "file-log", "config": {"path": str(dana_only)}})
+    )
+    gw = Gateway(tmp, cp, "edge-who")
+    gw.proc.args += ["--status-listen", f"127.0.0.1:{status_port}"]
+    gw.start()
+    try:
+        wait_for(
+            lambda: gw.get("/who", headers={"apikey": "dana-key"}).status_code == 200, 60, what="the gateway"
+        )
+        assert gw.get("/who", headers={"apikey": "erin-key"}).status_code == 200
+        assert gw.get("/who").status_code == 401
+        # dana's own file-log configuration wins for dana (Kong's precedence), the route's for the others
+        wait_for(lambda: dana_only.exists() and everyone.exists(), 30, what="both files")
+        wait_for(lambda: len(everyone.read_text().splitlines()) >= 2, 30, what="erin's and the 401's lines")
+        dana_lines = [json.loads(line) for line in dana_only.read_text().splitlines()]
+        assert dana_lines and all(e["consumer"]["username"] == "dana" for e in dana_lines)
+        assert dana_lines[0]["consumer"] == {"id": dana["id"], "username": "dana", "custom_id": "d-1"}
+        others = [json.loads(line) for line in everyone.read_text().splitlines()]
+        assert {e["consumer"]["username"] for e in others} == {"erin", None}
+        assert {e["response"]["status"] for e in others} == {200, 401}
+
+        def scrape() -> str:
+            return httpx.get(f"http://127.0.0.1:{status_port}/metrics", timeout=5).text
+
+        erin = 'kong_http_requests_total{service="who",route="who",code="200",source="service",workspace="default",consumer="erin"} 1'  # fmt: skip
+        wait_for(lambda: erin in scrape(), 30, what="erin's request counted")
+        assert 'code="401",source="exit",workspace="default",consumer=""}' in scrape()
+    finally:
+        gw.stop()
