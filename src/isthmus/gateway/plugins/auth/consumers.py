@@ -1,7 +1,10 @@
 """The workspace's consumers and credentials as one Lua table ``D``, prepended to kong.auth's source.
 
-``D.consumers[id] = {id, custom_id, username, groups}``, ``D.usernames[username] = id`` (``anonymous`` may name
-a consumer by id or username), ``D.keys[key] = {id, c, exp}`` (key-auth; ``exp`` from the credential's ``ttl``),
+``D.consumers[id] = true``, ``D.names[id] = username``, ``D.custom[id] = custom_id``, ``D.groups[id] = {acl
+groups}`` (only for consumers with groups), ``D.usernames[username] = id`` (``anonymous`` may name a consumer by id or
+username), ``D.keys[key] = consumer id``, ``D.key_ids[key] = credential id``, ``D.key_exp[key] = expiry`` (key-auth;
+only with a ``ttl``): flat maps of strings rather than a table per consumer and per key (20,000 fewer tables
+for the Lua collector to walk at 10,000 consumers);
 ``D.basics[username] = {u, c, h}`` (basic-auth; ``h`` is Kong's stored ``sha1(password .. consumer_id)``),
 ``D.jwts[key] = {id, c, key, alg, b64}`` (jwt; ``b64``: the secret decodes as base64 for ``secret_is_base64``),
 ``D.consumer_routes``: whether consumer-scoped plugin configurations exist (then kong.auth re-selects routes).
@@ -72,20 +75,23 @@ def _statements(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Iter
         if consumer:
             groups.setdefault(consumer, []).append(str(acl["group"]))
     for cid, c in sorted(entities.get("consumers", {}).items()):
-        record = {
-            "id": cid,
-            "custom_id": c.get("custom_id"),
-            "username": c.get("username"),
-            "groups": groups.get(cid, []),
-        }
-        yield f"C[{lua_str(cid)}]={_lua(record)}"
+        key = lua_str(cid)
+        yield f"C[{key}]=true"
         if c.get("username"):
-            yield f"U[{lua_str(str(c['username']))}]={lua_str(cid)}"
+            yield f"N[{key}]={lua_str(str(c['username']))}"
+            yield f"U[{lua_str(str(c['username']))}]={key}"
+        if c.get("custom_id"):
+            yield f"X[{key}]={lua_str(str(c['custom_id']))}"
+        if groups.get(cid):
+            yield f"G[{key}]={_lua(groups[cid])}"
     for cred in entities.get("key-auths", {}).values():
         consumer = auth.ref_id(cred.get("consumer"))
         ttl = cred.get("ttl")
-        expiry = int(cred.get("created_at") or 0) + int(ttl) if isinstance(ttl, int) and ttl > 0 else None
-        yield f"K[{lua_str(str(cred['key']))}]={_lua({'id': cred['id'], 'c': consumer, 'exp': expiry})}"
+        key = lua_str(str(cred["key"]))
+        yield f"K[{key}]={_lua(consumer)}"
+        yield f"KI[{key}]={_lua(cred['id'])}"
+        if isinstance(ttl, int) and ttl > 0:
+            yield f"KE[{key}]={int(cred.get('created_at') or 0) + int(ttl)}"
     for cred in entities.get("basic-auths", {}).values():
         consumer = auth.ref_id(cred.get("consumer"))
         record = {"u": cred["username"], "c": consumer, "h": cred["password"]}
@@ -114,7 +120,8 @@ def consumer_scoped(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
 
 def data_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     lines = [
-        "local D = {consumers = {}, usernames = {}, keys = {}, basics = {}, jwts = {}, "
+        "local D = {consumers = {}, names = {}, custom = {}, groups = {}, usernames = {}, keys = {}, key_ids = {}, "
+        "key_exp = {}, basics = {}, jwts = {}, "
         f"consumer_routes = {_lua(consumer_scoped(entities))}}}"
     ]
     chunk: list[str] = []
@@ -123,7 +130,8 @@ def data_source(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
         if chunk:
             lines.append(
                 # the ";" ends the previous statement: a line starting with "(" would call the previous chunk's result
-                ";(function() local C, U, K, B, J = D.consumers, D.usernames, D.keys, D.basics, D.jwts\n"
+                ";(function() local C, N, X, G, U = D.consumers, D.names, D.custom, D.groups, D.usernames\n"
+                "local K, KI, KE, B, J = D.keys, D.key_ids, D.key_exp, D.basics, D.jwts\n"
                 + "\n".join(chunk)
                 + "\nend)()"
             )

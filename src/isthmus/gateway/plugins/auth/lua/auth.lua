@@ -90,11 +90,11 @@ local function key_auth(h, conf)
   if not key or key == "" then
     return nil, unauthorized("No API key found in request", www)
   end
-  local cred = D.keys[key]
-  if not cred or (cred.exp and cred.exp <= os.time()) then
-    return nil, unauthorized("Unauthorized", www)
-  end
-  return D.consumers[cred.c], cred.id
+  local consumer = D.keys[key]
+  if not consumer then return nil, unauthorized("Unauthorized", www) end
+  local exp = D.key_exp[key]
+  if exp and exp <= os.time() then return nil, unauthorized("Unauthorized", www) end
+  return D.consumers[consumer] and consumer, D.key_ids[key]
 end
 
 local function basic_credentials(h, name, conf, value)
@@ -129,7 +129,7 @@ local function basic_auth(h, conf)
   if not cred or sha1_hex(pass .. cred.c) ~= cred.h then
     return nil, unauthorized("Unauthorized", www)
   end
-  return D.consumers[cred.c], cred.u
+  return D.consumers[cred.c] and cred.c, cred.u
 end
 
 local function jwt_auth(h, conf, verified_token)
@@ -194,12 +194,17 @@ local function jwt_auth(h, conf, verified_token)
   if failed then
     return nil, { status = 401, body = json_encode(errors), headers = { ["www-authenticate"] = www_error } }
   end
-  return D.consumers[cred.c], cred.key
+  return D.consumers[cred.c] and cred.c, cred.key
 end
 
+-- the consumer's id (``anonymous`` names a consumer by id or username)
 local function anonymous_consumer(name)
-  return D.consumers[name] or D.consumers[D.usernames[name] or ""]
+  if D.consumers[name] then return name end
+  local id = D.usernames[name]
+  return id and D.consumers[id] and id or nil
 end
+
+local NO_GROUPS = {}
 
 local PLUGINS = { { "jwt", jwt_auth }, { "key-auth", key_auth }, { "basic-auth", basic_auth } }
 
@@ -246,16 +251,17 @@ local function authenticate(h)
   end
   if not consumer then return end
   headers = h:headers() -- reading a body invalidates objects taken before
-  headers:replace("x-consumer-id", consumer.id)
-  if consumer.custom_id then headers:replace("x-consumer-custom-id", consumer.custom_id) end
-  if consumer.username then headers:replace("x-consumer-username", consumer.username) end
+  headers:replace("x-consumer-id", consumer)
+  local custom_id, username = D.custom[consumer], D.names[consumer]
+  if custom_id then headers:replace("x-consumer-custom-id", custom_id) end
+  if username then headers:replace("x-consumer-username", username) end
   if credential then headers:replace("x-credential-identifier", credential) end
   if anonymous then headers:replace("x-anonymous-consumer", "true") end
   if md:get("acl") then -- the route's acl reads the consumer from here (set only where a route has acl)
     local dm = h:streamInfo():dynamicMetadata()
-    dm:set("kong.auth", "consumer", consumer.id)
+    dm:set("kong.auth", "consumer", consumer)
     dm:set("kong.auth", "credential", credential ~= nil)
-    dm:set("kong.auth", "groups", consumer.groups)
+    dm:set("kong.auth", "groups", D.groups[consumer] or NO_GROUPS)
   end
   if D.consumer_routes then
     h:clearRouteCache() -- the consumer's own copy of this route (consumer-scoped plugin configurations)
