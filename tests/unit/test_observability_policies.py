@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +307,32 @@ def test_application_labels_kept() -> None:
     out = dp_metrics.relabel(text, conf.labels)
     assert 'app_requests{mesh="default",instance="web-1",service="own"} 2' in out  # the app's own label wins
     assert 'app_up{mesh="default",service="web",instance="web-1"} 1' in out
+
+
+def test_destination_service_label_from_the_cluster() -> None:
+    web = _xds("meshmetric/testdata/prometheus.input.yaml", "web-1")
+    route = _first_filter(_listener(web, "_isthmus:dynamicconfig"))["route_config"]["virtual_hosts"][0][
+        "routes"
+    ][0]
+    conf = dp_metrics.MetricsConf.parse(route["direct_response"]["body"]["inline_string"])
+    assert ("backend", "backend") in conf.clusters  # web's outbound cluster leads to the backend service
+    out = dp_metrics.relabel(ENVOY_TEXT, conf.labels, conf.clusters)
+    assert 'envoy_cluster_upstream_rq_total{instance="web-1",mesh="default",service="web",zone="east",destination_service="backend",envoy_cluster_name="backend"} 7' in out  # fmt: skip
+    assert 'envoy_server_live{instance="web-1",mesh="default",service="web",zone="east"} 1' in out
+    # a cluster the control plane did not name (the local application's, a collector's) gets no such label
+    other = dp_metrics.relabel('x_total{envoy_cluster_name="localhost:8080"} 1\n', (), conf.clusters)
+    assert other == 'x_total{envoy_cluster_name="localhost:8080"} 1\n'
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_tcp_log_fifo_belongs_to_envoys_user(tmp_path: Path) -> None:
+    """With --transparent-proxy Envoy runs as its own user: the 0600 FIFO must be that user's to open."""
+    forwarder = dp_metrics.LogForwarder(str(tmp_path / "al.fifo"), owner=(5678, 5679))
+    forwarder.open()
+    try:
+        st = os.stat(forwarder.path)
+        assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (5678, 5679)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+    finally:
+        os.close(forwarder.fd)
+        forwarder.remove()

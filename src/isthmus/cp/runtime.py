@@ -38,6 +38,7 @@ from isthmus.cp.read_cache import CachedReads
 from isthmus.cp.reconciler import Reconciler
 from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.stats_scraper import StatsScraper, online_targets
+from isthmus.cp.store_metrics import TimedStore
 from isthmus.cp.tls import ServerTls, ensure_server_tls
 from isthmus.egress.auth import EgressAwareAuthenticator
 from isthmus.egress.reconciler import EgressReconciler
@@ -201,9 +202,9 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         cert_file=options.tls_cert_file,
         key_file=options.tls_key_file,
     )
-    store = open_store(options.store_spec())
-    await store.start()
     metrics = CollectorRegistry()
+    store: ResourceStore = TimedStore(open_store(options.store_spec()), metrics)  # isthmus_store_operation_seconds
+    await store.start()
     registry = default_registry()
     cache = GatewayCache()  # mesh snapshots, with Kong's configuration laid over gateway proxies'
     gateway_store = GatewayStore(store)

@@ -738,7 +738,8 @@ class DataplaneAgent:
         envoy = EnvoyProcess(bootstrap, envoy_options)
         self._envoy = envoy
         # MeshMetric's server and MeshAccessLog's TCP forwarder (its FIFO exists before Envoy starts)
-        observing = dp_metrics.observability(self.mesh, self.name, lambda: envoy.admin_url)
+        owner = (self._envoy_user["user"], self._envoy_user["group"]) if self._envoy_user else None
+        observing = dp_metrics.observability(self.mesh, self.name, lambda: envoy.admin_url, owner)
         await observing.__aenter__()
         if self._skip_drain:
             envoy.skip_drain()

@@ -5,7 +5,8 @@
   each Prometheus backend on its address, port (Kuma's default 5670) and path (``/metrics``): Envoy's stats from
   the admin API's ``/stats/prometheus`` (``usedonly`` unless ``includeUnused``), filtered by the profiles and the
   include/exclude selectors, followed by the metrics of each application listed in ``applications``; every sample
-  gets the labels ``mesh``, ``service``, ``zone`` and ``instance`` (a label the sample already has is kept).
+  gets the labels ``mesh``, ``service``, ``zone`` and ``instance`` (a label the sample already has is kept), and
+  a sample of an Envoy cluster leading to a mesh service (``envoy_cluster_name``) gets ``destination_service``.
 * MeshAccessLog Tcp backends: Envoy has no raw-TCP access logger, so its file logger writes to a FIFO that the
   agent creates before Envoy starts (``/tmp/isthmus-al-<mesh>-<name>.fifo``); each line carries its receiver
   (``address;line`` for plain formats, an ``isthmus.tcp.address`` key for JSON) and the agent sends the line to
@@ -87,6 +88,7 @@ class Backend:
 class MetricsConf:
     labels: tuple[tuple[str, str], ...]
     profiles: tuple[str, ...]
+    clusters: tuple[tuple[str, str], ...]  # Envoy cluster -> the mesh service it leads to
     include: tuple[Selector, ...]
     exclude: tuple[Selector, ...]
     include_unused: bool
@@ -100,6 +102,7 @@ class MetricsConf:
         return MetricsConf(
             labels=tuple((k, v) for k, v in (doc.get("labels") or {}).items() if v),
             profiles=tuple(sidecar.get("profiles") or ("Basic",)),
+            clusters=tuple((str(k), str(v)) for k, v in (doc.get("clusters") or {}).items() if v),
             include=tuple(Selector(s["type"], s["match"]) for s in sidecar.get("include") or ()),
             exclude=tuple(Selector(s["type"], s["match"]) for s in sidecar.get("exclude") or ()),
             include_unused=bool(sidecar.get("includeUnused")),
@@ -171,9 +174,17 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def relabel(text: str, labels: tuple[tuple[str, str], ...]) -> str:
-    """Every sample of ``text`` with ``labels`` added in front (those it does not have already)."""
-    if not labels:
+_CLUSTER_LABEL = re.compile(r'(?:^|,)\s*envoy_cluster_name\s*=\s*"((?:[^"\\]|\\.)*)"')
+DESTINATION_LABEL = "destination_service"
+
+
+def relabel(
+    text: str, labels: tuple[tuple[str, str], ...], clusters: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """Every sample of ``text`` with ``labels`` added in front (those it does not have already); a sample of an
+    Envoy cluster named in ``clusters`` (its ``envoy_cluster_name``) also gets ``destination_service``."""
+    services = dict(clusters)
+    if not labels and not services:
         return text
     out = []
     for line in text.splitlines():
@@ -191,7 +202,11 @@ def relabel(text: str, labels: tuple[tuple[str, str], ...]) -> str:
             end = rest.rfind("}")
             own, rest = rest[1:end], rest[end + 1 :]
         present = set(_LABEL_NAME.findall(own))
-        added = ",".join(f'{k}="{_escape(v)}"' for k, v in labels if k not in present)
+        extra = labels
+        cluster = _CLUSTER_LABEL.search(own) if services else None
+        if cluster is not None and cluster.group(1) in services:
+            extra = (*labels, (DESTINATION_LABEL, services[cluster.group(1)]))
+        added = ",".join(f'{k}="{_escape(v)}"' for k, v in extra if k not in present)
         joined = ",".join(part for part in (added, own) if part)
         out.append(f"{name}{{{joined}}}{rest}")
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
@@ -204,7 +219,7 @@ async def scrape(client: httpx.AsyncClient, admin_url: str, conf: MetricsConf) -
     try:
         resp = await client.get(f"{admin_url}/stats/prometheus", params=params, timeout=SCRAPE_TIMEOUT)
         resp.raise_for_status()
-        parts.append(relabel(filter_families(resp.text, conf), conf.labels))
+        parts.append(relabel(filter_families(resp.text, conf), conf.labels, conf.clusters))
     except httpx.HTTPError as exc:
         log.warning("MeshMetric: Envoy's stats: %s", exc)
     for app in conf.applications:
@@ -327,8 +342,9 @@ def split_line(line: bytes) -> tuple[str, bytes] | None:
 class LogForwarder:
     """Reads the FIFO and sends each line to its receiver; a receiver that cannot be reached loses its lines."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: tuple[int, int] | None = None) -> None:
         self.path = path
+        self.owner = owner  # (uid, gid) of an Envoy that runs as its own user (--transparent-proxy)
         self.connections: dict[str, asyncio.StreamWriter] = {}
         self.fd = -1
 
@@ -338,6 +354,8 @@ class LogForwarder:
                 os.unlink(self.path)  # a file left by an Envoy that ran without the agent
         with contextlib.suppress(FileExistsError):
             os.mkfifo(self.path, 0o600)
+        if self.owner is not None:  # 0600 and Envoy's: only that Envoy (and root, the agent) use it
+            os.chown(self.path, *self.owner, follow_symlinks=False)
         # read-write: opening never blocks, and Envoy's writes never fail for want of a reader
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
 
@@ -389,10 +407,13 @@ class LogForwarder:
 
 
 @contextlib.asynccontextmanager
-async def observability(mesh: str, name: str, admin_url: Callable[[], str]) -> AsyncIterator[None]:
+async def observability(
+    mesh: str, name: str, admin_url: Callable[[], str], envoy_owner: tuple[int, int] | None = None
+) -> AsyncIterator[None]:
     """Run the MeshMetric server and the access-log forwarder of proxy ``mesh/name`` for the block's duration.
-    The FIFO exists before the block starts (Envoy opens it when a MeshAccessLog Tcp backend arrives)."""
-    forwarder = LogForwarder(tcp_log_pipe(mesh, name))
+    The FIFO exists before the block starts (Envoy opens it when a MeshAccessLog Tcp backend arrives); with
+    ``envoy_owner`` (uid, gid: an Envoy running as its own user) it belongs to that user."""
+    forwarder = LogForwarder(tcp_log_pipe(mesh, name), envoy_owner)
     try:
         forwarder.open()
     except OSError as exc:

@@ -2,7 +2,8 @@
 
 The control plane resolves the policies into one JSON document (the Prometheus backends with Kuma's defaults,
 port 5670 and path ``/metrics``, the sidecar's profiles and filters, the applications to scrape, and the labels
-every sample gets: mesh, service, zone, instance) and hands it to the agent through an Envoy listener on an
+every sample gets: mesh, service, zone, instance; and, per Envoy cluster leading to a mesh service, that
+service, which the agent adds as ``destination_service`` to the samples of the cluster) and hands it to the agent through an Envoy listener on an
 abstract unix socket (Kuma's dynamic-configuration listener); the agent polls it (:mod:`isthmus.dp.metrics`).
 """
 
@@ -22,13 +23,18 @@ from isthmus.resources.registry import ResourceType
 ZONE_TAG = "kuma.io/zone"
 
 
-def agent_document(conf: Conf, labels: dict[str, str], address: str) -> dict[str, Any]:
-    """The agent's configuration: every field with its default filled in."""
+def agent_document(
+    conf: Conf, labels: dict[str, str], address: str, clusters: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The agent's configuration: every field with its default filled in. ``clusters`` maps the proxy's Envoy
+    clusters to the mesh services they lead to: the agent labels a sample of such a cluster (Envoy's
+    ``envoy_cluster_name``) with ``destination_service``."""
     sidecar = conf.sidecar
     profiles = sidecar.profiles if sidecar else None
     names = [p.name.value for p in (profiles.append_profiles or [])] if profiles else []
     return {
         "labels": labels,
+        "clusters": dict(sorted((clusters or {}).items())),
         "sidecar": {
             "profiles": names or ["Basic"],
             "include": [s.model_dump(mode="json") for s in (profiles.include or [])] if profiles else [],
@@ -82,7 +88,8 @@ class MeshMetricPlugin:
             "zone": tags.get(ZONE_TAG, ""),
             "instance": dp.name,
         }
-        document = agent_document(conf, labels, str(spec.networking.address))
+        clusters = {c.name: c.service for c in ir.clusters if c.service}
+        document = agent_document(conf, labels, str(spec.networking.address), clusters)
         text = json.dumps(document, sort_keys=True, separators=(",", ":"))
         return evolve(ir, metrics=Metrics(conf=text, socket=dynconf_socket(dp.mesh, dp.name)))
 
