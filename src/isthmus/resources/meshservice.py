@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, StrictInt, ValidationInfo, field_validator, model_validator
 
-from isthmus.resources.common import IPAddress, Model, Port, Tags, TagValue
+from isthmus.resources.common import IPAddress, Labels, Model, Port, Tags, TagValue
 from isthmus.resources.hostnames import Extension, LabelSelector, hostname_problem
 
 # Kuma's protocols a port may name; tls is proxied as TCP.
@@ -174,25 +175,23 @@ class MeshServiceDocument(Model):
 
 
 # -- MeshMultiZoneService -------------------------------------------------------------------------------------
-class MultiZoneSelector(Model):
-    mesh_service: LabelSelector = Field(alias="meshService")
+class RequiredLabels(Model):
+    """A label selector that must name at least one label (a MeshMultiZoneService selects by labels)."""
 
-    @model_validator(mode="after")
-    def _labels(self) -> MultiZoneSelector:
-        if not self.mesh_service.match_labels:
-            raise ValueError("meshService.matchLabels: cannot be empty")
-        return self
+    match_labels: Labels = Field(alias="matchLabels", min_length=1)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels.items())
+
+
+class MultiZoneSelector(Model):
+    mesh_service: RequiredLabels = Field(alias="meshService")
 
 
 class MultiZonePort(Model):
     name: TagValue | None = None
     port: Port
-    app_protocol: str = Field(default="tcp", alias="appProtocol")
-
-    @field_validator("app_protocol")
-    @classmethod
-    def _app_protocol(cls, value: str) -> str:
-        return _protocol(value)
+    app_protocol: Literal["tcp", "tls", "http", "http2", "grpc"] = Field(default="tcp", alias="appProtocol")
 
     @property
     def section_name(self) -> str:
@@ -201,13 +200,11 @@ class MultiZonePort(Model):
 
 class MeshMultiZoneServiceSpec(Model):
     selector: MultiZoneSelector
-    ports: list[MultiZonePort] = Field(max_length=MAX_PORTS)
+    ports: list[MultiZonePort] = Field(min_length=1, max_length=MAX_PORTS)
 
     @field_validator("ports")
     @classmethod
     def _ports(cls, ports: list[MultiZonePort]) -> list[MultiZonePort]:
-        if not ports:
-            raise ValueError("cannot be empty")
         return _unique(ports)
 
 
