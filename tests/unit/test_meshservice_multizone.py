@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from isthmus.catalog import default_registry
-from isthmus.kds.sync import downstream_wire, upstream_on_global, upstream_wire
+from isthmus.kds.sync import Changes, downstream_wire, upstream_on_global, upstream_wire
+from isthmus.kds.zone_client import ZoneSync
 from isthmus.names.controller import NamesController
 from isthmus.names.generate import labels_for
 from isthmus.resources.hostnames import GLOBAL_DEFAULTS, ZONE_DEFAULTS
@@ -124,3 +126,32 @@ async def test_a_global_generates_no_meshservice_from_dataplane_copies(store: Re
     assert (await store.list("MeshService", "default")).items == []
     await NamesController(store, REGISTRY, mode="zone", zone="gcp").sync()  # a zone does
     assert [r.name for r in (await store.list("MeshService", "default")).items] == ["catalog"]
+
+
+async def test_a_zone_keeps_its_own_status_when_the_global_sends_a_copy_again(
+    store: ResourceStore, tmp_path: Path
+) -> None:
+    """The global's copy carries the global's status; a zone receiving it again (every reconnect) keeps its VIP
+    and hostnames, so a gateway naming the hostname never loses its mesh leg."""
+    client = ZoneSync(
+        store,
+        REGISTRY,
+        zone="azure",
+        global_address="grpcs://127.0.0.1:1",
+        token_file=tmp_path / "t",
+        ca_cert=None,
+    )
+    down = downstream_wire(_rtype("MeshService"), _on_global(), "azure")
+    assert down is not None
+    await client.apply_downstream(Changes(upsert=[down]))
+    (copy,) = (await store.list("MeshService", "default")).items
+    mine = {"addresses": [{"hostname": "edge-gcp.svc.gcp.mesh.local"}], "vips": [{"ip": "241.0.0.9"}]}
+    await store.write([Op(OpKind.UPDATE, "MeshService", "default", copy.name, {**copy.spec, "status": mine}, copy.labels)])  # fmt: skip
+    again = {**down, "spec": {**SPEC, "status": {"vips": [{"ip": "241.0.0.1"}]}}}
+    await client.apply_downstream(Changes(upsert=[again]))
+    (copy,) = (await store.list("MeshService", "default")).items
+    assert copy.spec == {**SPEC, "status": mine}
+    changed = {**again, "spec": {"spec": {**SPEC["spec"], "ports": [{"port": 9000, "appProtocol": "http"}]}}}
+    await client.apply_downstream(Changes(upsert=[changed]))  # the spec follows the global
+    (copy,) = (await store.list("MeshService", "default")).items
+    assert copy.spec["spec"]["ports"][0]["port"] == 9000 and copy.spec["status"] == mine

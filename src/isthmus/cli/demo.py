@@ -29,9 +29,13 @@ def demo(
         return
     if multizone:
         from isthmus.demo.multizone import MultiZoneOptions, run_multizone
+        from isthmus.demo.zones import GlobalPorts
 
         data = data_dir if data_dir != ".isthmus-demo" else ".isthmus-demo-multizone"
-        raise typer.Exit(run_multizone(MultiZoneOptions(data, check=exit_after_check)))
+        ports = GlobalPorts(
+            api=api_port, api_tls=api_tls_port, xds=xds_port
+        )  # the global's; zones have their own
+        raise typer.Exit(run_multizone(MultiZoneOptions(data, global_ports=ports, check=exit_after_check)))
     from isthmus.demo.runner import DemoOptions, run_demo
 
     code = asyncio.run(run_demo(DemoOptions(data_dir, api_port, xds_port, exit_after_check, api_tls_port)))

@@ -4,13 +4,14 @@ A global control plane and two zones, ``azure`` and ``gcp``, each a network name
 (:mod:`isthmus.demo.netns`), its zone control plane and zone ingress (:mod:`isthmus.demo.zones`):
 
     client --HTTP, apikey--> edge-azure (Kong: key-auth, response-transformer)
-        --mesh mTLS to edge-gcp.mesh, through gcp's zone ingress (SNI passthrough)-->
+        --mesh mTLS to edge-gcp.svc.gcp.mesh.local, through gcp's zone ingress (SNI passthrough)-->
     edge-gcp (Kong: request-transformer, rate-limiting) --mesh mTLS--> catalog (only in gcp)
 
     client --HTTPS, SNI shop.gcp.example (a *.gcp.example certificate)--> edge-gcp --> catalog
 
-The azure gateway's Kong Service names the gcp gateway by its mesh name ``edge-gcp.mesh``; azure has no route to
-gcp's workloads but gcp's ingress, and the ingress never holds a key for that traffic.
+The azure gateway's Kong Service names the gcp gateway by the hostname azure generates for gcp's ``edge-gcp``
+MeshService (synced gcp -> global -> azure); azure has no route to gcp's workloads but gcp's ingress, and the
+ingress never holds a key for that traffic.
 """
 
 from __future__ import annotations
@@ -194,7 +195,23 @@ class Seeds:
         world.start_gateway("azure", "edge-azure-1", "edge-azure", GATEWAY_PORT, GATEWAY_ADMIN)
         self.configure_kong()
         say("Waiting for a request to cross from azure to gcp ...")
-        wait_until(self.crosses, 120, "client -> edge-azure -> gcp ingress -> edge-gcp -> catalog")
+        try:
+            wait_until(self.crosses, 120, "client -> edge-azure -> gcp ingress -> edge-gcp -> catalog")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; {self.diagnose()}") from None
+
+    def diagnose(self) -> str:
+        """What the azure gateway has (its Envoy's listeners, its control plane's view), for an error message."""
+        parts = []
+        for what, call in (
+            ("azure gateway listeners", lambda: self.world.envoy_admin("azure", GATEWAY_ADMIN, "/listeners").text),
+            ("its insight", lambda: self.world.zone_call("azure", "GET", "/meshes/default/dataplanes+insights/edge-azure-1").text),
+        ):  # fmt: skip
+            try:
+                parts.append(f"{what}: {' '.join(call().split())[:600]}")
+            except Exception as exc:  # a diagnosis must not hide the error it explains
+                parts.append(f"{what}: {exc!r}")
+        return "; ".join(parts)
 
     def configure_kong(self) -> None:
         world = self.world
@@ -219,7 +236,7 @@ class Seeds:
             json={"cert": cert, "key": key, "snis": ["*.gcp.example"]},
         )
         # azure: /shop reaches the gcp gateway by its mesh name, behind key-auth
-        world.kong("azure", "PUT", "/services/shop", json={"url": "http://edge-gcp.mesh/catalog"})
+        world.kong("azure", "PUT", "/services/shop", json={"url": f"http://{REMOTE_HOSTNAME}/catalog"})
         world.kong("azure", "PUT", "/services/shop/routes/shop", json={"paths": ["/shop"]})
         world.kong(
             "azure", "PUT", f"/plugins/{_IDS['azure-key-auth']}",

@@ -67,10 +67,15 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL to its process group after ``timeout`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -135,6 +140,9 @@ class Zones:
         return self.network.zones[name]
 
     def stop(self) -> None:
+        """Stop every child: all asked at once (data planes drain in parallel), each waited for."""
+        for child in reversed(self.children):
+            child.terminate()
         for child in reversed(self.children):
             child.stop()
 

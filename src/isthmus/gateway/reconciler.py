@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from isthmus.gateway import mesh_leg
+from isthmus.gateway import mesh_leg, mesh_names
 from isthmus.gateway.store import SCOPE_PREFIX, GatewayStore
 from isthmus.gateway.translate import ListenAddress, translate
 from isthmus.store.base import ChangeEvent, Record, ResourceStore
@@ -42,9 +42,8 @@ LISTEN_LABEL = "isthmus.io/gateway-listen"
 LISTEN_TLS_LABEL = "isthmus.io/gateway-listen-tls"
 DEBOUNCE_SECONDS = 0.02
 Overlay = dict[str, list[Resource]]
-_MemoKey = tuple[
-    str, int, tuple[ListenAddress, ...], tuple[ListenAddress, ...]
-]  # workspace, generation, listens
+# workspace, generation, listens, digest of the generated hostnames its Services name (isthmus.gateway.mesh_names)
+_MemoKey = tuple[str, int, tuple[ListenAddress, ...], tuple[ListenAddress, ...], str]
 
 
 @dataclass(frozen=True)
@@ -126,6 +125,7 @@ class GatewayReconciler:
             tuple[str, int], dict[str, list[str]]
         ] = {}  # (workspace, generation) -> explain notes
         self._notes_key: dict[str, tuple[str, int]] = {}  # workspace -> its current key in _notes
+        self._hostnames: dict[str, dict[str, str]] = {}  # mesh -> generated hostname -> kuma.io/service
         # set by the control plane: generate a mesh again (isthmus.cp.reconciler.Reconciler.request_sync)
         self.request_sync: Callable[[str], None] | None = None
 
@@ -158,6 +158,8 @@ class GatewayReconciler:
             page = await self.store.list("Dataplane")
             for record in page.items:
                 self._track(record)
+            for mesh in {nid.partition(".")[0] for nid in self.proxies}:
+                await self._refresh_hostnames(mesh)
             await self._rebuild(set(self.proxies))
             while True:
                 batch = await _next_batch(queue)
@@ -188,8 +190,17 @@ class GatewayReconciler:
                 dirty.add(nid)
             elif ev.type == "Mesh":  # the mesh part may have been rebuilt: lay the overlay again
                 dirty.update(n for n in self.proxies if n.startswith(ev.name + "."))
+            elif ev.type == "MeshService" and await self._refresh_hostnames(ev.mesh):
+                dirty.update(n for n in self.proxies if n.startswith(ev.mesh + "."))
         dirty.update(n for n, p in self.proxies.items() if p.workspace in workspaces)
         await self._rebuild(dirty)
+
+    async def _refresh_hostnames(self, mesh: str) -> bool:
+        """Read the mesh's generated hostnames again; whether they changed."""
+        names = mesh_names.hostname_services((await self.store.list("MeshService", mesh)).items)
+        changed = self._hostnames.get(mesh, {}) != names
+        self._hostnames[mesh] = names
+        return changed
 
     def _track(self, record: Record) -> bool:
         proxy = gateway_of(record)
@@ -206,18 +217,23 @@ class GatewayReconciler:
             if proxy is None:
                 continue
             ws = await self.gateways.workspace(proxy.workspace)
-            self._set_legs(nid, mesh_leg.mesh_services(ws.entities))
+            mesh = nid.partition(".")[0]
+            if mesh not in self._hostnames:
+                await self._refresh_hostnames(mesh)
+            names = mesh_names.used(ws.entities, self._hostnames[mesh])
+            view = mesh_names.resolve(ws.entities, names) if names else ws.entities
+            self._set_legs(nid, mesh_leg.mesh_services(view))
             if self._notes_key.get(proxy.workspace) != (proxy.workspace, ws.generation):
                 self._notes.pop(self._notes_key.get(proxy.workspace, ("", -1)), None)
                 self._notes_key[proxy.workspace] = (proxy.workspace, ws.generation)
-                self._notes[(proxy.workspace, ws.generation)] = mesh_leg.notes(ws.entities)
-            key = (proxy.workspace, ws.generation, proxy.listen, proxy.listen_tls)
+                self._notes[(proxy.workspace, ws.generation)] = mesh_leg.notes(view)
+            key = (proxy.workspace, ws.generation, proxy.listen, proxy.listen_tls, mesh_names.digest(names))
             live.add(key)
             overlay = self._memo.get(key)
             if overlay is None:
                 # a copy of the collections (entities are replaced, never changed, on write), translated in a
                 # worker thread: 10,000 routes must not stall the ADS streams and the Admin API
-                entities = {collection: dict(items) for collection, items in ws.entities.items()}
+                entities = {collection: dict(items) for collection, items in view.items()}
                 try:
                     overlay = await asyncio.to_thread(
                         translate, proxy.workspace, entities, proxy.listen, proxy.listen_tls
@@ -238,7 +254,11 @@ class GatewayReconciler:
 
 
 def _newer(key: _MemoKey, live: set[_MemoKey]) -> bool:
-    return any(k[0] == key[0] and k[2:] == key[2:] and k[1] > key[1] for k in live)
+    """A live key of the same workspace and listens supersedes ``key`` (a later generation, or other hostnames)."""
+    return any(
+        k[0] == key[0] and k[2:4] == key[2:4] and (k[1] > key[1] or (k[1] == key[1] and k[4] != key[4]))
+        for k in live
+    )
 
 
 async def _drain(events: AsyncIterator[ChangeEvent], queue: asyncio.Queue[ChangeEvent | None]) -> None:

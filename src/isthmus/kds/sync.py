@@ -31,6 +31,7 @@ DISPLAY_NAME = "kuma.io/display-name"
 ORIGIN_GLOBAL = "global"
 MANAGED_BY = "kuma.io/managed-by"  # the generator of the zone that made it: never a receiving zone's own
 RELABELLED_DOWN = frozenset({"MeshService"})
+ZONE_STATUS = frozenset({"MeshService"})  # a zone keeps its own status on copies (VIPs, generated hostnames)
 ORIGIN_ZONE = "zone"
 
 DOWNSTREAM = (KdsScope.FROM_GLOBAL, KdsScope.FROM_GLOBAL_OR_ZONE)

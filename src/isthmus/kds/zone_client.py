@@ -29,6 +29,7 @@ from isthmus.kds.protocol import (
 from isthmus.kds.sync import (
     DOWNSTREAM,
     ZONE,
+    ZONE_STATUS,
     Changes,
     digest,
     downstream_types,
@@ -255,7 +256,10 @@ class ZoneSync:
                 log.warning(
                     "KDS: %s %r from the global replaces the zone's own resource of that name", kind, name
                 )
-            ops.append(Op(OpKind.UPSERT, kind, mesh, name, spec=wire.get("spec") or {}, labels=dict(labels)))
+            spec = wire.get("spec") or {}
+            if kind in ZONE_STATUS and existing is not None and "status" in existing.spec:
+                spec = {**spec, "status": existing.spec["status"]}  # its VIP and hostnames are this zone's
+            ops.append(Op(OpKind.UPSERT, kind, mesh, name, spec=spec, labels=dict(labels)))
         for kind, mesh, name in changes.remove:
             existing = await self.store.get(kind, mesh, name)
             if existing is not None and is_copy_in_zone(existing, self.zone):
