@@ -202,11 +202,17 @@ class Seeds:
 
     def diagnose(self) -> str:
         """What the azure gateway has (its Envoy's listeners, its control plane's view), for an error message."""
+
+        def listeners() -> str:
+            return self.world.envoy_admin("azure", GATEWAY_ADMIN, "/listeners").text
+
+        def insight() -> str:
+            return self.world.zone_call(
+                "azure", "GET", "/meshes/default/dataplanes+insights/edge-azure-1"
+            ).text
+
         parts = []
-        for what, call in (
-            ("azure gateway listeners", lambda: self.world.envoy_admin("azure", GATEWAY_ADMIN, "/listeners").text),
-            ("its insight", lambda: self.world.zone_call("azure", "GET", "/meshes/default/dataplanes+insights/edge-azure-1").text),
-        ):  # fmt: skip
+        for what, call in (("azure gateway listeners", listeners), ("its insight", insight)):
             try:
                 parts.append(f"{what}: {' '.join(call().split())[:600]}")
             except Exception as exc:  # a diagnosis must not hide the error it explains
