@@ -199,3 +199,10 @@ def test_explain_shows_zones_priorities_weights_and_zone_proxies() -> None:
     assert zones["zone-b"]["endpoints"] == [
         {"address": "203.0.113.7", "port": 443, "weight": 3, "zone": "zone-b"}
     ]
+
+
+def test_an_egress_with_nothing_to_serve_has_no_listener() -> None:
+    from isthmus.egress.build import EgressIR
+
+    ir = EgressIR(node_id=":zoneegress:ze", name="ze", zone="a", address="127.0.0.1", port=10002, chains=(), clusters=(), endpoints=())  # fmt: skip
+    assert translate_egress(ir)[types.LISTENER] == []

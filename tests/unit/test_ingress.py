@@ -239,3 +239,19 @@ spec:
     with pytest.raises(ResourceValidationError) as info:
         _parse(bad)
     assert "zones" in str(info.value)
+
+
+def test_an_ingress_with_nothing_to_serve_has_no_listener() -> None:
+    from isthmus.ingress.build import IngressIR
+
+    ir = IngressIR(
+        node_id=":zoneingress:zi",
+        name="zi",
+        zone="a",
+        address="127.0.0.1",
+        port=10001,
+        routes=(),
+        clusters=(),
+    )
+    out = translate_ingress(ir)
+    assert out[types.LISTENER] == [] and out[types.CLUSTER] == []

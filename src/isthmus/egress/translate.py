@@ -93,7 +93,8 @@ def translate_egress(ir: EgressIR, secrets: tuple[Secret, ...] = ()) -> dict[str
     return {
         types.CLUSTER: [cluster_xds.cluster(c) for c in ir.clusters],
         types.ENDPOINT: [cluster_xds.endpoints(e) for e in ir.endpoints],
-        types.LISTENER: [listener(ir)],
+        # Envoy refuses a listener without filter chains: an egress with nothing to serve has no listener yet
+        types.LISTENER: [listener(ir)] if ir.chains else [],
         types.ROUTE: [],
         types.SECRET: [secret_xds.secret(s) for s in secrets],
     }

@@ -74,7 +74,8 @@ def translate_ingress(ir: IngressIR) -> dict[str, list[Any]]:
     return {
         types.CLUSTER: clusters,
         types.ENDPOINT: assignments,
-        types.LISTENER: [listener(ir)],
+        # Envoy refuses a listener without filter chains: an ingress with nothing to serve has no listener yet
+        types.LISTENER: [listener(ir)] if ir.routes else [],
         types.ROUTE: [],
         types.SECRET: [],
     }
