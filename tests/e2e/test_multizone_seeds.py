@@ -131,6 +131,78 @@ def test_traffic_crosses_only_through_gcps_ingress_which_holds_no_key(seeds: See
     assert "edge-gcp{mesh=default}" in listeners
 
 
+class Capture:
+    """Frames seen on a host-side link (an AF_PACKET socket, root only), read in a thread while traffic runs."""
+
+    def __init__(self, link: str) -> None:
+        import threading
+
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        self.sock.bind((link, 0))
+        self.sock.settimeout(0.2)
+        self.frames: list[bytes] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while self.running:
+            try:
+                self.frames.append(self.sock.recv(65535))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def stop(self) -> list[bytes]:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+        return self.frames
+
+
+def _tcp_payloads(frames: list[bytes], address: str, port: int) -> list[bytes]:
+    """TCP payloads of IPv4 frames to or from ``address:port``."""
+    wanted = socket.inet_aton(address)
+    out = []
+    for frame in frames:
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = int.from_bytes(ip[2:4], "big")
+        src, dst = ip[12:16], ip[16:20]
+        tcp = ip[ihl:total]
+        sport, dport = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")
+        if (dst == wanted and dport == port) or (src == wanted and sport == port):
+            payload = tcp[(tcp[12] >> 4) * 4 :]
+            if payload:
+                out.append(payload)
+    return out
+
+
+def test_the_bytes_between_the_zones_are_tls(seeds: Seeds) -> None:
+    """What crosses into gcp's namespace towards its ingress, read off the wire: TLS records only, and none of the
+    request's plain text (path, headers, the catalog's answer)."""
+    names = list(seeds.network.zones)
+    link = seeds.network._veth(names.index("gcp"))[0]
+    gcp = seeds.network.zones["gcp"].address
+    capture = Capture(link)
+    try:
+        for _ in range(5):
+            response = seeds.shop("/shop/wire-check")
+            assert response.status_code == 200, response.text
+    finally:
+        frames = capture.stop()
+    payloads = _tcp_payloads(frames, gcp, seeds.world.zports.ingress)
+    assert payloads, "no traffic to gcp's ingress was seen on the wire"
+    records = [p for p in payloads if len(p) >= 3 and p[0] in (0x14, 0x15, 0x16, 0x17) and p[1] == 0x03]
+    assert records, "no TLS record header on the wire"
+    wire = b"".join(payloads)
+    for plain in (b"wire-check", b"apikey", b"x-gcp-gateway", b"catalog-gcp-1", b"HTTP/1.1"):
+        assert plain not in wire, f"{plain!r} crossed between the zones in plain text"
+
+
 def test_gcp_gateway_terminates_tls_with_its_wildcard_certificate(seeds: Seeds) -> None:
     for sni in ("shop.gcp.example", "api.gcp.example"):
         response = seeds.public("/catalog/items", sni=sni)  # verified against the demo's public CA
