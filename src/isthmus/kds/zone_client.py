@@ -273,7 +273,9 @@ class ZoneSync:
         last: dict[str, Any] | None = None
         while True:
             dataplanes = await self.store.list("Dataplane")
-            online = sorted(self.online_proxies()) if self.online_proxies is not None else []
+            proxies = self.online_proxies() if self.online_proxies is not None else []
+            # Dataplanes only: zone ingresses and egresses (node ids ``:zoneingress:...``) are counted apart
+            online = sorted(p for p in proxies if not p.startswith(":"))
             ingresses = (await self.store.list("ZoneIngress")).items
             status = {
                 "dataplanes": {"total": dataplanes.total, "online": len(online)},
