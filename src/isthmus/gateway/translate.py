@@ -2,7 +2,8 @@
 :mod:`isthmus.gateway.envoy_routes`'s; listeners, certificates and clusters are here.
 
 * One HTTP listener per ``--proxy-listen`` address, each an HCM with ``normalize_path`` and ``merge_slashes`` (Kong
-  matches the normalised path, :func:`isthmus.gateway.router.normalize_path`) and RDS pointing at one
+  matches the normalised path, :func:`isthmus.gateway.router.normalize_path`), the consumer headers removed before
+  routing (``early_header_mutation_extensions``: a client can never forge a consumer) and RDS pointing at one
   RouteConfiguration per workspace.
 * That RouteConfiguration has one catch-all virtual host whose routes are Kong's matchers in
   :func:`isthmus.gateway.router.sort_routes` order (Envoy takes the first route that matches, as Kong does):

@@ -1,8 +1,8 @@
 """Kong plugins as native Envoy configuration: a registry of the implemented plugins and Kong's scoping.
 
 Each plugin is one module with a pydantic ``Config`` (Kong's config fields, defaults and checks) and a
-:class:`PluginKind`: the HCM filters it needs (placed before the router on every gateway listener; without a
-per-route config they do nothing) and a function that changes the Envoy routes of one Kong route (its
+:class:`PluginKind`: the HCM filters it needs (placed before the router on every gateway listener, ``disabled``
+by default: a route's own configuration of a filter enables it there, so a route runs only its plugins' filters) and a function that changes the Envoy routes of one Kong route (its
 ``typed_per_filter_config``, or a ``direct_response``). For each plugin name exactly one configuration applies to
 a Kong route, the most specific one, as Kong's ``plugins_iterator``: route+service+consumer > route+consumer >
 service+consumer > route+service > consumer > route > service > global. Consumer-scoped configurations apply to
