@@ -116,9 +116,9 @@ class ControlPlane:
         wait_for(lambda: self.http.get("/").status_code == 200, 30, what="control plane API")
         return self
 
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 15 s; the exit code (0 when it stopped by itself)."""
+        return self.proc.stop() if self.proc else None
 
     def apply(self, text: str) -> None:
         for doc in yaml.safe_load_all(text):

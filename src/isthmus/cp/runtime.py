@@ -203,7 +203,9 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
         key_file=options.tls_key_file,
     )
     metrics = CollectorRegistry()
-    store: ResourceStore = TimedStore(open_store(options.store_spec()), metrics)  # isthmus_store_operation_seconds
+    store: ResourceStore = TimedStore(
+        open_store(options.store_spec()), metrics
+    )  # isthmus_store_operation_seconds
     await store.start()
     registry = default_registry()
     cache = GatewayCache()  # mesh snapshots, with Kong's configuration laid over gateway proxies'
@@ -325,7 +327,9 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 ingress_generation = tg.create_task(ingresses.run(), name="ingress-reconciler")
                 egress_generation = tg.create_task(egresses.run(), name="egress-reconciler")
                 names = NamesController(store, registry, mode=options.mode, zone=options.zone or "default")
-                tg.create_task(names.run(), name="names")  # generated MeshServices, VIPs, hostnames
+                names_task = tg.create_task(
+                    names.run(), name="names"
+                )  # generated MeshServices, VIPs, hostnames
                 assert state.stats is not None
                 scraper = tg.create_task(state.stats.run(), name="stats-scraper")  # only while the UI reads
                 await reconciler.wait_ready()
@@ -371,6 +375,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 egress_generation.cancel()
                 cleanup.cancel()
                 scraper.cancel()
+                names_task.cancel()
                 if zone_sync is not None:
                     zone_sync.cancel()
     finally:
