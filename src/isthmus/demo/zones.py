@@ -269,10 +269,11 @@ class Zones:
         self.isthmus(name, zone, *args)
         return name
 
-    def start_app(self, zone: str, service: str, instance: str, port: int) -> None:
+    def start_app(self, zone: str, service: str, instance: str, port: int, version: str = "v1") -> None:
+        """The demo app, as the child ``app-<instance>`` (stop and start it again by that name)."""
         self.isthmus(
             f"app-{instance}", zone, "demo", "app", "--service", service, "--instance", instance,
-            "--port", str(port),
+            "--port", str(port), "--version", version,
         )  # fmt: skip
 
     def start_sidecar(self, zone: str, dataplane: str, admin_port: int) -> None:
