@@ -255,3 +255,16 @@ def test_an_ingress_with_nothing_to_serve_has_no_listener() -> None:
     )
     out = translate_ingress(ir)
     assert out[types.LISTENER] == [] and out[types.CLUSTER] == []
+
+
+def test_a_service_only_in_another_zone_gets_its_mesh_name_and_vip() -> None:
+    client = CLIENT.replace("name: web\n", "name: web\nlabels: {isthmus.io/dns-port: '15053'}\n")
+    ingress = INGRESS_B.replace("kuma.io/service: backend, kuma.io/zone: zone-b", "kuma.io/service: catalog, kuma.io/protocol: http, kuma.io/zone: zone-b")  # fmt: skip
+    ctx = _ctx(client + _dp("a1", "zone-a", "10.0.0.4"), ingress, zone="zone-a")
+    ir = build_proxy_ir(ctx, "web", ID)
+    assert ir.dns is not None
+    (vip,) = [r.addresses[0] for r in ir.dns.records if r.name == "catalog.mesh"]
+    (listener,) = [o for o in ir.outbounds if o.address == vip and o.port == 80]
+    assert listener.protocol.value == "http"
+    (eps,) = [e for e in ir.endpoints if e.cluster == listener.cluster]
+    assert [(e.address, e.port, e.locality) for e in eps.endpoints] == [("203.0.113.7", 443, "zone-b")]

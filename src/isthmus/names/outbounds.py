@@ -256,15 +256,21 @@ class _Builder:
         taken: set[str] = set()
         tp = _transparent(self.dp)
         only = set(tp.reachable_services) if tp is not None and tp.reachable_services else None
-        for service in sorted(self.ctx.endpoints):
+        # every service of the mesh: this zone's and those other zones' ingresses offer (Kuma's .mesh names
+        # cover services with no local instance too; their cluster reaches them through the ingress)
+        for service in sorted(set(self.ctx.endpoints) | set(self.ctx.remote.by_service)):
             if reachable is not None and ("kuma.io/service", service) not in reachable:
                 continue
             if only is not None and service not in only:  # Kuma's transparentProxying.reachableServices
                 continue
             vip = vips.legacy_vip(self.ctx.name, service, taken)
             cluster = self.legacy_cluster(service)
-            proto = self.ctx.service_protocol(service)
-            for number in sorted({e.port for e in self.ctx.endpoints[service]} | {LEGACY_PORT}):
+            proto = (
+                self.ctx.service_protocol(service)
+                if service in self.ctx.endpoints
+                else _remote_protocol(self.ctx, service)
+            )
+            for number in sorted({e.port for e in self.ctx.endpoints.get(service, ())} | {LEGACY_PORT}):
                 self.listen(vip, number, service, proto, cluster)
             for hostname in legacy_hostnames(service):
                 self.record(hostname, vip)
@@ -281,6 +287,13 @@ class _Builder:
             endpoints=tuple(self.endpoint_sets.values()),
             dns=table,
         )
+
+
+def _remote_protocol(ctx: MeshContext, service: str) -> str:
+    """The ``kuma.io/protocol`` other zones' ingresses report for a service with no local instance, when they
+    agree (else ``tcp``, as Kuma does)."""
+    found = {dict(e.tags).get("kuma.io/protocol", "tcp") for e in ctx.remote.by_service.get(service, ())}
+    return found.pop() if len(found) == 1 else "tcp"
 
 
 def legacy_hostnames(service: str) -> list[str]:
