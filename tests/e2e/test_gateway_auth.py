@@ -90,9 +90,12 @@ def _upstream_headers(response: httpx.Response) -> dict[str, str]:
 
 
 def _route(kong: httpx.Client, name: str, plugins: list[dict[str, Any]]) -> None:
-    _created(kong.put(f"/services/alpha/routes/{name}", json={"paths": [f"/{name}"]}))
+    """A route reachable on ``/<name>`` only once all its plugins are attached (the gateway applies each Admin
+    API call as it comes: a route made first would serve a moment with only its first plugins)."""
+    _created(kong.put(f"/services/alpha/routes/{name}", json={"paths": [f"/_pending/{name}"]}))
     for plugin in plugins:
         _created(kong.post(f"/routes/{name}/plugins", json=plugin))
+    _created(kong.patch(f"/routes/{name}", json={"paths": [f"/{name}"]}))
 
 
 def _served(gw: Gateway, path: str, status: int, **kwargs: Any) -> None:

@@ -80,7 +80,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         _created(kong.put("/services/echo", json={"url": backend}))
         _created(kong.put("/services/echo/routes/ready", json={"paths": ["/ready"]}))
         gw = Gateway(tmp, cp, "edge-transform").start()
-        wait_for(lambda: gw.get("/ready").status_code == 200, 60, what="gateway serving")
+        try:
+            wait_for(lambda: gw.get("/ready").status_code == 200, 60, what="gateway serving")
+        except AssertionError as exc:  # say why: the gateway agent's and the control plane's last lines
+            logs = f"gateway:\n{gw.proc.log()[-4000:]}\ncontrol plane:\n{cp.proc.log()[-4000:] if cp.proc else ''}"
+            raise AssertionError(f"{exc}\n{logs}") from None
         yield Setup(cp, kong, gw, backend)
     finally:
         if gw is not None:

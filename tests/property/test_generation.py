@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import assume, given, note
+from hypothesis import HealthCheck, assume, given, note
 from hypothesis import strategies as st
 
 from tests.property.pipeline import Parsed, generate, parse_all
@@ -109,7 +109,10 @@ def test_every_accepted_resource_generates(kind: str) -> None:
     """One drawn resource of ``kind`` in the base mesh (most drawn documents are valid; the invalid ones are
     skipped, and Hypothesis fails the test if too few are valid for it to run)."""
 
-    @profile(max_examples=80)
+    # kinds with cross-field rules (a HostnameGenerator selects exactly one kind, a MeshExternalService needs
+    # endpoints unless an extension) draw many refused documents: those are skipped, and Hypothesis still fails
+    # the test (Unsatisfiable) when none is accepted
+    @profile(max_examples=80, suppress_health_check=[HealthCheck.filter_too_much])
     @given(drawn=document(kind))
     def run(drawn: dict[str, Any]) -> None:
         docs = _with(BASE_DOCS, drawn)
