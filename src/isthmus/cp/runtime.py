@@ -28,6 +28,7 @@ from isthmus.auth import Auth
 from isthmus.auth.bootstrap import write_admin_token
 from isthmus.auth.tokens import TokenService
 from isthmus.auth.xds import XdsAuthenticator
+from isthmus.auth.zone_proxies import ZoneProxyAuthenticator
 from isthmus.catalog import default_registry
 from isthmus.cp.api.app import create_app
 from isthmus.cp.certificates import WorkloadCertificates, sds_acks
@@ -40,12 +41,10 @@ from isthmus.cp.state import ControlPlaneState
 from isthmus.cp.stats_scraper import StatsScraper, online_targets
 from isthmus.cp.store_metrics import TimedStore
 from isthmus.cp.tls import ServerTls, ensure_server_tls
-from isthmus.egress.auth import EgressAwareAuthenticator
 from isthmus.egress.reconciler import EgressReconciler
 from isthmus.gateway.admin_api import create_admin_app
 from isthmus.gateway.reconciler import GatewayCache, GatewayReconciler
 from isthmus.gateway.store import GatewayStore
-from isthmus.ingress.auth import IngressAwareAuthenticator
 from isthmus.ingress.reconciler import IngressReconciler
 from isthmus.kds.global_server import KdsServer
 from isthmus.kds.ownership import WriteGuard
@@ -239,9 +238,7 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
 
     reconciler.on_synced = zone_proxies_follow
     authenticator = (
-        EgressAwareAuthenticator(
-            IngressAwareAuthenticator(xds_authenticator(tokens, reconciler), tokens, store), tokens, store
-        )
+        ZoneProxyAuthenticator(xds_authenticator(tokens, reconciler), tokens, store)
         if options.dp_auth == "token"
         else None
     )
