@@ -2,11 +2,13 @@
 zone-b's ZoneIngress run by ``isthmus dp run --proxy-type ingress``): a client in zone-a reaches zone-b only
 through zone-b's ingress, which passes TLS through on SNI and holds no key; the local zone is preferred and
 traffic fails over to zone-b when the local instance fails (outlier detection), then comes back; permissions
-apply by identity across zones."""
+apply by identity across zones; a route to a subset that lives in zone-b is honoured past the ingress (the
+subset's SNI, an ingress chain with only that subset's instances)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -54,7 +56,8 @@ spec:
 """
 
 
-def _backend(name: str, zone: str, address: str, port: int, app: App) -> str:
+def _backend(name: str, zone: str, address: str, port: int, app: App, version: str = "") -> str:
+    extra = f", version: {version}" if version else ""
     return f"""
 type: Dataplane
 mesh: default
@@ -64,7 +67,7 @@ networking:
   inbound:
   - port: {port}
     servicePort: {app.port}
-    tags: {{kuma.io/service: backend, kuma.io/protocol: http, kuma.io/zone: {zone}}}
+    tags: {{kuma.io/service: backend, kuma.io/protocol: http, kuma.io/zone: {zone}{extra}}}
 """
 
 
@@ -218,3 +221,73 @@ def test_cross_zone_through_ingress_failover_and_permissions(tmp_path: Path) -> 
                 40,
                 what="traffic back in zone-a",
             )
+
+
+ROUTE_TO_V2 = """
+type: MeshHTTPRoute
+mesh: default
+name: backend-to-v2
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      default:
+        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v2}}]
+"""
+
+
+def test_a_route_to_a_subset_in_another_zone_reaches_only_that_subset(tmp_path: Path) -> None:
+    cp = ControlPlane(tmp_path).start()
+    app_a = App(tmp_path, "backend", version="v1", instance="a-v1").start()
+    app_b1 = App(tmp_path, "backend", version="v1", instance="b-v1").start()
+    app_b2 = App(tmp_path, "backend", version="v2", instance="b-v2").start()
+    zi_port, zi_admin = free_port(), free_port()
+    web_out = free_port()
+    with running(cp, app_a, app_b1, app_b2):
+        cp.apply(MESH)
+        cp.apply(PERMISSIONS)
+        a = Sidecar(tmp_path, cp, _backend("backend-a", "zone-a", "127.0.0.1", free_port(), app_a, "v1"))
+        b1 = Sidecar(tmp_path, cp, _backend("backend-b1", "zone-b", "127.0.0.2", free_port(), app_b1, "v1"))
+        b2_port = free_port()
+        b2 = Sidecar(tmp_path, cp, _backend("backend-b2", "zone-b", "127.0.0.2", b2_port, app_b2, "v2"))
+        web = Sidecar(tmp_path, cp, _client("web", free_port(), web_out))
+        zi = _ingress(tmp_path, cp, zi_port, zi_admin)
+        with running(a, b1, b2, web, zi):
+            for s in (a, b1, b2, web):
+                s.start()
+            web.wait_listener(f":{web_out}")
+            wait_for(lambda: _call(web_out).status_code == 200, 30, what="web -> backend")
+            # without a route: the local instance (zone-a, v1)
+            assert {_call(web_out).json()["instance"] for _ in range(5)} == {"a-v1"}
+
+            cp.apply(ROUTE_TO_V2)
+
+            # zone-b's ingress gets a chain for the subset's SNI
+            def subset_chain() -> bool:
+                text = httpx.get(f"http://127.0.0.1:{zi_admin}/config_dump", timeout=5).text
+                return "backend{mesh=default,version=v2}" in text
+
+            wait_for(subset_chain, 30, what="the ingress's chain for version=v2")
+
+            def only_v2() -> bool:
+                answers = [_call(web_out) for _ in range(5)]
+                return all(r.status_code == 200 and r.json()["instance"] == "b-v2" for r in answers)
+
+            wait_for(only_v2, 30, what="the route to v2 through zone-b's ingress")
+            # zone-b has v1 and v2 behind one ingress: only v2 answers (the service-level chain would mix them)
+            answers = [_call(web_out) for _ in range(30)]
+            assert all(r.status_code == 200 for r in answers)
+            assert {r.json()["instance"] for r in answers} == {"b-v2"}
+            # the client's connections (it keeps them open: few) went through the subset's chain, whose cluster
+            # holds only zone-b's v2 instance; none through the service-level chain
+            stats = httpx.get(f"http://127.0.0.1:{zi_admin}/stats?filter=downstream_cx_total", timeout=5).text
+            counts = dict(line.split(": ") for line in stats.splitlines() if ": " in line)
+            assert int(counts["tcp.default_backend_version_v2.downstream_cx_total"]) >= 1
+            assert int(counts["tcp.default_backend.downstream_cx_total"]) == 0
+            (group,) = _eds(zi_admin, "default:backend:version=v2")
+            lb = cast(list[dict[str, Any]], group["lb_endpoints"])
+            assert [e["endpoint"]["address"]["socket_address"] for e in lb] == [
+                {"address": "127.0.0.2", "port_value": b2_port}
+            ]

@@ -268,3 +268,74 @@ def test_a_service_only_in_another_zone_gets_its_mesh_name_and_vip() -> None:
     assert listener.protocol.value == "http"
     (eps,) = [e for e in ir.endpoints if e.cluster == listener.cluster]
     assert [(e.address, e.port, e.locality) for e in eps.endpoints] == [("203.0.113.7", 443, "zone-b")]
+
+
+def _versioned(name: str, zone: str, address: str, version: str) -> str:
+    return _dp(name, zone, address).replace("kuma.io/zone: ", f"version: {version}, kuma.io/zone: ")
+
+
+ROUTE_TO_V2 = """
+---
+type: MeshHTTPRoute
+mesh: default
+name: to-v2
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      default:
+        backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v2}}]
+"""
+
+INGRESS_B_VERSIONS = INGRESS_B.replace(
+    """- mesh: default
+  instances: 3
+  tags: {kuma.io/service: backend, kuma.io/zone: zone-b}""",
+    """- mesh: default
+  instances: 1
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, kuma.io/zone: zone-b, version: v1}
+- mesh: default
+  instances: 2
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, kuma.io/zone: zone-b, version: v2}""",
+)
+
+
+def test_a_subset_cluster_through_an_ingress_sends_the_subsets_sni() -> None:
+    ctx = _ctx(CLIENT + ROUTE_TO_V2, INGRESS_B_VERSIONS, zone="zone-a")
+    ir = build_proxy_ir(ctx, "web", ID)
+    (subset,) = [c for c in ir.clusters if c.subset]
+    assert subset.subset == (("version", "v2"),)
+    assert subset.sni == "backend{mesh=default,version=v2}"
+    (eps,) = [e for e in ir.endpoints if e.cluster == subset.name]
+    assert [(e.address, e.port, e.weight) for e in eps.endpoints] == [("203.0.113.7", 443, 2)]  # v2 only
+    assert next(c for c in ir.clusters if c.name == "backend").sni == "backend{mesh=default}"
+    tls = next(c for c in translate(ir)[types.CLUSTER] if c.name == subset.name)
+    assert b"backend{mesh=default,version=v2}" in tls.transport_socket.typed_config.value
+
+
+def test_the_ingress_has_a_chain_per_routed_subset_with_only_its_instances() -> None:
+    ctx = _ctx(
+        ROUTE_TO_V2
+        + _versioned("b1", "zone-b", "10.0.0.1", "v1")
+        + _versioned("b2", "zone-b", "10.0.0.2", "v2")
+        + _versioned("b3", "zone-b", "10.0.0.3", "v2")
+        + _versioned("a2", "zone-a", "10.0.0.4", "v2")  # another zone's v2: not this ingress's
+    )
+    ir = build_ingress_ir(_parse(INGRESS_B)[0], {"default": ctx})
+    assert [(r.server_names, r.cluster) for r in ir.routes] == [
+        (("backend{mesh=default}",), "default:backend"),
+        (("backend{mesh=default,version=v2}",), "default:backend:version=v2"),
+    ]
+    clusters = {c.name: c.endpoints for c in ir.clusters}
+    assert clusters["default:backend"] == tuple(Endpoint(f"10.0.0.{i}", 8080) for i in (1, 2, 3))
+    assert clusters["default:backend:version=v2"] == (Endpoint("10.0.0.2", 8080), Endpoint("10.0.0.3", 8080))
+    (listener,) = translate_ingress(ir)[types.LISTENER]
+    chain = next(c for c in listener.filter_chains if c.name == "default:backend:version=v2")
+    assert list(chain.filter_chain_match.server_names) == ["backend{mesh=default,version=v2}"]
+    # a subset no instance of the zone has gets no chain (clients see it in no availableServices either)
+    only_v1 = _ctx(ROUTE_TO_V2 + _versioned("b1", "zone-b", "10.0.0.1", "v1"))
+    assert [r.cluster for r in build_ingress_ir(_parse(INGRESS_B)[0], {"default": only_v1}).routes] == [
+        "default:backend"
+    ]

@@ -5,7 +5,10 @@ and the server's sidecars do mTLS end to end through it.
 
 Destinations: every ``kuma.io/service`` of a mesh with mTLS that has ready instances in the ingress's zone
 (instances of other zones, in a control plane that serves several zones, are left out), and every port of the
-mesh's MeshServices made in this zone.
+mesh's MeshServices made in this zone. A service also gets one chain per tag subset the mesh's MeshHTTPRoutes and
+MeshTCPRoutes send traffic to (``backendRefs`` with ``tags``): its SNI carries the tags
+(``backend{mesh=default,version=v2}``, as the client's subset cluster sets it) and its cluster holds only the
+local instances with those tags, so that a route to a subset is honoured past the ingress (as Kuma).
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ from isthmus.ingress.sni import legacy_sni, resource_sni
 from isthmus.ingress.zones import ingress_zone_of
 from isthmus.ir.model import Endpoint
 from isthmus.names.selection import endpoints as ms_endpoints
+from isthmus.policies.matching import tags_match
+from isthmus.policies.meshhttproute.api import MeshHTTPRouteSpec
+from isthmus.policies.meshtcproute.api import MeshTCPRouteSpec
 from isthmus.resources.meshservice import MeshServiceDocument
 from isthmus.resources.registry import Resource
 from isthmus.resources.zone import ZoneIngressSpec
 
 ZONE_TAG = "kuma.io/zone"
+SERVICE_TAG = "kuma.io/service"
+Subset = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,31 @@ def _in_zone(tag: str, zone: str) -> bool:
     return not tag or not zone or tag == zone
 
 
+def _sorted(endpoints: set[Endpoint]) -> tuple[Endpoint, ...]:
+    return tuple(sorted(endpoints, key=lambda e: (e.address, e.port)))
+
+
+def route_subsets(ctx: MeshContext) -> dict[str, set[Subset]]:
+    """service -> the tag subsets (sorted, without ``kuma.io/service``) the mesh's routes name as backends."""
+    out: dict[str, set[Subset]] = {}
+    for kind in ("MeshHTTPRoute", "MeshTCPRoute"):
+        for res in ctx.policies_of(kind):
+            spec = res.spec
+            if not isinstance(spec, MeshHTTPRouteSpec | MeshTCPRouteSpec):
+                continue
+            for to in spec.to:
+                for rule in to.rules:
+                    for ref in rule.default.backend_refs or []:
+                        tags = tuple(sorted((k, v) for k, v in (ref.tags or {}).items() if k != SERVICE_TAG))
+                        if tags:
+                            out.setdefault(ref.name, set()).add(tags)
+    return out
+
+
+def subset_cluster_name(mesh: str, service: str, tags: Subset) -> str:
+    return f"{mesh}:{service}:" + ",".join(f"{k}={v}" for k, v in tags)
+
+
 def build_ingress_ir(ingress: Resource, contexts: Mapping[str, MeshContext], zone: str = "") -> IngressIR:
     """``zone``: the control plane's zone ("" standalone: the ingress's own ``zone``)."""
     spec = ingress.spec
@@ -67,22 +100,25 @@ def build_ingress_ir(ingress: Resource, contexts: Mapping[str, MeshContext], zon
     for mesh, ctx in sorted(contexts.items()):
         if ctx.spec.enabled_backend is None:
             continue  # routing by SNI needs the clients' mTLS (as Kuma)
+        subsets = route_subsets(ctx)
         for service, eps in ctx.endpoints.items():
-            local = tuple(
-                sorted(
-                    {
-                        Endpoint(e.address, e.port)
-                        for e in eps
-                        if e.ready and _in_zone(e.tags.get(ZONE_TAG, ""), own)
-                    },
-                    key=lambda e: (e.address, e.port),
-                )
-            )
+            here = [e for e in eps if e.ready and _in_zone(e.tags.get(ZONE_TAG, ""), own)]
+            local = _sorted({Endpoint(e.address, e.port) for e in here})
             if not local:
                 continue
             name = f"{mesh}:{service}"
             routes.append(IngressRoute((legacy_sni(service, mesh),), name, mesh, service))
             clusters.append(IngressCluster(name, local))
+            for tags in sorted(subsets.get(service, ())):
+                selector = dict(tags)
+                matching = _sorted(
+                    {Endpoint(e.address, e.port) for e in here if tags_match(selector, e.tags)}
+                )
+                if not matching:
+                    continue  # no instance of this zone has these tags: clients do not send them here
+                name = subset_cluster_name(mesh, service, tags)
+                routes.append(IngressRoute((legacy_sni(service, mesh, selector),), name, mesh, service))
+                clusters.append(IngressCluster(name, matching))
         for res in ctx.policies_of("MeshService"):
             labels = res.labels
             if labels.get("kuma.io/origin") == "global" or not _in_zone(labels.get(ZONE_TAG, ""), own):
@@ -91,11 +127,8 @@ def build_ingress_ir(ingress: Resource, contexts: Mapping[str, MeshContext], zon
             assert isinstance(doc, MeshServiceDocument)
             for port in doc.spec.ports:
                 served = ms_endpoints(doc, port, ctx.dataplanes)
-                local = tuple(
-                    sorted(
-                        {Endpoint(s.address, s.port) for s in served if s.ready and _in_zone(s.zone, own)},
-                        key=lambda e: (e.address, e.port),
-                    )
+                local = _sorted(
+                    {Endpoint(s.address, s.port) for s in served if s.ready and _in_zone(s.zone, own)}
                 )
                 if not local:
                     continue

@@ -2,8 +2,9 @@
 
 * endpoints of a zone that has an ingress are reached through that ingress only: the ingress's public address
   replaces them, weighted by the instances behind it, and the cluster's upstream TLS carries the SNI the ingress
-  routes on (:mod:`isthmus.ingress.sni`); mTLS stays end to end. Without mTLS nothing goes through an ingress
-  (as Kuma: it routes by SNI, so cross-zone traffic needs mTLS);
+  routes on (:mod:`isthmus.ingress.sni`; a route's subset cluster names its tags in it, so that the ingress
+  forwards only to the instances with those tags); mTLS stays end to end. Without mTLS nothing goes through an
+  ingress (as Kuma: it routes by SNI, so cross-zone traffic needs mTLS);
 * every endpoint carries its zone as its locality, and gets an Envoy priority from the cluster's
   MeshLoadBalancingStrategy ``localityAwareness`` (:mod:`isthmus.ingress.locality`): the proxy's zone first,
   other zones as failover.
@@ -103,7 +104,7 @@ def _by_zone(ir: ProxyIR, ctx: MeshContext, local: str) -> ProxyIR:
                     if e.zone in remote_zones and tags_match(e, subset)
                 ]
                 if entries:
-                    sni = legacy_sni(cluster.service, ctx.name)
+                    sni = legacy_sni(cluster.service, ctx.name, subset)
                     for (zone, address, port), count in sorted(merged_endpoints(entries).items()):
                         eps.append(Endpoint(address, port, zone, weight=count))
         locality = cluster.lb.locality if cluster.lb is not None else None

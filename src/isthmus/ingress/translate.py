@@ -3,6 +3,7 @@ proxy to an EDS cluster. No transport socket anywhere: TLS passes through untouc
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -18,6 +19,7 @@ from isthmus.xds.translate.common import ads, duration_ms, pack, socket_address
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 CONNECT_TIMEOUT_MS = 5000
+_STAT_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # e.g. the ``:``, ``=`` and ``,`` of a subset's cluster name
 
 
 def listener(ir: IngressIR) -> listener_pb2.Listener:
@@ -32,7 +34,9 @@ def listener(ir: IngressIR) -> listener_pb2.Listener:
         stat_prefix=f"zoneingress_{ir.name}",
     )
     for route in ir.routes:
-        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=route.cluster.replace(":", "_"), cluster=route.cluster)
+        proxy = tcp_proxy_pb2.TcpProxy(
+            stat_prefix=_STAT_UNSAFE.sub("_", route.cluster), cluster=route.cluster
+        )
         out.filter_chains.append(
             listener_components_pb2.FilterChain(
                 name=route.cluster,
