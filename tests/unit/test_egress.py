@@ -206,3 +206,25 @@ def test_an_egress_with_nothing_to_serve_has_no_listener() -> None:
 
     ir = EgressIR(node_id=":zoneegress:ze", name="ze", zone="a", address="127.0.0.1", port=10002, chains=(), clusters=(), endpoints=())  # fmt: skip
     assert translate_egress(ir)[types.LISTENER] == []
+
+
+def test_egress_has_a_chain_for_each_subset_routes_name_either_way() -> None:
+    route = """
+---
+type: MeshHTTPRoute
+mesh: default
+name: to-v2
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /v2}}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend, tags: {version: v2}}]
+"""
+    (egress,) = _parse(EGRESS_A)
+    ir = build_egress_ir(egress, {"default": _ctx(extra=route)})
+    names = {c.cluster: c.server_names for c in ir.chains}
+    # a MeshService backendRef with tags is a subset too: the client sends its subset SNI through the egress
+    assert names["default:backend,version=v2"] == ("backend{mesh=default,version=v2}",)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from isthmus.context.mesh_context import MeshContext
 from isthmus.egress.node import egress_node_id
 from isthmus.egress.route import egress_enabled, mes_sni
-from isthmus.ingress.sni import SERVICE_TAG, legacy_sni, resource_sni
+from isthmus.ingress.build import route_subsets
+from isthmus.ingress.sni import legacy_sni, resource_sni
 from isthmus.ingress.zones import merged_endpoints
 from isthmus.ir.model import Cluster, Endpoint, EndpointSet, Protocol
 from isthmus.ir.names import ExternalUpstream
@@ -69,27 +70,6 @@ def egress_zone_of(res: Resource, zone: str = "") -> str:
     return spec.zone or res.labels.get(ZONE_TAG, "") or zone
 
 
-def _subsets(ctx: MeshContext, service: str) -> set[tuple[tuple[str, str], ...]]:
-    """The tag subsets of ``service`` the mesh's proxies route to (each has its own SNI)."""
-    out: set[tuple[tuple[str, str], ...]] = set()
-    for kind in ("MeshHTTPRoute", "MeshTCPRoute"):
-        for res in ctx.policies_of(kind):
-            _collect_refs(res.spec.model_dump(by_alias=True, exclude_none=True), service, out)
-    return out
-
-
-def _collect_refs(node: object, service: str, out: set[tuple[tuple[str, str], ...]]) -> None:
-    if isinstance(node, dict):
-        tags = node.get("tags")
-        if node.get("kind") == "MeshServiceSubset" and node.get("name") == service and isinstance(tags, dict):
-            out.add(tuple(sorted((str(k), str(v)) for k, v in tags.items() if k != SERVICE_TAG)))
-        for value in node.values():
-            _collect_refs(value, service, out)
-    elif isinstance(node, list):
-        for value in node:
-            _collect_refs(value, service, out)
-
-
 def _internal(
     mesh: str,
     ctx: MeshContext,
@@ -98,11 +78,12 @@ def _internal(
     clusters: list[Cluster],
     sets: list[EndpointSet],
 ) -> None:
+    subsets = route_subsets(ctx)  # the tag subsets routes name: each has its own SNI, as at the ingress
     for service, entries in sorted(ctx.remote.by_service.items()):
         remote = [e for e in entries if e.zone != own]
         if not remote:
             continue
-        variants: list[tuple[tuple[str, str], ...]] = [(), *sorted(_subsets(ctx, service))]
+        variants: list[tuple[tuple[str, str], ...]] = [(), *sorted(subsets.get(service, set()))]
         for subset in variants:
             wanted = dict(subset)
             matching = [e for e in remote if all(dict(e.tags).get(k) == v for k, v in wanted.items())]
