@@ -488,8 +488,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         snapshot = self.cache.get_snapshot(stream.node_id)
         if snapshot is None:
             return  # hold the requests until the node has a snapshot
-        extra = sorted(t for t in stream.types if t not in types.ORDER)
-        for type_url in (*types.ORDER, *extra):
+        extra = sorted(t for t in stream.types if t not in types.PUSH_ORDER)
+        for type_url in (*types.PUSH_ORDER, *extra):
             state = stream.types.get(type_url)
             if state is None:
                 continue

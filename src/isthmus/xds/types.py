@@ -12,8 +12,14 @@ LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
+# Envoy's extension config discovery (ECDS): filter configurations a listener names (the gateway's credentials)
+EXTENSION_CONFIG = _PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
+
 # Make before break: a cluster exists before its endpoints, both before the listeners and routes that use them.
 ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+# The order of a push: a filter configuration (ECDS) changes before the routes that start using it, so a new route
+# never serves before the credentials it checks.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, EXTENSION_CONFIG, ROUTE, SECRET)
 
 # In state-of-the-world xDS, LDS and CDS responses carry the full state (an omitted resource is deleted), and an
 # empty list of names in a request means "everything" (legacy wildcard).

@@ -18,8 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from isthmus.xds import types
+
 EnvoyRoute = dict[str, Any]
-EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+EXTENSION_CONFIG = types.EXTENSION_CONFIG
 
 
 @dataclass(frozen=True)

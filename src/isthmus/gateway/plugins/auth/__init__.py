@@ -30,6 +30,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from isthmus.xds import types
+
 EnvoyRoute = dict[str, Any]
 
 PRE = "kong.auth.pre"
@@ -38,7 +40,7 @@ AUTH = "kong.auth"
 ACL = "kong.acl"
 # the header kong.auth.pre hands the request's one JWT to jwt_authn in (removed from every client request)
 JWT_HEADER = "x-isthmus-jwt"
-EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+EXTENSION_CONFIG = types.EXTENSION_CONFIG
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
