@@ -8,15 +8,14 @@ A ZoneEgress of another zone (labelled with it) is never served here; a global c
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 from isthmus.cp.certificates import WorkloadCertificates
 from isthmus.cp.reconciler import Reconciler
 from isthmus.egress.build import EgressIR, build_egress_ir
 from isthmus.egress.node import EGRESS_SERVICE
 from isthmus.egress.translate import translate_egress
+from isthmus.ingress.loop import ZoneProxyLoop
 from isthmus.ir.build import ca_secret_name, identity_secret_name
 from isthmus.ir.model import Secret
 from isthmus.resources.registry import Registry, from_record
@@ -26,10 +25,12 @@ from isthmus.xds.snapshot import Resource as XdsResource
 from isthmus.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-DEBOUNCE_SECONDS = 0.05
 
 
-class EgressReconciler:
+class EgressReconciler(ZoneProxyLoop):
+    kinds = ("ZoneEgress", "ZoneIngress")
+    label = "zone egresses"
+
     def __init__(
         self,
         store: ResourceStore,
@@ -41,44 +42,10 @@ class EgressReconciler:
         mode: str = "standalone",
         zone: str = "",
     ) -> None:
-        self.store = store
-        self.registry = registry
-        self.cache = cache
-        self.meshes = meshes
+        super().__init__(store, registry, cache, meshes, mode=mode, zone=zone)
         self.certificates = certificates
-        self.mode = mode
-        self.zone = zone
         self.proxies: dict[str, EgressIR] = {}  # node id -> what it serves (inspect)
         self._served: dict[str, tuple[EgressIR, tuple[Secret, ...]]] = {}
-        self._wake = asyncio.Event()
-
-    def request_sync(self, *_: object) -> None:
-        self._wake.set()
-
-    def _own(self, record: Record) -> bool:
-        if self.mode == "global":
-            return False
-        owner = record.labels.get("kuma.io/zone", "")
-        return not owner or not self.zone or owner == self.zone
-
-    async def run(self) -> None:
-        async with self.store.subscribe() as events, asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch(events))
-            await self.meshes.wait_ready()
-            self._wake.set()
-            while True:
-                await self._wake.wait()
-                await asyncio.sleep(DEBOUNCE_SECONDS)
-                self._wake.clear()
-                try:
-                    await self.sync()
-                except Exception:  # never let the loop die (CancelledError is not an Exception)
-                    log.exception("zone egresses: generation failed; retrying on the next change")
-
-    async def _watch(self, events: Any) -> None:
-        async for ev in events:
-            if ev.type in ("ZoneEgress", "ZoneIngress"):
-                self._wake.set()
 
     async def _secrets(self, ir: EgressIR) -> tuple[Secret, ...]:
         out: list[Secret] = []

@@ -12,72 +12,29 @@ plane serves none.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from isthmus.cp.reconciler import Reconciler
 from isthmus.ingress.available import available_services
 from isthmus.ingress.build import IngressIR, build_ingress_ir
+from isthmus.ingress.loop import ZoneProxyLoop
 from isthmus.ingress.node import ingress_node_id
 from isthmus.ingress.translate import translate_ingress
-from isthmus.resources.registry import Registry, from_record
-from isthmus.store.base import Op, OpKind, Record, ResourceStore
-from isthmus.xds.cache import SnapshotCache
+from isthmus.resources.registry import from_record
+from isthmus.store.base import Op, OpKind
 from isthmus.xds.snapshot import Resource as XdsResource
 from isthmus.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-DEBOUNCE_SECONDS = 0.05
 
 
-class IngressReconciler:
-    def __init__(
-        self,
-        store: ResourceStore,
-        registry: Registry,
-        cache: SnapshotCache,
-        meshes: Reconciler,
-        *,
-        mode: str = "standalone",
-        zone: str = "",
-    ) -> None:
-        self.store = store
-        self.registry = registry
-        self.cache = cache
-        self.meshes = meshes
-        self.mode = mode
-        self.zone = zone
+class IngressReconciler(ZoneProxyLoop):
+    kinds = ("ZoneIngress",)
+    label = "zone ingresses"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.proxies: dict[str, IngressIR] = {}  # node id -> what it serves (inspect)
-        self._wake = asyncio.Event()
-
-    def request_sync(self, *_: object) -> None:
-        self._wake.set()
-
-    def _own(self, record: Record) -> bool:
-        if self.mode == "global":
-            return False
-        owner = record.labels.get("kuma.io/zone", "")
-        return not owner or not self.zone or owner == self.zone
-
-    async def run(self) -> None:
-        async with self.store.subscribe() as events, asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch(events))
-            await self.meshes.wait_ready()
-            self._wake.set()
-            while True:
-                await self._wake.wait()
-                await asyncio.sleep(DEBOUNCE_SECONDS)
-                self._wake.clear()
-                try:
-                    await self.sync()
-                except Exception:  # never let the loop die (CancelledError is not an Exception)
-                    log.exception("zone ingresses: generation failed; retrying on the next change")
-
-    async def _watch(self, events: Any) -> None:
-        async for ev in events:
-            if ev.type == "ZoneIngress":
-                self._wake.set()
 
     async def sync(self) -> None:
         contexts = dict(self.meshes.contexts)
