@@ -161,6 +161,57 @@ def test_key_auth(setup: Setup) -> None:
     assert gw.get("/queryonly", headers={"apikey": "alice-key"}).status_code == 401
 
 
+def _route_filters(gw: Gateway, path: str) -> set[str]:
+    """The per-route filter names of the gateway's Envoy route whose match names ``path``."""
+    dump = httpx.get(
+        f"http://127.0.0.1:{gw.admin_port}/config_dump", params={"resource": "dynamic_route_configs"}
+    )
+    found: set[str] = set()
+    for config in dump.json()["configs"]:
+        for vhost in config["route_config"].get("virtual_hosts", []):
+            for route in vhost.get("routes", []):
+                if f'"{path}' in json.dumps(route["match"]):
+                    found |= set(route.get("typed_per_filter_config", {}))
+    return found
+
+
+def test_key_auth_native_path(setup: Setup) -> None:
+    """key-auth alone with one key name runs as an Envoy matcher (no Lua for a good key); every other request
+    is settled by the Lua exactly as on other routes."""
+    _, kong, _, gw = setup
+    nina = _created(kong.put("/consumers/nina", json={"username": "nina"}))
+    cred = _created(kong.post("/consumers/nina/key-auth", json={"key": "nina-key"}))
+    guest = _created(kong.put("/consumers/visitor", json={}))
+    _route(
+        kong, "native", [{"name": "key-auth", "config": {"key_names": ["X-Key"], "hide_credentials": True}}]
+    )
+    _route(kong, "guests", [{"name": "key-auth", "config": {"anonymous": guest["id"]}}])
+    _served(gw, "/native", 200, headers={"x-key": "nina-key"})
+    assert any(f.startswith("kong.key.") for f in _route_filters(gw, "/native"))
+    assert "kong.auth" not in _route_filters(gw, "/native")
+    seen = _upstream_headers(gw.get("/native", headers={"x-key": "nina-key"}))
+    assert seen["x-consumer-id"] == nina["id"] and seen["x-consumer-username"] == "nina"
+    assert seen["x-credential-identifier"] == cred["id"] and "x-key" not in seen
+    # the Lua behind the matcher: Kong's answers, the key in the query (removed under hide_credentials)
+    missing = gw.get("/native")
+    assert missing.status_code == 401 and missing.json() == {"message": "No API key found in request"}
+    assert gw.get("/native", headers={"x-key": "wrong"}).json() == {"message": "Unauthorized"}
+    twice = gw.http.get("/native", headers=[("x-key", "nina-key"), ("x-key", "nina-key")])
+    assert twice.status_code == 401 and twice.json() == {"message": "Duplicate API key found"}
+    queried = gw.get("/native/q?X-Key=nina-key&a=1")  # query names are case-sensitive, as in Kong
+    assert queried.status_code == 200, (queried.status_code, queried.text)
+    by_query = _json(queried)
+    assert by_query["path"] == "/q?a=1" and by_query["headers"]["x-consumer-id"] == nina["id"]
+    # anonymous: a good key is the consumer, no key the anonymous one
+    wait_for(lambda: gw.get("/guests").status_code == 200, 30, what="anonymous on /guests")
+    assert _upstream_headers(gw.get("/guests"))["x-anonymous-consumer"] == "true"
+    assert _upstream_headers(gw.get("/guests", headers={"apikey": "nina-key"}))["x-consumer-id"] == nina["id"]
+    # a rotated key: the new one passes, the old one is refused (the matcher's map comes by ECDS)
+    _created(kong.patch(f"/consumers/nina/key-auth/{cred['id']}", json={"key": "nina-key-2"}))
+    _served(gw, "/native", 200, headers={"x-key": "nina-key-2"})
+    assert gw.get("/native", headers={"x-key": "nina-key"}).status_code == 401
+
+
 def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 

@@ -163,7 +163,7 @@ def test_gateway_resources_carry_credentials_by_ecds_only() -> None:
     ws = _workspace(3)
     out = translate("default", ws, [ListenAddress("127.0.0.1", 8000)])
     ecds = {r.name: r for r in out[plugins.EXTENSION_CONFIG]}
-    assert sorted(ecds) == ["kong.auth", "kong.jwt"]
+    assert sorted(ecds) == ["kong.auth", "kong.jwt", "kong.key.0", "kong.key.1", "kong.key.2", "kong.key.3"]
     listener_pb = listener_pb2.Listener()
     out[types.LISTENER][0].packed.Unpack(listener_pb)
     listener = json_format.MessageToDict(listener_pb)

@@ -166,6 +166,7 @@ def test_request_size_limiting_routes_and_buffer(tmp_path: Path) -> None:
         "envoy.filters.http.cors",
         "envoy.filters.http.buffer",
         "isthmus.kong.rate_limiting_status",
+        "isthmus.kong.rate_limiting_headers",
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.ratelimit",
         "envoy.filters.http.router",

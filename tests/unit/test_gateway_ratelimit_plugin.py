@@ -86,9 +86,34 @@ def test_local_consumer_falls_back_to_credential_then_address(tmp_path: Path) ->
         ["kong_window", "kong_absent", "remote_address"],
     ]
     assert len(limit["rate_limits"]) == 3
-    # Envoy's draft-03 headers renamed as Kong's by the Lua filter, which knows the route's windows
+    # one window: Envoy's draft-03 headers renamed as Kong's natively, Retry-After (window / limit) on refusals
+    assert "isthmus.kong.rate_limiting_status" not in route["typed_per_filter_config"]
+    renames = route["typed_per_filter_config"]["isthmus.kong.rate_limiting_headers"]["mutations"]
+    added = {
+        m["append"]["header"]["key"]: m["append"]["header"]["value"]
+        for m in renames["response_mutations"]
+        if "append" in m
+    }
+    assert added == {
+        "X-RateLimit-Limit-Minute": "5",
+        "X-RateLimit-Remaining-Minute": "%RESP(x-ratelimit-remaining)%",
+        "RateLimit-Limit": "5",
+        "RateLimit-Remaining": "%RESP(x-ratelimit-remaining)%",
+        "RateLimit-Reset": "%RESP(x-ratelimit-reset)%",
+    }
+    assert [m["remove"] for m in renames["response_mutations"] if "remove" in m] == [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ]
+    assert limit["response_headers_to_add"] == [{"header": {"key": "Retry-After", "value": "12"}}]
+    _envoy_validate(xds, tmp_path)
+    # several windows: the Lua filter, which knows the route's windows, picks the tightest one's remainder
+    route, xds = _one_route({"minute": 5, "hour": 100})
     lua = route["typed_per_filter_config"]["isthmus.kong.rate_limiting_status"]
-    assert lua["name"] == "kong-rate-limiting-headers" and lua["filter_context"] == {"windows": "Minute:5"}
+    assert lua["name"] == "kong-rate-limiting-headers"
+    assert lua["filter_context"] == {"windows": "Minute:5,Hour:100"}
+    assert "isthmus.kong.rate_limiting_headers" not in route["typed_per_filter_config"]
     _envoy_validate(xds, tmp_path)
     hidden, _ = _one_route({"minute": 5, "hour": 9, "hide_client_headers": True})
     assert "isthmus.kong.rate_limiting_status" not in hidden["typed_per_filter_config"]

@@ -510,7 +510,15 @@ _EXTENSION_MEMO: dict[str, Resource] = {}
 _EXTENSION_MEMO_SIZE = 16
 
 
+# and by the object itself, for configurations their builders memoise (key-auth's map of every key): the objects
+# are held, so their identities are never reused
+_EXTENSION_IDENTITY: list[tuple[Mapping[str, Any], Resource]] = []
+
+
 def _extension_config(config: Mapping[str, Any]) -> Resource:
+    for seen, packed in _EXTENSION_IDENTITY:
+        if seen is config:
+            return packed
     key = json.dumps(config, sort_keys=True)
     found = _EXTENSION_MEMO.get(key)
     if found is None:
@@ -519,6 +527,8 @@ def _extension_config(config: Mapping[str, Any]) -> Resource:
         if len(_EXTENSION_MEMO) >= _EXTENSION_MEMO_SIZE:
             _EXTENSION_MEMO.pop(next(iter(_EXTENSION_MEMO)))
         _EXTENSION_MEMO[key] = found
+    _EXTENSION_IDENTITY.insert(0, (config, found))
+    del _EXTENSION_IDENTITY[_EXTENSION_MEMO_SIZE:]
     return found
 
 

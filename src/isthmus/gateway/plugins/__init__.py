@@ -202,4 +202,8 @@ def apply(
             routes = kind.identified_apply(config, identity or {}, routes)
         else:
             routes = kind.apply(config, routes)
+    if "key-auth" in plugins:
+        from isthmus.gateway.plugins.auth import native
+
+        routes = native.native_routes(routes)
     return routes

@@ -6,8 +6,10 @@ path, as native Envoy configuration.
 client address; credential: ``x-credential-identifier``, else the address; header: the header's value, else the
 address; path: the configured path, other paths by address; service: one bucket per route). Approximations: Envoy's
 buckets refill continuously where Kong counts calendar-aligned fixed windows; a service-scoped configuration
-counts per route; the limit headers are Envoy's ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
-``X-RateLimit-Reset`` (draft 03), not Kong's per-window names; the 429 body is Kong's (a local reply mapper);
+counts per route; Kong's limit headers are Envoy's draft-03 ones renamed (natively by a header mutation for a
+one-window limit; by a Lua script for several windows, where Envoy reports the tightest), ``RateLimit-Reset`` is
+the seconds until Envoy's bucket gains a token (Kong: until its window ends) and a refusal's ``Retry-After`` the
+longest such wait (window / limit); the 429 body is Kong's (a local reply mapper);
 an ``error_code`` or ``error_message`` other than Kong's defaults is not supported yet with this policy.
 
 ``policy: redis``: Envoy's ``envoy.filters.http.ratelimit`` asks the rate-limit service the gateway agent runs
@@ -26,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 # Registered in the descriptor pool for the ``@type``s below (imported for that effect only).
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: F401
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
@@ -38,6 +41,11 @@ from isthmus.gateway.ratelimit_service.server import CLUSTER, STATUS_HEADER
 FILTER = "envoy.filters.http.local_ratelimit"
 REDIS_FILTER = "envoy.filters.http.ratelimit"
 STATUS_FILTER = "isthmus.kong.rate_limiting_status"
+HEADERS_FILTER = "isthmus.kong.rate_limiting_headers"
+_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+_MUTATION_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
 _TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 _REDIS_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit"
 _LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
@@ -386,7 +394,15 @@ def apply(config: Config, routes: list[EnvoyRoute]) -> list[EnvoyRoute]:
     if config.policy == "redis":
         return _apply_redis(config, {}, routes)
     per_route: dict[str, Any] = {FILTER: policy(config)}
-    if not config.hide_client_headers:
+    windows = [w for w in WINDOWS if getattr(config, w) is not None]
+    if not config.hide_client_headers and len(windows) == 1:
+        window, limit = windows[0], max(1, int(getattr(config, windows[0])))
+        per_route[HEADERS_FILTER] = _renamed_headers(window, limit)
+        # Retry-After on refusals only (evaluated when Envoy refuses, never on other requests)
+        per_route[FILTER]["response_headers_to_add"] = [
+            {"header": {"key": "Retry-After", "value": str(-(-WINDOWS[window] // limit))}}
+        ]
+    elif not config.hide_client_headers:
         per_route[STATUS_FILTER] = _kong_headers(config)
     return [
         {**r, "typed_per_filter_config": {**r.get("typed_per_filter_config", {}), **per_route}}
@@ -433,6 +449,39 @@ def _kong_headers(config: Config) -> dict[str, Any]:
     }
 
 
+def _renamed_headers(window: str, limit: int) -> dict[str, Any]:
+    """Envoy's draft-03 headers of a one-window limit under Kong's names, natively (no Lua on the path)."""
+
+    def add(name: str, value: str) -> dict[str, Any]:
+        return {
+            "append": {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        }
+
+    title = window.capitalize()
+    remaining = "%RESP(x-ratelimit-remaining)%"
+    return {
+        "@type": _MUTATION_PER_ROUTE,
+        "mutations": {
+            "response_mutations": [
+                add(f"X-RateLimit-Limit-{title}", str(limit)),
+                add(f"X-RateLimit-Remaining-{title}", remaining),
+                add("RateLimit-Limit", str(limit)),
+                add("RateLimit-Remaining", remaining),
+                add("RateLimit-Reset", "%RESP(x-ratelimit-reset)%"),
+                {"remove": "x-ratelimit-limit"},
+                {"remove": "x-ratelimit-remaining"},
+                {"remove": "x-ratelimit-reset"},
+            ]
+        },
+    }
+
+
+HEADERS_HTTP_FILTER = {
+    "name": HEADERS_FILTER,
+    "disabled": True,
+    "typed_config": {"@type": _MUTATION},
+}
+
 STATUS_HTTP_FILTER = {
     "name": STATUS_FILTER,
     "disabled": True,
@@ -455,6 +504,7 @@ KIND = PluginKind(
     http_filters=(
         # before the rate limit filters, so that it sees their answers: a refusal's status other than 429
         STATUS_HTTP_FILTER,
+        HEADERS_HTTP_FILTER,
         {
             "name": FILTER,
             "disabled": True,

@@ -13,7 +13,9 @@ Four HTTP filters on every gateway listener, in Kong's priority order:
   ``anonymous`` (logical OR) composition, Kong's 401 bodies and ``WWW-Authenticate`` headers, then Kong's
   consumer headers; when the workspace has consumer-scoped plugin configurations it sets ``x-consumer-id`` and
   clears the route cache so that the consumer's own route copy is selected;
-* ``kong.acl`` (Lua, static, priority 950): Kong's acl over the identified consumer's groups.
+* ``kong.acl`` (Lua, static, priority 950): Kong's acl over the identified consumer's groups;
+* ``kong.key.<n>`` (by ECDS): key-auth's common case without Lua when the key is good
+  (:mod:`~isthmus.gateway.plugins.auth.native`), handing every other request to kong.auth's Lua.
 
 The four filters are disabled by default and enabled by the routes whose plugins use them (``with_metadata``),
 so a route without auth plugins runs no Lua.
@@ -100,10 +102,13 @@ def _inline(name: str, source: str) -> dict[str, Any]:
 
 def auth_filters() -> tuple[dict[str, Any], ...]:
     """The filters of the jwt/key-auth/basic-auth step (at jwt's priority, the highest of the three)."""
+    from isthmus.gateway.plugins.auth import native
+
     return (
         _inline(PRE, lua("codec", "request", "pre")),
         _ecds(JWT, JWT_TYPE),
         _ecds(AUTH, LUA_TYPE),
+        *native.http_filters(),
     )
 
 
@@ -131,9 +136,10 @@ def with_metadata(routes: list[EnvoyRoute], namespace: str, key: str, value: Any
 def extension_configs(entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """The ECDS resources (``TypedExtensionConfig`` dicts) of a workspace: jwt_authn's providers and the
     kong.auth Lua source with the consumers and credentials."""
-    from isthmus.gateway.plugins.auth import consumers, jwt
+    from isthmus.gateway.plugins.auth import consumers, jwt, native
 
     return [
+        *native.extension_configs(entities),
         {"name": JWT, "typed_config": jwt.authentication(entities)},
         {
             "name": AUTH,
