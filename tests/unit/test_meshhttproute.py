@@ -253,7 +253,11 @@ def test_split_creates_subset_clusters_with_matching_endpoints() -> None:
     assert v1 != v2 and v1.startswith("backend_")
     # the rule for "/" merged over the implicit default: one route, matching everything
     assert outbound_routes(ir) == (
-        HttpRoute(name="canary/to[0]/rules[0]", backends=(WeightedBackend(v1, 90), WeightedBackend(v2, 10))),
+        HttpRoute(
+            name="canary/to[0]/rules[0]",
+            backends=(WeightedBackend(v1, 90), WeightedBackend(v2, 10)),
+            stat_prefix="canary_to_0_rules_0",
+        ),
     )
     clusters = {c.name: c for c in ir.clusters}
     assert clusters[v1].subset == (("version", "v1"),) and clusters[v1].service == "backend"
@@ -278,7 +282,9 @@ def test_catch_all_default_route_stays_last() -> None:
     )
     routes = outbound_routes(ir)
     assert [r.name for r in routes] == ["testers/to[0]/rules[0]", "default"]
-    assert routes[-1] == HttpRoute(name="default", backends=(WeightedBackend("backend", 1),))
+    assert routes[-1] == HttpRoute(
+        name="default", backends=(WeightedBackend("backend", 1),), stat_prefix="default"
+    )
     assert routes[0].matches == (RouteMatch(headers=(ValueMatch("x-user", "Exact", "tester"),)),)
 
 

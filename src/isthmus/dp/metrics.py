@@ -7,6 +7,9 @@
   include/exclude selectors, followed by the metrics of each application listed in ``applications``; every sample
   gets the labels ``mesh``, ``service``, ``zone`` and ``instance`` (a label the sample already has is kept), and
   a sample of an Envoy cluster leading to a mesh service (``envoy_cluster_name``) gets ``destination_service``.
+  Per-route samples (Envoy's ``envoy_vhost_route_*`` families, from the routes MeshHTTPRoute gives a
+  ``stat_prefix``) get ``route``, Envoy's ``envoy_route`` tag, and ``destination_service`` when their virtual host
+  (``envoy_virtual_host``, named after the outbound's service) is a mesh service the clusters lead to.
 * MeshAccessLog Tcp backends: Envoy has no raw-TCP access logger, so its file logger writes to a FIFO that the
   agent creates before Envoy starts (``/tmp/isthmus-al-<mesh>-<name>.fifo``); each line carries its receiver
   (``address;line`` for plain formats, an ``isthmus.tcp.address`` key for JSON) and the agent sends the line to
@@ -41,6 +44,7 @@ BASIC_PREFIXES = (
     "envoy_cluster_upstream_cx_",
     "envoy_cluster_membership_",
     "envoy_cluster_outlier_detection_",
+    "envoy_vhost_route_upstream_rq",
     "envoy_http_downstream_rq",
     "envoy_http_downstream_cx_",
     "envoy_listener_downstream_cx_",
@@ -174,17 +178,27 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-_CLUSTER_LABEL = re.compile(r'(?:^|,)\s*envoy_cluster_name\s*=\s*"((?:[^"\\]|\\.)*)"')
+def _label(name: str) -> re.Pattern[str]:
+    return re.compile(rf'(?:^|,)\s*{name}\s*=\s*"((?:[^"\\]|\\.)*)"')
+
+
+_CLUSTER_LABEL = _label("envoy_cluster_name")
+_ROUTE_LABEL = _label("envoy_route")
+_VHOST_LABEL = _label("envoy_virtual_host")
 DESTINATION_LABEL = "destination_service"
+ROUTE_LABEL = "route"
 
 
 def relabel(
     text: str, labels: tuple[tuple[str, str], ...], clusters: tuple[tuple[str, str], ...] = ()
 ) -> str:
     """Every sample of ``text`` with ``labels`` added in front (those it does not have already); a sample of an
-    Envoy cluster named in ``clusters`` (its ``envoy_cluster_name``) also gets ``destination_service``."""
+    Envoy cluster named in ``clusters`` (its ``envoy_cluster_name``) also gets ``destination_service``. A per-route
+    sample (one with Envoy's ``envoy_route`` tag) gets ``route``, that tag's value, and ``destination_service``
+    when its ``envoy_virtual_host`` is one of the services of ``clusters``."""
     services = dict(clusters)
-    if not labels and not services:
+    destinations = set(services.values())
+    if not labels and not services and "envoy_route=" not in text:
         return text
     out = []
     for line in text.splitlines():
@@ -206,10 +220,27 @@ def relabel(
         cluster = _CLUSTER_LABEL.search(own) if services else None
         if cluster is not None and cluster.group(1) in services:
             extra = (*labels, (DESTINATION_LABEL, services[cluster.group(1)]))
+        elif name.startswith("envoy_vhost_route_"):
+            extra = (*labels, *_route_labels(own, destinations))
         added = ",".join(f'{k}="{_escape(v)}"' for k, v in extra if k not in present)
         joined = ",".join(part for part in (added, own) if part)
         out.append(f"{name}{{{joined}}}{rest}")
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _route_labels(own: str, destinations: set[str]) -> tuple[tuple[str, str], ...]:
+    route = _ROUTE_LABEL.search(own)
+    if route is None:
+        return ()
+    out = [(ROUTE_LABEL, _unescape(route.group(1)))]
+    vhost = _VHOST_LABEL.search(own)
+    if vhost is not None and _unescape(vhost.group(1)) in destinations:
+        out.append((DESTINATION_LABEL, _unescape(vhost.group(1))))
+    return tuple(out)
 
 
 # -- scraping and serving ---------------------------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class HttpRoute:
     mirrors: tuple[Mirror, ...] = ()
     timeouts: Timeouts | None = None
     retry: Retry | None = None
+    stat_prefix: str = ""  # Envoy's per-route stats (vhost.<vhost>.route.<stat_prefix>.*); "": none
 
 
 # -- inbound HTTP: faults (MeshFaultInjection) and local rate limits (MeshRateLimit) ------------------------------

@@ -14,12 +14,17 @@ Resolution follows Kuma:
 
 Backends with tags (``MeshServiceSubset``, or ``MeshService`` with ``tags``) get a subset cluster of their own,
 ``<service>_<hash of the tags>``, whose endpoints are the service's instances with those tags.
+
+Every route of an outbound with MeshHTTPRoute rules, the implicit default one included, has Envoy's per-route
+stats under :func:`route_stat_prefix` of its name (``my-route/to[0]/rules[1]`` -> ``my-route_to_0_rules_1``),
+which MeshMetric's agent exposes with a ``route`` label; an outbound without rules has none (no per-request cost).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -268,6 +273,16 @@ class Backends:
 
 
 # -- rules -> IR --------------------------------------------------------------------------------------------------
+_NOT_IN_STAT_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def route_stat_prefix(name: str) -> str:
+    """The Envoy ``stat_prefix`` of the route named ``name``: every run of characters other than letters, digits,
+    ``_`` and ``-`` becomes one ``_`` (Envoy splits stat names at dots and its tag extraction stops at other
+    punctuation), without a leading or trailing ``_``; stable, as the route's name is."""
+    return _NOT_IN_STAT_NAME.sub("_", name).strip("_") or "route"
+
+
 def route_match(match: Match) -> RouteMatch:
     path = match.path
     return RouteMatch(
@@ -351,6 +366,7 @@ def http_route(
         rewrite_host_to_backend=to_backend,
         redirect=redirect,
         mirrors=mirrors,
+        stat_prefix=route_stat_prefix(name),
     )
 
 

@@ -6,6 +6,10 @@ the match order), all with the route's name. Path matches: ``Exact`` -> ``path``
 ``path_separated_prefix`` (``/api`` matches ``/api`` and ``/api/x``, not ``/apix``; ``/`` -> ``prefix: /``);
 ``RegularExpression`` -> ``safe_regex``. The method is a ``:method`` header matcher; ``Absent`` is an inverted
 presence match.
+
+A route with a ``stat_prefix`` (MeshHTTPRoute's rules, never the default route of an outbound without one) gets
+Envoy's per-route stats, ``vhost.<service>.route.<stat_prefix>.upstream_rq_*``, which Envoy's Prometheus output
+tags ``envoy_virtual_host`` and ``envoy_route`` (the agent adds MeshMetric's ``route`` label from the latter).
 """
 
 from __future__ import annotations
@@ -196,6 +200,8 @@ def envoy_routes(ir: OutboundListener, route: HttpRoute) -> list[rc.Route]:
     out = []
     for match in route.matches or (None,):
         envoy = rc.Route(name=route.name, match=route_match(match) if match else rc.RouteMatch(prefix="/"))
+        if route.stat_prefix:  # the route's own upstream_rq_* stats, counted on each request it takes
+            envoy.stat_prefix = route.stat_prefix
         if route.redirect is not None:
             envoy.redirect.CopyFrom(_redirect(route.redirect, match))
         else:
