@@ -8,6 +8,7 @@ an empty label, samples that become equal summed. Pure text in, text out; the ga
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from isthmus.gateway.plugins.kong_log import source
 
@@ -30,12 +31,32 @@ def _family(name: str) -> str:
     return name
 
 
-def _escape(value: str) -> str:
+def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse(envoy_text: str) -> Iterator[tuple[str, list[tuple[str, str]], float]]:
+    """The samples of a Prometheus text exposition: (name, [(label, value)], value), comments skipped."""
+    for line in envoy_text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line.strip())
+        if match is None:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        labels = [(m["key"], _unescape(m["value"])) for m in _LABEL.finditer(match["labels"] or "")]
+        yield match["name"], labels, value
+
+
+def number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def kong_metrics(envoy_text: str) -> str:
@@ -48,23 +69,17 @@ def kong_metrics(envoy_text: str) -> str:
             parts = line.split()
             if len(parts) == 4 and parts[2].startswith(ENVOY_PREFIX):
                 types["kong_" + parts[2][len(ENVOY_PREFIX) :]] = parts[3]
+    for envoy_name, envoy_labels, value_f in parse(envoy_text):
+        if not envoy_name.startswith(ENVOY_PREFIX):
             continue
-        match = _SAMPLE.match(line.strip())
-        if match is None or not match["name"].startswith(ENVOY_PREFIX):
-            continue
-        name = "kong_" + match["name"][len(ENVOY_PREFIX) :]
+        name = "kong_" + envoy_name[len(ENVOY_PREFIX) :]
         labels = []
-        for m in _LABEL.finditer(match["labels"] or ""):
-            key, value = m["key"], _unescape(m["value"])
+        for key, value in envoy_labels:
             if value == "-":
                 value = ""
             if key == "source":
                 value = source(value or None)
             labels.append((key, value))
-        try:
-            value_f = float(match["value"])
-        except ValueError:
-            continue
         family = _family(name)
         if family not in samples:
             samples[family] = {}
@@ -78,7 +93,7 @@ def kong_metrics(envoy_text: str) -> str:
         out.append(f"# TYPE {family} {types.get(family, 'untyped')}")
         for key_, value_f in samples[family].items():
             name = key_[0][1]
-            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in key_[1:])
-            number = str(int(value_f)) if value_f.is_integer() else repr(value_f)
-            out.append(f"{name}{{{rendered}}} {number}" if rendered else f"{name} {number}")
+            rendered = ",".join(f'{k}="{escape(v)}"' for k, v in key_[1:])
+            shown = number(value_f)
+            out.append(f"{name}{{{rendered}}} {shown}" if rendered else f"{name} {shown}")
     return "\n".join(out) + ("\n" if out else "")

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from isthmus.gateway import upstream_health
 from isthmus.gateway.plugins import (  # fmt: skip
     file_log,
     http_log,
@@ -112,6 +113,10 @@ def hcm(workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]])
         fields["tracing"] = hcm_tracing
     if cluster is not None:
         clusters.append(cluster)
+    # prometheus's upstream_health_metrics: which clusters hold which Upstream's targets, for the gateway agent
+    health = upstream_health.marker_cluster(workspace, entities)
+    if health is not None:
+        clusters.append(health)
     return fields, clusters
 
 

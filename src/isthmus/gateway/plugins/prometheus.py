@@ -10,9 +10,17 @@ tagged with the route's Kong identity (route metadata, :mod:`isthmus.gateway.plu
 * ``bandwidth_metrics``: ``kong_bandwidth_bytes{service,route,direction,workspace[,consumer]}``;
 * ``per_consumer``: the ``consumer`` label (the username the auth filter identified).
 
-The gateway agent reads them from Envoy's admin ``/stats/prometheus`` and serves them renamed on its
-``--status-listen`` address at ``/metrics``, as Kong's Status API does (:mod:`isthmus.gateway.kong_metrics`).
-Not supported yet: ``upstream_health_metrics`` and ``ai_metrics``.
+* ``upstream_health_metrics`` (once any enabled configuration of the workspace has it, as Kong):
+  ``kong_upstream_target_health{upstream,target,address,state,subsystem}`` from the health flags of the hosts of
+  the Upstreams' Envoy clusters, computed by the gateway agent at scrape time; the control plane tells it which
+  clusters hold which Upstream's targets through a cluster without endpoints (:mod:`isthmus.gateway.upstream_health`),
+  so nothing runs per request.
+
+The gateway agent reads them from Envoy's admin API and serves them on its ``--status-listen`` address at
+``/metrics``, as Kong's Status API does (:mod:`isthmus.gateway.kong_metrics`), with Kong's node-level metrics
+(``kong_nginx_connections_total``, ``kong_nginx_requests_total``, ``kong_datastore_reachable``,
+``kong_node_info``: :mod:`isthmus.gateway.kong_node_metrics`), which Kong shows with or without the plugin.
+Not supported yet: ``ai_metrics`` (no AI plugins).
 """
 
 from __future__ import annotations
@@ -45,9 +53,8 @@ class Config(BaseModel):
 
 def checks(config: Config) -> dict[str, str]:
     errors = {}
-    for field in ("upstream_health_metrics", "ai_metrics"):
-        if getattr(config, field):
-            errors[field] = f"{field} is not supported yet"
+    if config.ai_metrics:
+        errors["ai_metrics"] = "ai_metrics is not supported yet"
     return errors
 
 
