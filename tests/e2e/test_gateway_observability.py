@@ -369,3 +369,90 @@ def test_consumer_in_logs_and_metrics(setup: tuple[ControlPlane, httpx.Client, A
         assert 'code="401",source="exit",workspace="default",consumer=""}' in scrape()
     finally:
         gw.stop()
+
+
+def _sample(text: str, name: str, labels: str) -> int | None:
+    """The value of the sample ``name{labels}`` in a Prometheus text, or None."""
+    found = re.search(r"^" + re.escape(f"{name}{{{labels}}}") + r" (\d+)$", text, re.M)
+    return int(found.group(1)) if found else None
+
+
+def test_upstream_health_and_node_metrics(setup: tuple[ControlPlane, httpx.Client, App, Path]) -> None:
+    """prometheus's upstream_health_metrics: a target failing its active health checks is ``unhealthy`` (1) and
+    a live one ``healthy``; Kong's node-level metrics count the gateway's requests and connections."""
+    cp, kong, app, tmp = setup
+    dead = free_port()  # nothing listens there
+    status_port = free_port()
+    checks = {
+        "active": {
+            "http_path": "/",
+            "timeout": 1,
+            "healthy": {"interval": 1, "successes": 1},
+            "unhealthy": {"interval": 1, "http_failures": 1, "tcp_failures": 1, "timeouts": 1},
+        }
+    }
+    _created(kong.put("/upstreams/obs-up", json={"healthchecks": checks}))
+    for target in (f"127.0.0.1:{app.port}", f"127.0.0.1:{dead}"):
+        _created(kong.post("/upstreams/obs-up/targets", json={"target": target}))
+    _created(kong.put("/services/health", json={"host": "obs-up", "protocol": "http"}))
+    _created(kong.put("/services/health/routes/health", json={"paths": ["/health"]}))
+    metrics = {"upstream_health_metrics": True, "status_code_metrics": True}
+    _created(kong.post("/routes/health/plugins", json={"name": "prometheus", "config": metrics}))
+
+    gw = Gateway(tmp, cp, "edge-health")
+    gw.proc.args += ["--status-listen", f"127.0.0.1:{status_port}"]
+    gw.start()
+    try:
+        wait_for(lambda: gw.get("/health").status_code == 200, 60, what="the gateway")
+
+        def scrape() -> str:
+            return httpx.get(f"http://127.0.0.1:{status_port}/metrics", timeout=5).text
+
+        def health(target: str, state: str) -> int | None:
+            labels = (
+                f'upstream="obs-up",target="{target}",address="{target}",state="{state}",subsystem="http"'
+            )
+            return _sample(scrape(), "kong_upstream_target_health", labels)
+
+        wait_for(lambda: health(f"127.0.0.1:{dead}", "unhealthy") == 1, 60, what="the dead target unhealthy")
+        text = scrape()
+        dead_labels = f'upstream="obs-up",target="127.0.0.1:{dead}",address="127.0.0.1:{dead}"'
+        for state in ("healthchecks_off", "healthy", "dns_error"):
+            assert _sample(text, "kong_upstream_target_health", f'{dead_labels},state="{state}",subsystem="http"') == 0  # fmt: skip
+        wait_for(lambda: health(f"127.0.0.1:{app.port}", "healthy") == 1, 60, what="the live target healthy")
+        assert "# TYPE kong_upstream_target_health gauge" in scrape()
+        # every request goes to the live target now
+        assert all(gw.get("/health").status_code == 200 for _ in range(N))
+
+        # Kong's node-level metrics
+        node = _node_id(scrape())
+        labels = f'node_id="{node}",subsystem="http"'
+        before = _sample(scrape(), "kong_nginx_requests_total", labels)
+        assert before is not None and before >= N + 1
+        for _ in range(N):
+            assert gw.get("/health").status_code == 200
+        wait_for(
+            lambda: (_sample(scrape(), "kong_nginx_requests_total", labels) or 0) >= before + N,
+            30,
+            what="kong_nginx_requests_total",
+        )
+        text = scrape()
+        total = _sample(text, "kong_nginx_connections_total", f'{labels},state="total"')
+        accepted = _sample(text, "kong_nginx_connections_total", f'{labels},state="accepted"')
+        handled = _sample(text, "kong_nginx_connections_total", f'{labels},state="handled"')
+        assert total is not None and total >= before + N
+        assert accepted is not None and handled is not None and accepted >= handled >= 1
+        assert _sample(text, "kong_nginx_connections_total", f'{labels},state="active"') is not None
+        assert re.search(r"^kong_datastore_reachable 1$", text, re.M)
+        assert _sample(text, "kong_node_info", f'node_id="{node}",version="3.10.0"') == 1
+        assert re.search(r"^kong_nginx_metric_errors_total 0$", text, re.M)
+    finally:
+        gw.stop()
+        for path in ("/routes/health", "/services/health"):
+            kong.delete(path)
+
+
+def _node_id(text: str) -> str:
+    found = re.search(r'^kong_node_info\{node_id="([^"]*)",', text, re.M)
+    assert found, text
+    return found.group(1)
