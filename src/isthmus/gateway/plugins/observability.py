@@ -101,7 +101,8 @@ def tracer(workspace: str, plugins: Iterable[Mapping[str, Any]]) -> tuple[dict[s
 
 
 def hcm(workspace: str, entities: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
-    """(the fields every gateway HCM gets: ``access_log``, ``tracing``; the clusters they name)."""
+    """(the fields every gateway HCM gets: ``access_log``, ``tracing``; the clusters they name, and prometheus's
+    upstream-health cluster for the gateway agent)."""
     plugins = list(entities.get("plugins", {}).values())
     fields: dict[str, Any] = {}
     clusters: list[dict[str, Any]] = []
