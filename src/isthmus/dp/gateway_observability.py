@@ -106,14 +106,19 @@ class Scraper:
         admin = self.admin_url()
         if admin is None:
             return ""
-        try:
-            async with httpx.AsyncClient(base_url=admin, timeout=5.0) as client:
+        async with httpx.AsyncClient(base_url=admin, timeout=5.0) as client:
+            try:
                 stats = await _get(client, "/stats/prometheus", {"usedonly": ""})
+            except httpx.HTTPError as exc:
+                self.errors += 1
+                log.warning("Kong metrics: Envoy's admin API: %s", exc)
+                return ""
+            try:
                 health = await _upstream_health(client)
-        except (httpx.HTTPError, ValueError) as exc:  # ValueError: an admin answer that is not JSON
-            self.errors += 1
-            log.warning("Kong metrics: Envoy's admin API: %s", exc)
-            return ""
+            except (httpx.HTTPError, ValueError) as exc:  # ValueError: an admin answer that is not JSON
+                self.errors += 1
+                log.warning("Kong metrics: upstream health from Envoy's admin API: %s", exc)
+                health = ""
         node = node_metrics(stats, self.node_id, self.version, self.errors)
         return kong_metrics(stats) + health + node
 
