@@ -57,3 +57,44 @@ def test_table_ratios_and_verdicts() -> None:
     del med[OBSERVED]["cpu_us"]
     text = "\n".join(table(med))
     assert "0.800 x the bare path's req/s (target >= 0.90): MISSED" in text and "CPU second" not in text
+
+
+def test_the_trace_backends_are_kumas() -> None:
+    module = importlib.import_module("bench.observability.__main__")
+    assert module.DEFAULT_TRACER == "zipkin-proto"
+    proto = module.trace_backend("zipkin-proto", 9411)
+    assert proto["zipkin"] == {"url": "http://127.0.0.1:9411/api/v2/spans", "apiVersion": "httpProto"}
+    assert module.trace_backend("zipkin-json", 9411)["zipkin"]["apiVersion"] == "httpJson"
+    assert module.trace_backend("otel", 4317) == {
+        "type": "OpenTelemetry",
+        "openTelemetry": {"endpoint": "127.0.0.1:4317"},
+    }
+
+
+def test_the_zipkin_receiver_counts_protobuf_and_json_spans(tmp_path: Path) -> None:
+    from bench.observability.receiver import Counter, ZipkinProtocol, proto_spans, read_counts
+
+    # zipkin.proto3.ListOfSpans: field 1 (Span, length-delimited) three times
+    spans = b"".join(b"\x0a" + bytes([len(body)]) + body for body in (b"\x0a\x02ab", b"", b"\x12\x01x"))
+    assert proto_spans(spans) == 3
+
+    class Transport:
+        written = b""
+
+        def write(self, data: bytes) -> None:
+            self.written += data
+
+    counter = Counter(tmp_path / "count")
+    protocol = ZipkinProtocol(counter)
+    transport = Transport()
+    protocol.transport = transport  # type: ignore[assignment]
+    head = b"POST /api/v2/spans HTTP/1.1\r\nhost: zipkin\r\n"
+    proto = head + b"content-type: application/x-protobuf\r\ncontent-length: %d\r\n\r\n" % len(spans) + spans
+    chunked = head + b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunked += b"5\r\n[{},{\r\n3\r\n}]\n\r\n0\r\n\r\n"
+    stream = proto + chunked
+    for i in range(0, len(stream), 7):  # in pieces, as TCP may deliver them
+        protocol.data_received(stream[i : i + 7])
+    assert transport.written.count(b"HTTP/1.1 202 Accepted") == 2
+    counter.write()
+    assert read_counts(tmp_path / "count") == (5, 2)
