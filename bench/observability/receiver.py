@@ -118,11 +118,19 @@ class ZipkinProtocol(asyncio.Protocol):
 def zipkin(port: int, counter: Counter) -> Callable[[], None]:
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(lambda: ZipkinProtocol(counter), "127.0.0.1", port))
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run() -> None:
+        loop.run_forever()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
 
     def stop() -> None:
         loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
 
     return stop
 
