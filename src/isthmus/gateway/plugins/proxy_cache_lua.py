@@ -1,7 +1,12 @@
 """The Lua source of proxy-cache's filter (see :mod:`isthmus.gateway.plugins.proxy_cache`): Kong's cache key,
-rules, headers and in-memory store, per route from its ``filter_context``."""
+rules, headers and in-memory store, per route from its ``filter_context``; after the gateway's Lua codec
+(``auth/lua/codec.lua``: its query arguments)."""
 
-SOURCE = r"""
+from __future__ import annotations
+
+from isthmus.gateway.plugins.auth import lua
+
+_SOURCE = r"""
 -- Kong's proxy-cache (strategy memory) in this Envoy worker's Lua state: Kong's key, rules and headers.
 local bit = require("bit")
 local NS = "kong.proxy-cache"
@@ -65,11 +70,6 @@ local function directives(value)
   return out
 end
 
-local function url_decode(s)
-  s = string.gsub(s, "%+", " ")
-  return (string.gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
 -- Kong's key part for a table of values (args or headers): fields in order, "name=v1,v2" (values sorted)
 local function key_part(values, fields)
   local out = {}
@@ -96,18 +96,7 @@ end
 local function cache_key(handle, context, headers)
   local path = headers:get(":path") or "/"
   local base, query = string.match(path, "^([^?]*)(.*)$")
-  local args = {}
-  for pair in string.gmatch(string.sub(query, 2), "[^&]+") do
-    local eq = string.find(pair, "=", 1, true)
-    local name = url_decode(eq and string.sub(pair, 1, eq - 1) or pair)
-    local value = eq and url_decode(string.sub(pair, eq + 1)) or true
-    if name ~= "" then
-      local prev = args[name]
-      if prev == nil then args[name] = value
-      elseif type(prev) == "table" then prev[#prev + 1] = value
-      else args[name] = { prev, value } end
-    end
-  end
+  local args = parse_args(string.sub(query, 2))
   local fields = lines(context:get("vary_query"))
   if #fields == 0 then
     for name in pairs(args) do fields[#fields + 1] = name end
@@ -313,3 +302,5 @@ function envoy_on_response(handle)
   evict()
 end
 """
+
+SOURCE = lua("codec") + _SOURCE

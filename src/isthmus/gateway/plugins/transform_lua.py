@@ -1,147 +1,22 @@
 """The Lua sources of the transformer plugins' body edits (see :mod:`isthmus.gateway.plugins.request_transformer`
-and :mod:`isthmus.gateway.plugins.response_transformer`): a small JSON decoder and encoder (JSON null and empty
-arrays kept), form arguments as ngx reads and writes them, and Kong's edits in Kong's order. Each route's edits
-come as a JSON string in the filter's ``filter_context`` (``edits``), decoded once per worker."""
+and :mod:`isthmus.gateway.plugins.response_transformer`): the gateway's Lua codec (JSON with null and empty arrays
+kept, form arguments as ngx reads them; ``auth/lua/codec.lua``), form arguments as ngx writes them, and Kong's
+edits in Kong's order. Each route's edits come as a JSON string in the filter's ``filter_context`` (``edits``),
+decoded once per worker."""
 
-# JSON: decode(text) -> value | nil, error; encode(value) -> text. Arrays carry the ARRAY metatable (so that an
-# empty one stays "[]"), JSON null is the NULL table (a present, truthy value, as cjson.null is).
-JSON = r"""
-local NULL = setmetatable({}, { __tojson = "null" })
-local ARRAY = {}
+from __future__ import annotations
 
-local json_decode
-do
-  local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
-  local function utf8(cp)
-    if cp < 0x80 then return string.char(cp) end
-    if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-    if cp < 0x10000 then
-      return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-    end
-    return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-      0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
-  local function skip(s, i) return string.find(s, "[^ \t\r\n]", i) or #s + 1 end
-  local function text(s, i)
-    local parts, j = {}, i + 1
-    while true do
-      local k = string.find(s, '["\\]', j)
-      if k == nil then error("unterminated string") end
-      parts[#parts + 1] = string.sub(s, j, k - 1)
-      if string.sub(s, k, k) == '"' then return table.concat(parts), k + 1 end
-      local e = string.sub(s, k + 1, k + 1)
-      if e == "u" then
-        local cp = tonumber(string.sub(s, k + 2, k + 5), 16)
-        if cp == nil then error("bad unicode escape") end
-        j = k + 6
-        if cp >= 0xD800 and cp < 0xDC00 and string.sub(s, j, j + 1) == "\\u" then
-          local low = tonumber(string.sub(s, j + 2, j + 5), 16)
-          if low and low >= 0xDC00 and low < 0xE000 then
-            cp, j = 0x10000 + (cp - 0xD800) * 1024 + (low - 0xDC00), j + 6
-          end
-        end
-        parts[#parts + 1] = utf8(cp)
-      elseif escapes[e] then
-        parts[#parts + 1] = escapes[e]
-        j = k + 2
-      else
-        error("bad escape")
-      end
-    end
-  end
-  local function value(s, i, depth)
-    if depth > 128 then error("too deep") end
-    i = skip(s, i)
-    local c = string.sub(s, i, i)
-    if c == "{" then
-      local out = {}
-      i = skip(s, i + 1)
-      if string.sub(s, i, i) == "}" then return out, i + 1 end
-      while true do
-        if string.sub(s, i, i) ~= '"' then error("expected a name") end
-        local name
-        name, i = text(s, i)
-        i = skip(s, i)
-        if string.sub(s, i, i) ~= ":" then error("expected ':'") end
-        out[name], i = value(s, i + 1, depth + 1)
-        i = skip(s, i)
-        c = string.sub(s, i, i)
-        if c == "}" then return out, i + 1 end
-        if c ~= "," then error("expected ','") end
-        i = skip(s, i + 1)
-      end
-    elseif c == "[" then
-      local out = setmetatable({}, ARRAY)
-      i = skip(s, i + 1)
-      if string.sub(s, i, i) == "]" then return out, i + 1 end
-      while true do
-        out[#out + 1], i = value(s, i, depth + 1)
-        i = skip(s, i)
-        c = string.sub(s, i, i)
-        if c == "]" then return out, i + 1 end
-        if c ~= "," then error("expected ','") end
-        i = i + 1
-      end
-    elseif c == '"' then
-      return text(s, i)
-    elseif string.sub(s, i, i + 3) == "true" then
-      return true, i + 4
-    elseif string.sub(s, i, i + 4) == "false" then
-      return false, i + 5
-    elseif string.sub(s, i, i + 3) == "null" then
-      return NULL, i + 4
-    end
-    local number = string.match(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
-    if number == nil or tonumber(number) == nil then error("unexpected character") end
-    return tonumber(number), i + #number
-  end
-  json_decode = function(s)
-    if type(s) ~= "string" then return nil, "not text" end
-    local ok, result, i = pcall(value, s, 1, 0)
-    if not ok then return nil, result end
-    if skip(s, i) <= #s then return nil, "trailing characters" end
-    return result
-  end
-end
+from isthmus.gateway.plugins.auth import lua
 
-local SHORT = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
-  ["\b"] = "\\b", ["\f"] = "\\f" }
-local function json_string(s)
-  return '"' .. string.gsub(s, '[%c"\\]', function(c)
-    return SHORT[c] or string.format("\\u%04x", string.byte(c))
-  end) .. '"'
-end
-
-local function json_encode(v)
-  local t = type(v)
-  if v == NULL then return "null" end
-  if t == "string" then return json_string(v) end
-  if t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return "null" end
-    return string.format("%.14g", v)
-  end
-  if t == "boolean" then return tostring(v) end
-  if t ~= "table" then return "null" end
-  if getmetatable(v) == ARRAY or (next(v) ~= nil and #v > 0) then
-    local parts = {}
-    for i = 1, #v do parts[i] = json_encode(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  local names = {}
-  for name in pairs(v) do names[#names + 1] = tostring(name) end
-  table.sort(names)
-  local parts = {}
-  for i, name in ipairs(names) do parts[i] = json_string(name) .. ":" .. json_encode(v[name]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
+# after the codec, in both sources: the route's edits and Kong's append_value
+COMMON = r"""
 -- the route's edits, decoded once per distinct text
 local EDITS = {}
 local function edits_of(context)
   local raw = context:get("edits")
   local found = EDITS[raw]
   if found == nil then
-    found = json_decode(raw)
+    found = json_decode(raw, NULL)
     EDITS[raw] = found
   end
   return found
@@ -161,32 +36,9 @@ end
 # request-transformer: http_method (with a form body's arguments moved to the query string for GET, HEAD and
 # TRACE) and the body edits of a JSON or form-urlencoded body (Kong's transform_json_body /
 # transform_url_encoded_body, transform_multipart_body).
-REQUEST = (
-    JSON
-    + r"""
-local function url_decode(s)
-  s = string.gsub(s, "%+", " ")
-  return (string.gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
+_REQUEST = r"""
 local function url_encode(s)
   return (string.gsub(s, "[^%w%-%._~]", function(c) return string.format("%%%02X", string.byte(c)) end))
-end
-
-local function decode_args(body)
-  local args = {}
-  for pair in string.gmatch(body or "", "[^&]+") do
-    local eq = string.find(pair, "=", 1, true)
-    local name = url_decode(eq and string.sub(pair, 1, eq - 1) or pair)
-    local value = eq and url_decode(string.sub(pair, eq + 1)) or true
-    if name ~= "" then
-      local prev = args[name]
-      if prev == nil then args[name] = value
-      elseif type(prev) == "table" then prev[#prev + 1] = value
-      else args[name] = setmetatable({ prev, value }, ARRAY) end
-    end
-  end
-  return args
 end
 
 local function encode_args(args)
@@ -342,7 +194,7 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   local path = headers:get(":path") or "/"
   local q = string.find(path, "?", 1, true)
-  local args = decode_args(q and string.sub(path, q + 1) or "")
+  local args = parse_args(q and string.sub(path, q + 1) or "")
   local edits = { body = raw.body, method = raw.method, remove = raw.remove, rename = raw.rename,
     replace = rendered(raw.replace, headers, args), add = rendered(raw.add, headers, args),
     append = rendered(raw.append, headers, args) }
@@ -378,10 +230,10 @@ function envoy_on_request(handle)
   end
   local parameters
   if json then
-    if body == "" then parameters = {} else parameters = json_decode(body) end
+    if body == "" then parameters = {} else parameters = json_decode(body, NULL) end
     if type(parameters) ~= "table" or parameters == NULL then return end -- not JSON (Kong leaves it as is)
   else
-    parameters = decode_args(body)
+    parameters = parse_args(body)
   end
   if not edit(parameters, edits, body ~= "", form) then return end
   out = json and json_encode(parameters) or encode_args(parameters)
@@ -389,13 +241,10 @@ function envoy_on_request(handle)
   headers:replace("content-length", tostring(#out))
 end
 """
-)
 
 # response-transformer: the JSON body edits of an application/json response (Kong's transform_json_body), the
 # values cast by json_types; a body that is not a JSON object is passed unchanged, as Kong does.
-RESPONSE = (
-    JSON
-    + r"""
+_RESPONSE = r"""
 local function cast(value, kind)
   if kind == "number" then return tonumber(value) end
   if kind == "boolean" then return value == "true" end
@@ -419,7 +268,7 @@ function envoy_on_response(handle)
   headers:remove("content-length")
   local buffered = handle:body()
   if buffered == nil then return end
-  local body = json_decode(buffered:getBytes(0, buffered:length()))
+  local body = json_decode(buffered:getBytes(0, buffered:length()), NULL)
   if type(body) ~= "table" or body == NULL then return end
   for _, name in ipairs(edits.remove) do body[name] = nil end
   for _, pair in ipairs(edits.rename) do
@@ -440,4 +289,8 @@ function envoy_on_response(handle)
   buffered:setBytes(json_encode(body))
 end
 """
-)
+
+
+# the sources of the two filters (read once, when a transformer plugin is first loaded)
+REQUEST = lua("codec") + COMMON + _REQUEST
+RESPONSE = lua("codec") + COMMON + _RESPONSE

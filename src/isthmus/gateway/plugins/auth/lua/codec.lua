@@ -1,4 +1,11 @@
--- base64 (standard and url-safe, padding optional), percent-decoding, a small JSON decoder and encoder.
+-- The codec every gateway Lua filter starts with: base64 (standard and url-safe, padding optional),
+-- percent-decoding, query or form arguments, a small JSON decoder and encoder.
+
+-- JSON null where a caller keeps it (``json_decode(text, NULL)``): a present, truthy value, as cjson.null is.
+-- Arrays carry the ARRAY metatable, so that an empty one is encoded "[]" again.
+local NULL = setmetatable({}, { __tojson = "null" })
+local ARRAY = {}
+
 local B64 = {}
 do
   local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -32,36 +39,28 @@ local function b64_decode(s, url)
 end
 
 local function url_decode(s)
-  s = s:gsub("%+", " ")
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+  s = string.gsub(s, "%+", " ")
+  return (string.gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- query or form text -> {name = value | true | {values}} (as ngx's get_uri_args)
+-- query or form text -> {name = value | true | ARRAY of values} (as ngx's get_uri_args)
 local function parse_args(text)
   local args = {}
-  if not text or text == "" then return args end
-  for pair in text:gmatch("[^&]+") do
-    local eq = pair:find("=", 1, true)
-    local name, value
-    if eq then
-      name, value = url_decode(pair:sub(1, eq - 1)), url_decode(pair:sub(eq + 1))
-    else
-      name, value = url_decode(pair), true
-    end
+  for pair in string.gmatch(text or "", "[^&]+") do
+    local eq = string.find(pair, "=", 1, true)
+    local name = url_decode(eq and string.sub(pair, 1, eq - 1) or pair)
+    local value = eq and url_decode(string.sub(pair, eq + 1)) or true
     if name ~= "" then
       local prev = args[name]
-      if prev == nil then
-        args[name] = value
-      elseif type(prev) == "table" then
-        prev[#prev + 1] = value
-      else
-        args[name] = { prev, value }
-      end
+      if prev == nil then args[name] = value
+      elseif type(prev) == "table" then prev[#prev + 1] = value
+      else args[name] = setmetatable({ prev, value }, ARRAY) end
     end
   end
   return args
 end
 
+-- json_decode(text[, null]) -> value | nil, error; JSON null decodes to ``null`` (nil when not given)
 local json_decode
 do
   local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
@@ -74,131 +73,126 @@ do
     return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
       0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
   end
-  local value
-  local function ws(s, i) return (s:find("[^ \t\r\n]", i)) or #s + 1 end
-  local function str(s, i)
-    local out, j = {}, i + 1
+  local function skip(s, i) return string.find(s, "[^ \t\r\n]", i) or #s + 1 end
+  local function text(s, i)
+    local parts, j = {}, i + 1
     while true do
-      local c = s:sub(j, j)
-      if c == "" then error("unterminated string") end
-      if c == '"' then return table.concat(out), j + 1 end
-      if c == "\\" then
-        local e = s:sub(j + 1, j + 1)
-        if e == "u" then
-          local cp = tonumber(s:sub(j + 2, j + 5), 16)
-          if not cp then error("bad escape") end
-          j = j + 6
-          if cp >= 0xD800 and cp < 0xDC00 and s:sub(j, j + 1) == "\\u" then
-            local lo = tonumber(s:sub(j + 2, j + 5), 16)
-            if lo and lo >= 0xDC00 and lo < 0xE000 then
-              cp = 0x10000 + (cp - 0xD800) * 1024 + (lo - 0xDC00)
-              j = j + 6
-            end
+      local k = string.find(s, '["\\]', j)
+      if k == nil then error("unterminated string") end
+      parts[#parts + 1] = string.sub(s, j, k - 1)
+      if string.sub(s, k, k) == '"' then return table.concat(parts), k + 1 end
+      local e = string.sub(s, k + 1, k + 1)
+      if e == "u" then
+        local cp = tonumber(string.sub(s, k + 2, k + 5), 16)
+        if cp == nil then error("bad unicode escape") end
+        j = k + 6
+        if cp >= 0xD800 and cp < 0xDC00 and string.sub(s, j, j + 1) == "\\u" then
+          local low = tonumber(string.sub(s, j + 2, j + 5), 16)
+          if low and low >= 0xDC00 and low < 0xE000 then
+            cp, j = 0x10000 + (cp - 0xD800) * 1024 + (low - 0xDC00), j + 6
           end
-          out[#out + 1] = utf8(cp)
-        elseif escapes[e] then
-          out[#out + 1] = escapes[e]
-          j = j + 2
-        else
-          error("bad escape")
         end
+        parts[#parts + 1] = utf8(cp)
+      elseif escapes[e] then
+        parts[#parts + 1] = escapes[e]
+        j = k + 2
       else
-        local k = s:find('["\\]', j)
-        if not k then error("unterminated string") end
-        out[#out + 1] = s:sub(j, k - 1)
-        j = k
+        error("bad escape")
       end
     end
   end
-  value = function(s, i, depth)
-    if depth > 64 then error("too deep") end
-    i = ws(s, i)
-    local c = s:sub(i, i)
+  local function value(s, i, depth, null)
+    if depth > 128 then error("too deep") end
+    i = skip(s, i)
+    local c = string.sub(s, i, i)
     if c == "{" then
-      local t = {}
-      i = ws(s, i + 1)
-      if s:sub(i, i) == "}" then return t, i + 1 end
+      local out = {}
+      i = skip(s, i + 1)
+      if string.sub(s, i, i) == "}" then return out, i + 1 end
       while true do
-        if s:sub(i, i) ~= '"' then error("expected a key") end
-        local k
-        k, i = str(s, i)
-        i = ws(s, i)
-        if s:sub(i, i) ~= ":" then error("expected ':'") end
-        local v
-        v, i = value(s, i + 1, depth + 1)
-        t[k] = v
-        i = ws(s, i)
-        c = s:sub(i, i)
-        if c == "}" then return t, i + 1 end
+        if string.sub(s, i, i) ~= '"' then error("expected a name") end
+        local name, v
+        name, i = text(s, i)
+        i = skip(s, i)
+        if string.sub(s, i, i) ~= ":" then error("expected ':'") end
+        v, i = value(s, i + 1, depth + 1, null)
+        out[name] = v
+        i = skip(s, i)
+        c = string.sub(s, i, i)
+        if c == "}" then return out, i + 1 end
         if c ~= "," then error("expected ','") end
-        i = ws(s, i + 1)
+        i = skip(s, i + 1)
       end
     elseif c == "[" then
-      local t, n = {}, 0
-      i = ws(s, i + 1)
-      if s:sub(i, i) == "]" then return t, i + 1 end
+      local out, n = setmetatable({}, ARRAY), 0
+      i = skip(s, i + 1)
+      if string.sub(s, i, i) == "]" then return out, i + 1 end
       while true do
         local v
-        v, i = value(s, i, depth + 1)
+        v, i = value(s, i, depth + 1, null)
         n = n + 1
-        t[n] = v
-        i = ws(s, i)
-        c = s:sub(i, i)
-        if c == "]" then return t, i + 1 end
+        out[n] = v
+        i = skip(s, i)
+        c = string.sub(s, i, i)
+        if c == "]" then return out, i + 1 end
         if c ~= "," then error("expected ','") end
         i = i + 1
       end
     elseif c == '"' then
-      return str(s, i)
-    elseif s:sub(i, i + 3) == "true" then
+      return text(s, i)
+    elseif string.sub(s, i, i + 3) == "true" then
       return true, i + 4
-    elseif s:sub(i, i + 4) == "false" then
+    elseif string.sub(s, i, i + 4) == "false" then
       return false, i + 5
-    elseif s:sub(i, i + 3) == "null" then
-      return nil, i + 4
-    else
-      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
-      if not num or num == "" or not tonumber(num) then error("unexpected character") end
-      return tonumber(num), i + #num
+    elseif string.sub(s, i, i + 3) == "null" then
+      return null, i + 4
     end
+    local number = string.match(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+    if number == nil or tonumber(number) == nil then error("unexpected character") end
+    return tonumber(number), i + #number
   end
-  -- the decoded value, or nil and an error when ``s`` is not one JSON value
-  json_decode = function(s)
-    if type(s) ~= "string" then return nil, "not a string" end
-    local ok, v, i = pcall(value, s, 1, 0)
-    if not ok then return nil, v end
-    if ws(s, i) <= #s then return nil, "trailing data" end
-    return v
+  json_decode = function(s, null)
+    if type(s) ~= "string" then return nil, "not text" end
+    local ok, result, i = pcall(value, s, 1, 0, null)
+    if not ok then return nil, result end
+    if skip(s, i) <= #s then return nil, "trailing characters" end
+    return result
   end
 end
 
+local SHORT = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+  ["\b"] = "\\b", ["\f"] = "\\f" }
 local function json_string(s)
-  return '"' .. tostring(s):gsub('[%c"\\]', function(c)
-    if c == '"' then return '\\"' elseif c == "\\" then return "\\\\" end
-    return string.format("\\u%04x", c:byte())
+  return '"' .. string.gsub(tostring(s), '[%c"\\]', function(c)
+    return SHORT[c] or string.format("\\u%04x", string.byte(c))
   end) .. '"'
 end
 
+-- a number as cjson writes it (14 significant digits) unless that would change its value
+local function json_number(v)
+  if v ~= v or v == math.huge or v == -math.huge then return "null" end
+  local short = string.format("%.14g", v)
+  if tonumber(short) == v then return short end
+  return string.format("%.17g", v)
+end
+
+-- an ARRAY, or a table with items 1..n, is a JSON array; any other table (an empty one too) an object
 local function json_encode(v)
   local t = type(v)
+  if v == NULL then return "null" end
   if t == "string" then return json_string(v) end
-  if t == "number" then
-    if v == math.floor(v) and math.abs(v) < 1e15 then return string.format("%d", v) end
-    return string.format("%.17g", v)
-  end
+  if t == "number" then return json_number(v) end
   if t == "boolean" then return tostring(v) end
-  if t == "table" then
-    if #v > 0 then -- an empty table is an object, as cjson encodes it
-      local parts = {}
-      for i = 1, #v do parts[i] = json_encode(v[i]) end
-      return "[" .. table.concat(parts, ",") .. "]"
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-    table.sort(keys)
+  if t ~= "table" then return "null" end
+  if getmetatable(v) == ARRAY or (next(v) ~= nil and #v > 0) then
     local parts = {}
-    for i, k in ipairs(keys) do parts[i] = json_string(k) .. ":" .. json_encode(v[k]) end
-    return "{" .. table.concat(parts, ",") .. "}"
+    for i = 1, #v do parts[i] = json_encode(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
   end
-  return "null"
+  local names = {}
+  for name in pairs(v) do names[#names + 1] = tostring(name) end
+  table.sort(names)
+  local parts = {}
+  for i, name in ipairs(names) do parts[i] = json_string(name) .. ":" .. json_encode(v[name]) end
+  return "{" .. table.concat(parts, ",") .. "}"
 end
