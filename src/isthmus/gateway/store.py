@@ -154,6 +154,14 @@ def _ref_id(value: Any) -> str | None:
     return value.get("id") if isinstance(value, dict) else None
 
 
+def _under(body: dict[str, Any], parent: tuple[str, str] | None) -> dict[str, Any]:
+    """A copy of ``body`` with a nested path's parent (foreign key field, the parent's id) set."""
+    body = dict(body)
+    if parent is not None:
+        body[parent[0]] = {"id": parent[1]}
+    return body
+
+
 def _unique_value(entity: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...] | None:
     """The values of a unique group, None when it does not constrain this entity (all null, or a single
     null field: Kong allows many nulls)."""
@@ -302,9 +310,7 @@ class GatewayStore:
         """POST: a new entity (``parent``: the foreign key field and the parent's id of a nested path)."""
         async with self._lock:
             ws = await self._loaded(workspace)
-            body = dict(body)
-            if parent is not None:
-                body[parent[0]] = {"id": parent[1]}
+            body = _under(body, parent)
             if (
                 "id" in body
                 and isinstance(body["id"], str)
@@ -315,13 +321,7 @@ class GatewayStore:
                     f"primary key violation on key '{{id=\"{body['id']}\"}}'",
                     {"id": body["id"]},
                 )
-            entity = self._prepare(ws, collection, body, None)
-            changes = [
-                Change(collection, entity, entity["id"]),
-                *self._transient(ws, collection, entity, body),
-            ]
-            await self._commit(ws, changes)
-            return entity
+            return await self._save(ws, collection, body, None, body)
 
     async def upsert(
         self,
@@ -338,9 +338,7 @@ class GatewayStore:
             existing = ws.find(collection, key, parent)
             if existing is not None and parent is not None and _ref_id(existing.get(parent[0])) != parent[1]:
                 raise Plain(404, "Not found")
-            body = dict(body)
-            if parent is not None:
-                body[parent[0]] = {"id": parent[1]}
+            body = _under(body, parent)
             if existing is not None:
                 body["id"] = existing["id"]
                 body.setdefault("created_at", existing["created_at"])
@@ -355,13 +353,7 @@ class GatewayStore:
             if existing is not None and not e.is_uuid(key) and kind.endpoint_key:
                 body[kind.endpoint_key] = key
             body.pop("updated_at", None)
-            entity = self._prepare(ws, collection, body, existing)
-            changes = [
-                Change(collection, entity, entity["id"]),
-                *self._transient(ws, collection, entity, body),
-            ]
-            await self._commit(ws, changes)
-            return entity
+            return await self._save(ws, collection, body, existing, body)
 
     async def update(
         self,
@@ -388,13 +380,7 @@ class GatewayStore:
                         merged.pop(f, None)
             if collection == "basic-auths" and "password" not in body:
                 body = {**body}
-            entity = self._prepare(ws, collection, merged, existing, hash_password="password" in body)
-            changes = [
-                Change(collection, entity, entity["id"]),
-                *self._transient(ws, collection, entity, body),
-            ]
-            await self._commit(ws, changes)
-            return entity
+            return await self._save(ws, collection, merged, existing, body, hash_password="password" in body)
 
     async def delete(
         self, workspace: str, collection: str, key: str, parent: tuple[str, str] | None = None
@@ -476,6 +462,24 @@ class GatewayStore:
             if found is None:
                 raise foreign_key_violation(f, shown, parent_collection)
             body[f] = {"id": found["id"]}
+
+    async def _save(
+        self,
+        ws: Workspace,
+        collection: str,
+        data: dict[str, Any],
+        existing: dict[str, Any] | None,
+        body: dict[str, Any],
+        *,
+        hash_password: bool = True,
+    ) -> dict[str, Any]:
+        """Checks ``data`` as the entity replacing ``existing`` (None: a new one) and stores it with what the
+        request's ``body`` adds (a certificate's SNIs); the stored entity."""
+        entity = self._prepare(ws, collection, data, existing, hash_password=hash_password)
+        await self._commit(
+            ws, [Change(collection, entity, entity["id"]), *self._transient(ws, collection, entity, body)]
+        )
+        return entity
 
     def _prepare(
         self,
