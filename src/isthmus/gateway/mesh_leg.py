@@ -23,20 +23,33 @@ idle timeouts, hashing). The gateway's resources are then fused with them per pr
   joins the gateway's HTTP listener behind a TLS inspector: mesh clients (another gateway by mesh name) are
   authenticated and authorised as at any inbound, then meet the gateway's own Kong routes and plugins.
 
+* MeshAccessLog and MeshTrace selecting the gateway proxy reach its Kong listeners' HCMs (:func:`_observe_listener`):
+  each leg's ``gateway-leg:`` RouteConfiguration carries the access logs of its routes (the leg's ``to`` items,
+  placeholders resolved for it) and the tracer, ``gateway-leg:*`` those of the other routes (``to: Mesh``, the
+  destination ``*``), as a partial HCM in typed metadata (:mod:`isthmus.xds.translate.observability`). Equal
+  logs for every destination make one access log without a filter; otherwise each distinct set of logs gets a
+  CEL filter on the request's upstream cluster (``xds.cluster_name``): the leg's mesh cluster and its Services'
+  own copies. A Kong zipkin or opentelemetry plugin's tracer wins over MeshTrace's.
+
 Without a mesh leg (the mesh pipeline has not built it yet, or the service is not in the mesh) Kong's values apply.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from isthmus.gateway import envoy_routes, healthchecks
+from isthmus.ir.observability import GATEWAY_ANY_DESTINATION, GATEWAY_HCM_METADATA
 from isthmus.xds import types
 from isthmus.xds.snapshot import Resource, Snapshot
 
@@ -45,6 +58,9 @@ LEG_ROUTES_PREFIX = "gateway-leg:"  # isthmus.ir.build.gateway_leg_name
 KONG_RETRIES = 5
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 KONG_TIMEOUT_MS = 60000
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+KONG_LISTENERS = ("kong:http:", "kong:https:")
 _LB = {"round-robin": "ROUND_ROBIN", "least-connections": "LEAST_REQUEST", "consistent-hashing": "RING_HASH"}
 
 
@@ -265,6 +281,113 @@ def _fuse_listener(res: Resource, inbound: Resource) -> Resource:
     return out
 
 
+def _observed(base: Snapshot) -> tuple[dict[str, Resource], tuple[str, ...]]:
+    """(the ``gateway-leg:`` RouteConfigurations carrying access logs or a tracer, by destination; every leg)."""
+    marker = GATEWAY_HCM_METADATA.encode()
+    found: dict[str, Resource] = {}
+    legs = []
+    for name, res in base.resources.get(types.ROUTE, {}).items():
+        if not name.startswith(LEG_ROUTES_PREFIX):
+            continue
+        destination = name[len(LEG_ROUTES_PREFIX) :]
+        if destination != GATEWAY_ANY_DESTINATION:
+            legs.append(destination)
+        if marker in res.packed.value:
+            found[destination] = res
+    return found, tuple(sorted(legs))
+
+
+def _own_clusters(overlay: Mapping[str, list[Resource]]) -> tuple[tuple[str, str], ...]:
+    """(cluster, leg service) of the Services' own mesh-leg clusters (their routes' upstream clusters)."""
+    out = []
+    for r in overlay.get(types.CLUSTER, ()):
+        if ":mesh-leg:" in r.name:
+            placeholder = cluster_pb2.Cluster()
+            r.packed.Unpack(placeholder)
+            out.append((r.name, placeholder.metadata.filter_metadata[LEG].fields["service"].string_value))
+    return tuple(sorted(out))
+
+
+def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
+    out = accesslog_pb2.AccessLogFilter()
+    out.extension_filter.name = CEL_FILTER
+    out.extension_filter.typed_config.Pack(cel_pb2.ExpressionFilter(expression=expression))
+    return out
+
+
+def _gateway_logs(
+    observed: Mapping[str, Resource], legs: tuple[str, ...], own: tuple[tuple[str, str], ...]
+) -> tuple[list[accesslog_pb2.AccessLog], hcm_pb2.HttpConnectionManager.Tracing | None]:
+    """The access logs (filtered by upstream cluster where destinations differ) and the tracer of Kong's HCMs."""
+    parts: dict[str, hcm_pb2.HttpConnectionManager] = {}
+    for destination, res in observed.items():
+        rc = route_pb2.RouteConfiguration()
+        res.packed.Unpack(rc)
+        hcm = hcm_pb2.HttpConnectionManager()
+        rc.metadata.typed_filter_metadata[GATEWAY_HCM_METADATA].Unpack(hcm)
+        parts[destination] = hcm
+    destinations = [*legs, GATEWAY_ANY_DESTINATION]
+    groups: dict[bytes, tuple[list[accesslog_pb2.AccessLog], list[str]]] = {}
+    for d in destinations:
+        logs = list(parts[d].access_log) if d in parts else []
+        if logs:
+            key = b"\0".join(log.SerializeToString(deterministic=True) for log in logs)
+            groups.setdefault(key, (logs, []))[1].append(d)
+    clusters: dict[str, list[str]] = {leg: [leg] for leg in legs}
+    for cluster, service in own:
+        clusters.setdefault(service, [service]).append(cluster)
+
+    def names(services: Iterable[str]) -> str:
+        return "[" + ", ".join(json.dumps(c) for s in services for c in clusters.get(s, [s])) + "]"
+
+    out: list[accesslog_pb2.AccessLog] = []
+    for logs, chosen in sorted(groups.values(), key=lambda g: g[1]):
+        if len(chosen) == len(destinations):  # every route logs the same: no filter
+            out.extend(logs)
+            continue
+        if GATEWAY_ANY_DESTINATION in chosen:  # the routes outside the mesh, and maybe some legs
+            others = [leg for leg in legs if leg not in chosen]
+            expression = f"!(xds.cluster_name in {names(others)})"
+        else:
+            expression = f"xds.cluster_name in {names(chosen)}"
+        for log in logs:
+            filtered = accesslog_pb2.AccessLog()
+            filtered.CopyFrom(log)
+            filtered.filter.CopyFrom(_cel(expression))
+            out.append(filtered)
+    tracers = [parts[d].tracing for d in (GATEWAY_ANY_DESTINATION, *legs) if d in parts and parts[d].HasField("tracing")]  # fmt: skip
+    return out, tracers[0] if tracers else None
+
+
+def _observe_listener(
+    res: Resource, observed: Mapping[str, Resource], legs: tuple[str, ...], own: tuple[tuple[str, str], ...]
+) -> Resource:
+    """A Kong listener whose HCMs (not the fused mesh inbound's) also log and trace as the mesh policies say."""
+    key = (res.digest, "observe", (*(f"{d}={r.digest}" for d, r in sorted(observed.items())), "|", *legs, "|", *(f"{c}>{s}" for c, s in own)))  # fmt: skip
+    hit = _FUSED.get(key)
+    if hit is not None:
+        return hit
+    logs, tracing = _gateway_logs(observed, legs, own)
+    listener = listener_pb2.Listener()
+    res.packed.Unpack(listener)
+    chains = [c for c in listener.filter_chains if c.name != "mesh"]
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for f in chain.filters:
+            if f.name != HCM_FILTER:
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            hcm.access_log.extend(logs)
+            if tracing is not None and not hcm.HasField("tracing"):  # a Kong zipkin/opentelemetry plugin wins
+                hcm.tracing.CopyFrom(tracing)
+            f.typed_config.Pack(hcm)
+    out = Resource.of(types.LISTENER, listener)
+    _remember(key, out)
+    return out
+
+
 def _remember(key: tuple[str, str, tuple[str, ...]], value: Resource) -> None:
     if len(_FUSED) >= _FUSED_LIMIT:
         _FUSED.clear()
@@ -274,9 +397,12 @@ def _remember(key: tuple[str, str, tuple[str, ...]], value: Resource) -> None:
 def fuse(base: Snapshot, overlay: Mapping[str, list[Resource]]) -> dict[str, list[Resource]]:
     """The proxy's resources: its mesh snapshot with the gateway's over it (same names: the gateway's), the Kong
     routes to mesh services given the mesh leg's route policies where Kong sets none, the Services' own mesh-leg
-    clusters built from the mesh clusters; the ``gateway-leg:`` RouteConfigurations are not served."""
+    clusters built from the mesh clusters, the Kong listeners logging and tracing as MeshAccessLog and MeshTrace
+    say; the ``gateway-leg:`` RouteConfigurations are not served."""
     merged: dict[str, list[Resource]] = {}
     legs = _leg_actions(base)
+    observed, leg_names = _observed(base)  # MeshAccessLog, MeshTrace on the Kong listeners
+    own = _own_clusters(overlay) if observed else ()
     base_clusters = base.resources.get(types.CLUSTER, {})
     base_listeners = base.resources.get(types.LISTENER, {})
     # the gateway's mesh inbounds (isthmus.ir.build) share a port with its HTTP listeners: fused into them
@@ -300,8 +426,12 @@ def fuse(base: Snapshot, overlay: Mapping[str, list[Resource]]) -> dict[str, lis
         for r in resources:
             if type_url == types.ROUTE and _has_legs(r):
                 fused.append(_fuse_routes(r, legs))
-            elif type_url == types.LISTENER and r.name in inbounds:
-                fused.append(_fuse_listener(r, inbounds[r.name]))
+            elif type_url == types.LISTENER and (r.name in inbounds or observed):
+                if r.name in inbounds:
+                    r = _fuse_listener(r, inbounds[r.name])
+                if observed and r.name.startswith(KONG_LISTENERS):
+                    r = _observe_listener(r, observed, leg_names, own)
+                fused.append(r)
             elif type_url == types.CLUSTER and ":mesh-leg:" in r.name:
                 c = _fuse_cluster(r, base_clusters)
                 if c is not None:

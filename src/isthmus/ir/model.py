@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Literal
 
 from isthmus.ir.names import DnsTable, ExternalUpstream
-from isthmus.ir.observability import AccessLog, Metrics, Tracing
+from isthmus.ir.observability import AccessLog, GatewayObservability, Metrics, Tracing
 from isthmus.ir.traffic import (
     ConnectionLimits,
     FaultInjection,
@@ -256,3 +256,4 @@ class ProxyIR:
     transparent: TransparentProxy | None = (
         None  # catch-all listeners of a transparent proxy (ir/transparent.py)
     )
+    gateway: GatewayObservability | None = None  # a gateway's Kong listeners: MeshAccessLog, MeshTrace

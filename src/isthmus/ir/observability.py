@@ -74,6 +74,24 @@ class Tracing:
     tags: tuple[TraceTag, ...] = ()
 
 
+# A gateway proxy's observability for its Kong listeners (isthmus.gateway.mesh_leg.fuse copies it onto their HCMs):
+# each mesh leg's ``gateway-leg:<service>`` RouteConfiguration, and ``gateway-leg:*`` for the rest (destinations
+# outside the mesh, the tracer), carry in this typed metadata key an HttpConnectionManager holding only the
+# ``access_log`` and ``tracing`` fields those routes get.
+GATEWAY_HCM_METADATA = "isthmus.gateway_hcm"
+# Kuma's KUMA_DESTINATION_SERVICE on a gateway listener (its match-all tag value)
+GATEWAY_ANY_DESTINATION = "*"
+
+
+@dataclass(frozen=True)
+class GatewayObservability:
+    """What a gateway proxy's Kong listeners get besides its mesh legs' own: ``access_logs`` for routes to
+    destinations outside the mesh (MeshAccessLog's ``to: Mesh`` items), ``tracing`` (MeshTrace)."""
+
+    access_logs: tuple[AccessLog, ...] = ()
+    tracing: Tracing | None = None
+
+
 @dataclass(frozen=True)
 class CollectorCluster:
     """A cluster to an observability backend (host:port, HTTP/2 for gRPC)."""

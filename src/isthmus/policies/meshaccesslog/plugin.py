@@ -15,6 +15,11 @@ placeholder                                   outbound                        in
 
 Envoy's own command operators pass through. A backend without a format gets Kuma's default format of the
 listener's protocol (HTTP or TCP).
+
+On a gateway proxy (``networking.gateway``) a mesh leg is an outbound like any other (its service's ``to`` items,
+KUMA_DESTINATION_SERVICE the leg's service); the routes to destinations outside the mesh get the ``to: Mesh``
+items with KUMA_DESTINATION_SERVICE ``*`` (Kuma's value on a gateway listener), in ``ProxyIR.gateway``.
+:func:`isthmus.gateway.mesh_leg.fuse` puts both on the Kong listeners.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from typing import Any
 from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, OutboundListener, Protocol, ProxyIR
 from isthmus.ir.observability import (
+    GATEWAY_ANY_DESTINATION,
     TCP_JSON_ADDRESS_KEY,
     AccessLog,
+    GatewayObservability,
     LogFormat,
     tcp_log_pipe,
 )
-from isthmus.policies.engine import Resolved, dataplane_spec
+from isthmus.policies.engine import Resolved, dataplane_spec, resolve_to_mesh_resource
 from isthmus.policies.meshaccesslog.api import (
     Backend,
     BackendType,
@@ -175,7 +182,14 @@ class MeshAccessLogPlugin(ToFromPlugin):
             )
             return evolve(i, access_logs=access_logs(conf, i.protocol, ph, mesh, name))
 
-        return map_inbounds(map_outbounds(ir, outbound), inbound)
+        ir = map_inbounds(map_outbounds(ir, outbound), inbound)
+        if net.gateway is not None:  # the gateway's routes outside the mesh: the to: Mesh items
+            conf = parse_conf(Conf, resolve_to_mesh_resource(inputs.policies, inputs.dataplane))
+            if conf is not None and conf.backends:
+                ph = Placeholders(mesh, own, GATEWAY_ANY_DESTINATION, str(net.address), "OUTBOUND")
+                logs = access_logs(conf, Protocol.HTTP, ph, mesh, name)
+                ir = evolve(ir, gateway=evolve(ir.gateway or GatewayObservability(), access_logs=logs))
+        return ir
 
 
 PLUGIN = MeshAccessLogPlugin()

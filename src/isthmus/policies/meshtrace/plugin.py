@@ -3,7 +3,9 @@
 A Zipkin backend propagates B3 headers (Envoy's Zipkin tracer), an OpenTelemetry backend W3C trace context
 (``traceparent``), as Kuma does. Spans carry the proxy's service (the Envoy node's cluster for Zipkin, the
 ``service_name`` for OpenTelemetry). Sampling percentages default to 100 (Kuma's defaults); they become the
-HTTP connection manager's ``overall_sampling``, ``client_sampling`` and ``random_sampling``.
+HTTP connection manager's ``overall_sampling``, ``client_sampling`` and ``random_sampling``. A gateway proxy's
+Kong listeners get the tracer too (``ProxyIR.gateway``, put there by :func:`isthmus.gateway.mesh_leg.fuse`) unless
+a Kong zipkin or opentelemetry plugin configures one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from isthmus.ir.evolve import evolve
 from isthmus.ir.model import InboundListener, OutboundListener, Protocol, ProxyIR
-from isthmus.ir.observability import TraceTag, Tracing
+from isthmus.ir.observability import GatewayObservability, TraceTag, Tracing
 from isthmus.policies.engine import dataplane_spec, resolve_proxy
 from isthmus.policies.meshaccesslog.api import split_address
 from isthmus.policies.meshtrace.api import BackendType, Conf, MeshTraceSpec, zipkin_target
@@ -90,7 +92,10 @@ class MeshTracePlugin:
         def inbound(i: InboundListener) -> InboundListener:
             return i if i.protocol is Protocol.TCP else evolve(i, tracing=found)
 
-        return map_inbounds(map_outbounds(ir, outbound), inbound)
+        ir = map_inbounds(map_outbounds(ir, outbound), inbound)
+        if dataplane_spec(inputs.dataplane).networking.gateway is not None:  # the gateway's Kong listeners
+            ir = evolve(ir, gateway=evolve(ir.gateway or GatewayObservability(), tracing=found))
+        return ir
 
     def describe(self, inputs: PolicyInputs) -> dict[str, Any]:
         resolved = resolve_proxy(inputs.policies, inputs.dataplane)

@@ -35,7 +35,7 @@ def translate(ir: ProxyIR) -> dict[str, list[Any]]:
         + [_outbound(o) for o in ir.outbounds if o.port]
         + ([names.dns_listener(ir.dns)] if ir.dns is not None else [])
         + (list(transparent.listeners(tp)) if tp else []),
-        types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config],
+        types.ROUTE: [_routes(o) for o in ir.outbounds if o.route_config] + observability.gateway_routes(ir),
         types.SECRET: [secrets.secret(s) for s in ir.secrets],
     }
     messages[types.CLUSTER] = messages[types.CLUSTER] + observability.clusters(ir)  # MeshTrace, MeshAccessLog
@@ -97,7 +97,8 @@ def translate_packed(ir: ProxyIR) -> dict[str, list[Resource]]:
         + [_packed_outbound(o) for o in ir.outbounds if o.port]  # port 0: a gateway's mesh leg
         + ([Resource.of(types.LISTENER, names.dns_listener(ir.dns))] if ir.dns is not None else [])
         + (list(_packed_transparent(tp)[1]) if tp else []),
-        types.ROUTE: [_packed_routes(o) for o in ir.outbounds if o.route_config],
+        types.ROUTE: [_packed_routes(o) for o in ir.outbounds if o.route_config]
+        + [Resource.of(types.ROUTE, r) for r in observability.gateway_routes(ir)],
         types.SECRET: [_packed_secret(s) for s in ir.secrets],
     }
 

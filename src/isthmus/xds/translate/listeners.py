@@ -204,4 +204,5 @@ def outbound(ir: OutboundListener) -> listener_pb2.Listener:
 
 
 def outbound_routes(ir: OutboundListener) -> route_pb2.RouteConfiguration:
-    return routes.route_configuration(ir)
+    rc = routes.route_configuration(ir)
+    return rc if ir.port else observability.mark_gateway_leg(rc, ir)  # port 0: a gateway's mesh leg

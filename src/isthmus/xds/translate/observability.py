@@ -5,6 +5,9 @@ protobufs.
   each line prefixed with its receiver, see :mod:`isthmus.dp.metrics`), ``envoy.access_loggers.open_telemetry``
   for OpenTelemetry backends (OTLP/gRPC to a cluster per collector).
 * Tracing: the HTTP connection manager's ``tracing`` with the Zipkin or OpenTelemetry tracer.
+* A gateway proxy's Kong listeners: the access logs and tracer of its mesh legs and of its other destinations, as
+  a partial HTTP connection manager in the typed metadata of its ``gateway-leg:`` RouteConfigurations (never
+  served; :func:`isthmus.gateway.mesh_leg.fuse` copies them onto the Kong HCMs).
 * ``_isthmus:dynamicconfig``: a listener on an abstract unix socket answering ``GET /meshmetric`` with the
   MeshMetric configuration the agent serves.
 """
@@ -42,9 +45,12 @@ from opentelemetry.proto.common.v1 import common_pb2
 from isthmus.ir.model import InboundListener, OutboundListener, ProxyIR
 from isthmus.ir.observability import (
     DYNCONF_LISTENER,
+    GATEWAY_ANY_DESTINATION,
+    GATEWAY_HCM_METADATA,
     MESHMETRIC_PATH,
     AccessLog,
     CollectorCluster,
+    GatewayObservability,
     LogFormat,
     Metrics,
     Tracing,
@@ -164,11 +170,40 @@ def decorate_hcm(
         manager.tracing.CopyFrom(hcm_tracing(t))
 
 
+# -- a gateway's Kong listeners (isthmus.gateway.mesh_leg.fuse) -------------------------------------------------
+def gateway_hcm(logs: tuple[AccessLog, ...], t: Tracing | None) -> hcm_pb2.HttpConnectionManager:
+    """Only the ``access_log`` and ``tracing`` fields a gateway's Kong HCMs get for some of their routes."""
+    out = hcm_pb2.HttpConnectionManager()
+    decorate_hcm(out, logs, t)
+    return out
+
+
+def mark_gateway_leg(rc: route_pb2.RouteConfiguration, leg: OutboundListener) -> route_pb2.RouteConfiguration:
+    """A gateway leg's RouteConfiguration with, in its metadata, what the Kong routes to the leg log and trace."""
+    if leg.access_logs or leg.tracing is not None:
+        rc.metadata.typed_filter_metadata[GATEWAY_HCM_METADATA].Pack(
+            gateway_hcm(leg.access_logs, leg.tracing)
+        )
+    return rc
+
+
+def gateway_routes(ir: ProxyIR) -> list[route_pb2.RouteConfiguration]:
+    """``gateway-leg:*``: what a gateway's Kong routes to destinations outside the mesh log, and its tracer."""
+    g = ir.gateway
+    if g is None or (not g.access_logs and g.tracing is None):
+        return []
+    rc = route_pb2.RouteConfiguration(name=f"gateway-leg:{GATEWAY_ANY_DESTINATION}")
+    rc.metadata.typed_filter_metadata[GATEWAY_HCM_METADATA].Pack(gateway_hcm(g.access_logs, g.tracing))
+    return [rc]
+
+
 # -- collector clusters ------------------------------------------------------------------------------------------
 def collector_clusters(ir: ProxyIR) -> list[CollectorCluster]:
     """The clusters the proxy's tracers and OpenTelemetry access logs send to, one per collector."""
     found: dict[str, CollectorCluster] = {}
-    listeners: list[InboundListener | OutboundListener] = [*ir.inbounds, *ir.outbounds]
+    listeners: list[InboundListener | OutboundListener | GatewayObservability] = [*ir.inbounds, *ir.outbounds]
+    if ir.gateway is not None:  # the gateway's Kong listeners (gateway_routes)
+        listeners.append(ir.gateway)
     for listener in listeners:
         t = listener.tracing
         if t is not None and t.cluster not in found:
