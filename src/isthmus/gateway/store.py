@@ -162,6 +162,14 @@ def _under(body: dict[str, Any], parent: tuple[str, str] | None) -> dict[str, An
     return body
 
 
+def _named(ws: Workspace, collection: str, key: str, parent: tuple[str, str] | None) -> dict[str, Any] | None:
+    """The entity ``key`` names (None: none); 404 when a nested path's parent is not its parent."""
+    existing = ws.find(collection, key, parent)
+    if existing is not None and parent is not None and _ref_id(existing.get(parent[0])) != parent[1]:
+        raise Plain(404, "Not found")
+    return existing
+
+
 def _unique_value(entity: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...] | None:
     """The values of a unique group, None when it does not constrain this entity (all null, or a single
     null field: Kong allows many nulls)."""
@@ -286,15 +294,7 @@ class GatewayStore:
         if ws is not None:
             return ws
         async with self._lock:
-            ws = self._workspaces.get(name)
-            if ws is None:
-                ws = Workspace(name)
-                for kind in KINDS.values():
-                    page = await self.store.list(kind.record_type, scope(name))
-                    for record in page.items:
-                        ws.add(kind.collection, dict(record.spec))
-                self._workspaces[name] = ws
-        return ws
+            return await self._loaded(name)
 
     # -- reads -----------------------------------------------------------------------------------------------
     async def get(self, workspace: str, collection: str, key: str) -> dict[str, Any]:
@@ -331,13 +331,12 @@ class GatewayStore:
         body: dict[str, Any],
         parent: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        """PUT: replace the entity named by ``key`` (id or endpoint key), or create it under that key."""
+        """PUT: replace the entity named by ``key`` (id or endpoint key), or create it under that key (404 when
+        a nested path's parent is not the stored entity's)."""
         async with self._lock:
             ws = await self._loaded(workspace)
             kind = KINDS[collection]
-            existing = ws.find(collection, key, parent)
-            if existing is not None and parent is not None and _ref_id(existing.get(parent[0])) != parent[1]:
-                raise Plain(404, "Not found")
+            existing = _named(ws, collection, key, parent)
             body = _under(body, parent)
             if existing is not None:
                 body["id"] = existing["id"]
@@ -366,8 +365,8 @@ class GatewayStore:
         """PATCH: the stored entity with ``body``'s fields replaced."""
         async with self._lock:
             ws = await self._loaded(workspace)
-            existing = ws.find(collection, key, parent)
-            if existing is None or (parent is not None and _ref_id(existing.get(parent[0])) != parent[1]):
+            existing = _named(ws, collection, key, parent)
+            if existing is None:
                 raise Plain(404, "Not found")
             merged = {**existing, **body, "id": existing["id"], "created_at": existing["created_at"]}
             if collection == "plugins" and isinstance(body.get("config"), dict):
@@ -388,13 +387,11 @@ class GatewayStore:
         """DELETE: the entity and its cascading children; idempotent (a missing entity is no error)."""
         async with self._lock:
             ws = await self._loaded(workspace)
-            existing = ws.find(collection, key, parent)
+            existing = _named(ws, collection, key, parent)
             if existing is None:
                 if parent is not None:
                     raise Plain(404, "Not found")
                 return
-            if parent is not None and _ref_id(existing.get(parent[0])) != parent[1]:
-                raise Plain(404, "Not found")
             changes: list[Change] = []
             self._delete_tree(ws, collection, existing["id"], changes, set())
             await self._commit(ws, changes)
