@@ -68,6 +68,12 @@ class Insights:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeInsight] = {}
+        # called with a node id when it connects, disconnects or ACKs new secrets (MeshService status)
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, node_id: str) -> None:
+        for listener in self.listeners:
+            listener(node_id)
 
     def _node(self, node_id: str) -> NodeInsight:
         return self.nodes.setdefault(node_id, NodeInsight())
@@ -81,16 +87,22 @@ class Insights:
     # XdsCallbacks ---------------------------------------------------------------------------------------------
     def on_stream_open(self, stream_id: int, node_id: str, node: Any) -> None:
         n = self._node(node_id)
+        was_online = n.online
         n.open_streams.add(stream_id)
         n.subscriptions.append(Subscription(stream_id, _now()))
         del n.subscriptions[: -self.MAX_SUBSCRIPTIONS]
+        if not was_online:
+            self._changed(node_id)
 
     def on_stream_closed(self, stream_id: int, node_id: str) -> None:
         n = self._node(node_id)
+        was_online = n.online
         n.open_streams.discard(stream_id)
         sub = self._sub(node_id, stream_id)
         if sub is not None:
             sub.disconnect_time = _now()
+        if was_online and not n.online:
+            self._changed(node_id)
 
     def on_response_sent(self, stream_id: int, node_id: str, type_url: str, version: str, nonce: str) -> None:
         self._node(node_id).last_sent[type_url] = version
@@ -99,7 +111,10 @@ class Insights:
             sub.responses_sent += 1
 
     def on_ack(self, stream_id: int, node_id: str, type_url: str, version: str) -> None:
+        previous = self._node(node_id).last_ack.get(type_url)
         self._node(node_id).last_ack[type_url] = version
+        if type_url == types.SECRET and previous != version:
+            self._changed(node_id)
         sub = self._sub(node_id, stream_id)
         if sub is not None:
             sub.acks += 1

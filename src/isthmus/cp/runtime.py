@@ -50,6 +50,7 @@ from isthmus.kds.global_server import KdsServer
 from isthmus.kds.ownership import WriteGuard
 from isthmus.kds.zone_client import ZoneSync
 from isthmus.names.controller import NamesController
+from isthmus.names.proxy_status import LiveProxies
 from isthmus.resources.registry import Registry
 from isthmus.store import open_store
 from isthmus.store.base import ResourceStore
@@ -323,7 +324,14 @@ async def run_control_plane(options: CpOptions, ready: asyncio.Event | None = No
                 gateway_generation = tg.create_task(gateway_reconciler.run(), name="gateway-reconciler")
                 ingress_generation = tg.create_task(ingresses.run(), name="ingress-reconciler")
                 egress_generation = tg.create_task(egresses.run(), name="egress-reconciler")
-                names = NamesController(store, registry, mode=options.mode, zone=options.zone or "default")
+                names = NamesController(
+                    store,
+                    registry,
+                    mode=options.mode,
+                    zone=options.zone or "default",
+                    proxies=LiveProxies(insights, certificates),  # MeshServices' dataplaneProxies and tls
+                )
+                insights.listeners.append(names.proxy_changed)
                 names_task = tg.create_task(
                     names.run(), name="names"
                 )  # generated MeshServices, VIPs, hostnames

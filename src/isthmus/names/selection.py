@@ -44,7 +44,8 @@ class ServedBy:
     zone: str = ""
 
 
-def _selected(ms: MeshServiceDocument, dp: Resource, spec: DataplaneSpec) -> list[Inbound]:
+def selected_inbounds(ms: MeshServiceDocument, dp: Resource, spec: DataplaneSpec) -> list[Inbound]:
+    """The inbounds of ``dp`` that ``ms`` selects (none: the Dataplane is not selected). Ignored inbounds never are."""
     sel = ms.spec.selector
     inbounds = [i for i in spec.networking.inbound if i.state is not InboundState.IGNORED]
     if sel.dataplane_tags is not None:
@@ -57,7 +58,8 @@ def _selected(ms: MeshServiceDocument, dp: Resource, spec: DataplaneSpec) -> lis
     return []
 
 
-def _target(inbound: Inbound, port: MeshServicePort) -> bool:
+def serves_port(inbound: Inbound, port: MeshServicePort) -> bool:
+    """The inbound is the ``targetPort`` of ``port`` (its number, or its name; default: the port itself)."""
     target = port.target_port if port.target_port is not None else port.port
     if isinstance(target, int):
         return inbound.port == target
@@ -74,8 +76,8 @@ def endpoints(
         if not isinstance(spec, DataplaneSpec):
             continue
         net = spec.networking
-        for inbound in _selected(ms, dp, spec):
-            if _target(inbound, port):
+        for inbound in selected_inbounds(ms, dp, spec):
+            if serves_port(inbound, port):
                 out.append(
                     ServedBy(
                         dp.name,

@@ -173,6 +173,13 @@ class MeshServiceDocument(Model):
         _short_name(info, "MeshService")
         return self
 
+    def digest_content(self) -> dict[str, Any]:
+        """What the resource's digest covers: all but ``status.dataplaneProxies`` and ``status.tls``, which only
+        report (they change as data planes connect; no proxy's configuration depends on them)."""
+        return self.model_dump(
+            by_alias=True, exclude_none=True, mode="json", exclude={"status": {"dataplane_proxies", "tls"}}
+        )
+
 
 # -- MeshMultiZoneService -------------------------------------------------------------------------------------
 class RequiredLabels(Model):
