@@ -9,32 +9,12 @@
 
 from __future__ import annotations
 
-from isthmus.catalog import default_registry
-from isthmus.context.mesh_context import build_mesh_context
-from isthmus.ir.build import build_proxy_ir
 from isthmus.policies.engine import real_resource_to_key, resolve_from, resolve_to, service_tag_to_key
 from isthmus.resources.dataplane import DataplaneSpec
-from isthmus.resources.registry import Resource, load_documents, parse_document
+from isthmus.resources.registry import Resource
+from tests.unit.policy_fixtures import outbound, proxy, resources, web_mesh
 
-REG = default_registry()
-
-BASE = """
-type: Mesh
-name: m
----
-type: Dataplane
-mesh: m
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: 20001
-    servicePort: 8001
-    tags: {kuma.io/service: web, kuma.io/protocol: http}
-  outbound:
-  - port: 10001
-    tags: {kuma.io/service: backend}
-"""
+BASE = web_mesh("backend")
 
 # MADR 066, "Merging / Problem": policy aaa configures every destination, bbb only backend; both top-level Mesh.
 MADR_066_TWO_POLICIES = """
@@ -97,14 +77,11 @@ spec:
 
 
 def load(extra: str) -> tuple[Resource, list[Resource], list[Resource]]:
-    rs = [parse_document(d, REG) for d in load_documents(BASE + extra)]
-    return rs[0], [r for r in rs if r.type.kind == "Dataplane"], [r for r in rs if r.type.is_policy]
+    return resources(BASE + extra)
 
 
 def request_ms(extra: str) -> int | None:
-    mesh, dps, pols = load(extra)
-    ir = build_proxy_ir(build_mesh_context(mesh, dps, pols), "web-1", None)
-    backend = next(o for o in ir.outbounds if o.service == "backend")
+    backend = outbound(proxy(BASE + extra))
     assert backend.timeouts is not None
     return backend.timeouts.request_ms
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from isthmus.catalog import default_registry
 from isthmus.context.mesh_context import build_mesh_context
-from isthmus.ir.build import build_proxy_ir
 from isthmus.ir.model import ProxyIR
 from isthmus.ir.traffic import HttpRoute, RouteMatch, ValueMatch, WeightedBackend
 from isthmus.policies.catalog import plugin_for
@@ -21,69 +19,18 @@ from isthmus.policies.plugin import PolicyInputs
 from isthmus.resources.errors import ResourceValidationError
 from isthmus.resources.registry import Resource, load_documents, parse_document
 from isthmus.xds.translate.routes import route_configuration, tcp_proxy
+from tests.unit import policy_fixtures
+from tests.unit.policy_fixtures import REG, dataplane, outbound, resources, web_mesh
 
-REG = default_registry()
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-BASE = """
-type: Mesh
-name: m
----
-type: Dataplane
-mesh: m
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: 20001
-    servicePort: 8001
-    tags: {kuma.io/service: web, kuma.io/protocol: http}
-  outbound:
-  - port: 10001
-    tags: {kuma.io/service: backend}
-  - port: 10002
-    tags: {kuma.io/service: db}
----
-type: Dataplane
-mesh: m
-name: backend-1
-networking:
-  address: 127.0.0.2
-  inbound:
-  - port: 20002
-    servicePort: 8002
-    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
----
-type: Dataplane
-mesh: m
-name: backend-2
-networking:
-  address: 127.0.0.3
-  inbound:
-  - port: 20002
-    servicePort: 8002
-    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v2}
----
-type: Dataplane
-mesh: m
-name: db-1
-networking:
-  address: 127.0.0.4
-  inbound:
-  - port: 20003
-    servicePort: 5432
-    tags: {kuma.io/service: db, kuma.io/protocol: tcp, version: v1}
----
-type: Dataplane
-mesh: m
-name: db-2
-networking:
-  address: 127.0.0.5
-  inbound:
-  - port: 20003
-    servicePort: 5432
-    tags: {kuma.io/service: db, kuma.io/protocol: tcp, version: v2}
-"""
+BASE = (
+    web_mesh("backend", "db")
+    + dataplane("backend-1", "127.0.0.2", 20002, 8002, "backend", version="v1")
+    + dataplane("backend-2", "127.0.0.3", 20002, 8002, "backend", version="v2")
+    + dataplane("db-1", "127.0.0.4", 20003, 5432, "db", "tcp", version="v1")
+    + dataplane("db-2", "127.0.0.5", 20003, 5432, "db", "tcp", version="v2")
+)
 
 
 def http_route(name: str, rules: str, top: str = "{kind: Mesh}", service: str = "backend") -> str:
@@ -102,15 +49,11 @@ spec:
 
 
 def proxy(extra: str, name: str = "web-1") -> ProxyIR:
-    rs = [parse_document(d, REG) for d in load_documents(BASE + extra)]
-    dps = [r for r in rs if r.type.kind == "Dataplane"]
-    policies = [r for r in rs if r.type.is_policy]
-    ctx = build_mesh_context(rs[0], dps, policies)
-    return build_proxy_ir(ctx, name, None)
+    return policy_fixtures.proxy(BASE + extra, name=name)
 
 
 def outbound_routes(ir: ProxyIR, service: str = "backend") -> tuple[HttpRoute, ...]:
-    return next(o for o in ir.outbounds if o.service == service).routes
+    return outbound(ir, service).routes
 
 
 def errors_of(doc: str) -> list[str]:
@@ -230,7 +173,7 @@ def test_spec_round_trips_through_the_store_form() -> None:
 def test_without_routes_the_outbound_keeps_its_single_cluster() -> None:
     ir = proxy("")
     assert outbound_routes(ir) == ()
-    config = route_configuration(next(o for o in ir.outbounds if o.service == "backend"))
+    config = route_configuration(outbound(ir))
     (route,) = config.virtual_hosts[0].routes
     assert route.name == "default" and route.match.prefix == "/" and route.route.cluster == "backend"
 
@@ -267,7 +210,7 @@ def test_split_creates_subset_clusters_with_matching_endpoints() -> None:
     assert [e.address for e in endpoints[v2]] == ["127.0.0.3"]
     assert len(endpoints["backend"]) == 2
     # translation: weighted clusters
-    envoy = route_configuration(next(o for o in ir.outbounds if o.service == "backend"))
+    envoy = route_configuration(outbound(ir))
     weighted = envoy.virtual_hosts[0].routes[0].route.weighted_clusters.clusters
     assert [(c.name, c.weight.value) for c in weighted] == [(v1, 90), (v2, 10)]
 
@@ -368,7 +311,7 @@ def test_routes_match_requests_as_envoy_would() -> None:
     assert route_matches(match, "/api", "GET", {})
     assert route_matches(match, "/api/x", "GET", {})
     assert not route_matches(match, "/apix", "GET", {})
-    envoy = route_configuration(next(o for o in proxy("").outbounds if o.service == "backend"))
+    envoy = route_configuration(outbound(proxy("")))
     assert envoy.virtual_hosts[0].routes[0].match.prefix == "/"
 
 
@@ -427,7 +370,7 @@ def test_filters_map_to_route_fields_and_envoy() -> None:
     assert api.rewrite_prefix == "/v2" and api.rewrite_host == "new.host"
     assert api.request_headers is not None and api.request_headers.remove == ("x-r",)
     assert api.mirrors[0].percent == 12.5
-    envoy = route_configuration(next(o for o in ir.outbounds if o.service == "backend"))
+    envoy = route_configuration(outbound(ir))
     r_redirect, r_api, r_default = envoy.virtual_hosts[0].routes
     assert r_redirect.match.path == "/old"
     assert r_redirect.redirect.path_redirect == "/new" and r_redirect.redirect.port_redirect == 8443
@@ -477,27 +420,21 @@ def test_backend_of_another_service_gets_its_cluster() -> None:
 
 
 def test_describe_lists_rules_with_origins() -> None:
-    rs = [
-        parse_document(d, REG)
-        for d in load_documents(
-            BASE
-            + http_route(
-                "r",
-                f"    - matches: [{{path: {{type: Exact, value: /x}}}}]\n      default: {{{RULE_OK}}}",
-            )
+    mesh, dps, policies = resources(
+        BASE
+        + http_route(
+            "r", f"    - matches: [{{path: {{type: Exact, value: /x}}}}]\n      default: {{{RULE_OK}}}"
         )
-    ]
-    dps = [r for r in rs if r.type.kind == "Dataplane"]
-    policies = tuple(r for r in rs if r.type.kind == "MeshHTTPRoute")
-    ctx = build_mesh_context(rs[0], dps, list(policies))
+    )
+    ctx = build_mesh_context(mesh, dps, policies)
     plugin = plugin_for("MeshHTTPRoute")
     assert plugin is not None
-    out = plugin.describe(PolicyInputs(ctx, ctx.dataplanes["web-1"], policies))
-    (outbound,) = out["outbounds"]
-    rules = outbound["conf"]["rules"]
+    out = plugin.describe(PolicyInputs(ctx, ctx.dataplanes["web-1"], tuple(policies)))
+    (described,) = out["outbounds"]
+    rules = described["conf"]["rules"]
     assert [r["name"] for r in rules] == ["r/to[0]/rules[0]", "default"]
     origin = {"kind": "MeshHTTPRoute", "policy": "r", "section": "to[0].rules[0]"}
-    assert rules[0]["origins"] == [origin] and outbound["origins"] == [origin]
+    assert rules[0]["origins"] == [origin] and described["origins"] == [origin]
     assert rules[1]["default"] == {"backendRefs": [{"kind": "MeshService", "name": "backend", "weight": 1}]}
 
 
@@ -521,7 +458,7 @@ spec:
 
 def test_tcp_route_splits_connections() -> None:
     ir = proxy(TCP_ROUTE.format(name="split", service="db", w1=70, w2=30))
-    db = next(o for o in ir.outbounds if o.service == "db")
+    db = outbound(ir, "db")
     v1, v2 = subset_cluster_name("db", {"version": "v1"}), subset_cluster_name("db", {"version": "v2"})
     assert db.tcp_backends == (WeightedBackend(v1, 70), WeightedBackend(v2, 30))
     proxy_pb = tcp_proxy("s", db)
@@ -529,14 +466,14 @@ def test_tcp_route_splits_connections() -> None:
     assert not proxy_pb.cluster
     # one backend with weight: the TCP proxy goes straight to it
     ir = proxy(TCP_ROUTE.format(name="split", service="db", w1=0, w2=30))
-    db = next(o for o in ir.outbounds if o.service == "db")
+    db = outbound(ir, "db")
     assert tcp_proxy("s", db).cluster == v2
     # the more specific (smaller) name wins as a whole
     ir = proxy(
         TCP_ROUTE.format(name="bbb", service="db", w1=1, w2=1)
         + TCP_ROUTE.format(name="aaa", service="db", w1=5, w2=0)
     )
-    assert next(o for o in ir.outbounds if o.service == "db").tcp_backends == (WeightedBackend(v1, 5),)
+    assert outbound(ir, "db").tcp_backends == (WeightedBackend(v1, 5),)
 
 
 def test_tcp_route_on_http_outbound_without_http_route_is_a_catch_all_split() -> None:

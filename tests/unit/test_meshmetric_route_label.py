@@ -10,55 +10,19 @@ import json
 
 import pytest
 
-from isthmus.catalog import default_registry
-from isthmus.context.mesh_context import build_mesh_context
 from isthmus.dp import metrics as dp_metrics
-from isthmus.ir.build import build_proxy_ir
-from isthmus.ir.model import ProxyIR
 from isthmus.policies.meshhttproute.plugin import route_stat_prefix
-from isthmus.resources.registry import load_documents, parse_document
 from isthmus.xds.translate.routes import route_configuration
+from tests.unit.policy_fixtures import dataplane, outbound, proxy, web_mesh
 
-REG = default_registry()
-
-MESH = """
-type: Mesh
-name: m
----
-type: Dataplane
-mesh: m
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: 20001
-    servicePort: 8001
-    tags: {kuma.io/service: web, kuma.io/protocol: http}
-  outbound:
-  - port: 10001
-    tags: {kuma.io/service: backend}
-  - port: 10002
-    tags: {kuma.io/service: other}
----
-type: Dataplane
-mesh: m
-name: backend-1
-networking:
-  address: 127.0.0.2
-  inbound:
-  - port: 20002
-    servicePort: 8002
-    tags: {kuma.io/service: backend, kuma.io/protocol: http}
----
-type: Dataplane
-mesh: m
-name: other-1
-networking:
-  address: 127.0.0.3
-  inbound:
-  - port: 20003
-    servicePort: 8003
-    tags: {kuma.io/service: other, kuma.io/protocol: http}
+NODES = (
+    web_mesh("backend", "other")
+    + dataplane("backend-1", "127.0.0.2", 20002, 8002, "backend")
+    + dataplane("other-1", "127.0.0.3", 20003, 8003, "other")
+)
+MESH = (
+    NODES
+    + """
 ---
 type: MeshHTTPRoute
 mesh: m
@@ -73,6 +37,7 @@ spec:
     - matches: [{path: {type: Exact, value: /health}}]
       default: {backendRefs: [{kind: MeshService, name: backend}]}
 """
+)
 
 ENVOY_TEXT = """\
 # TYPE envoy_vhost_route_upstream_rq counter
@@ -91,13 +56,6 @@ envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"} 3
 # TYPE envoy_server_live gauge
 envoy_server_live{} 1
 """
-
-
-def _proxy(docs: str) -> ProxyIR:
-    rs = [parse_document(d, REG) for d in load_documents(docs)]
-    dps = [r for r in rs if r.type.kind == "Dataplane"]
-    policies = [r for r in rs if r.type.is_policy]
-    return build_proxy_ir(build_mesh_context(rs[0], dps, policies), "web-1", None)
 
 
 def _conf(clusters: dict[str, str] | None = None, **sidecar: object) -> dp_metrics.MetricsConf:
@@ -126,8 +84,8 @@ def test_stat_prefix_of_a_route_name(name: str, expected: str) -> None:
 
 
 def test_meshhttproute_routes_get_a_stat_prefix_and_default_outbounds_none() -> None:
-    ir = _proxy(MESH)
-    backend = next(o for o in ir.outbounds if o.service == "backend")
+    ir = proxy(MESH)
+    backend = outbound(ir)
     config = route_configuration(backend)
     (vhost,) = config.virtual_hosts
     assert vhost.name == "backend"
@@ -139,13 +97,13 @@ def test_meshhttproute_routes_get_a_stat_prefix_and_default_outbounds_none() -> 
         ("default", "default"),
     ]
     # no MeshHTTPRoute for "other": its single default route has no per-route stats
-    other = next(o for o in ir.outbounds if o.service == "other")
+    other = outbound(ir, "other")
     (route,) = route_configuration(other).virtual_hosts[0].routes
     assert route.name == "default" and route.stat_prefix == ""
     # nor does any route without a MeshHTTPRoute in the mesh
-    bare = _proxy(MESH.split("---\ntype: MeshHTTPRoute")[0])
-    for outbound in bare.outbounds:
-        assert all(not r.stat_prefix for r in route_configuration(outbound).virtual_hosts[0].routes)
+    bare = proxy(NODES)
+    for each in bare.outbounds:
+        assert all(not r.stat_prefix for r in route_configuration(each).virtual_hosts[0].routes)
 
 
 def test_route_label_from_envoys_route_tag() -> None:

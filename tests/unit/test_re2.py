@@ -11,50 +11,21 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from isthmus.catalog import default_registry
-from isthmus.context.mesh_context import build_mesh_context
 from isthmus.dp.envoy_binary import find_envoy_binary
-from isthmus.ir.build import build_proxy_ir
 from isthmus.ir.traffic import RouteMatch, ValueMatch
 from isthmus.policies import regex
 from isthmus.policies.explain import route_matches
 from isthmus.resources.errors import ResourceValidationError
 from isthmus.resources.registry import Resource, load_documents, parse_document
 from isthmus.xds.translate.routes import route_configuration
+from tests.unit.policy_fixtures import REG, dataplane, outbound, proxy, web_mesh
 
-REG = default_registry()
 BACKEND = "backendRefs: [{kind: MeshService, name: backend}]"
 # program sizes 100 and 101 (RE2's count for a literal: one instruction per byte, plus a fixed overhead)
 AT_LIMIT = "/x" + "a" * 94
 OVER_LIMIT = "/x" + "a" * 95
 
-MESH = """
-type: Mesh
-name: m
----
-type: Dataplane
-mesh: m
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-  - port: 20001
-    servicePort: 8001
-    tags: {kuma.io/service: web, kuma.io/protocol: http}
-  outbound:
-  - port: 10001
-    tags: {kuma.io/service: backend}
----
-type: Dataplane
-mesh: m
-name: backend-1
-networking:
-  address: 127.0.0.2
-  inbound:
-  - port: 20002
-    servicePort: 8002
-    tags: {kuma.io/service: backend, kuma.io/protocol: http}
-"""
+MESH = web_mesh("backend") + dataplane("backend-1", "127.0.0.2", 20002, 8002, "backend")
 
 
 def route_doc(match: str) -> dict[str, Any]:
@@ -146,14 +117,14 @@ def test_re2_patterns_within_the_limit_are_accepted(value: str) -> None:
 # -- the real Envoy agrees ----------------------------------------------------------------------------------------
 def _backend_routes(regex_value: str) -> dict[str, Any]:
     """The route configuration Isthmus generates for a MeshHTTPRoute whose path regex is ``regex_value``."""
-    rs = [parse_document(d, REG) for d in load_documents(MESH)]
     route = parse_document(
         route_doc(f"{{path: {{type: RegularExpression, value: {quoted(regex_value)}}}}}"), REG
     )
-    ctx = build_mesh_context(rs[0], [r for r in rs if r.type.kind == "Dataplane"], [route])
-    ir = build_proxy_ir(ctx, "web-1", None)
-    outbound = next(o for o in ir.outbounds if o.service == "backend")
-    return json_format.MessageToDict(route_configuration(outbound), preserving_proto_field_name=True)
+    backend = outbound(proxy(MESH, route))
+    routes: dict[str, Any] = json_format.MessageToDict(
+        route_configuration(backend), preserving_proto_field_name=True
+    )
+    return routes
 
 
 def _envoy_validate(route_config: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
