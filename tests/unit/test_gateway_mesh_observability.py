@@ -105,7 +105,12 @@ def _entities(plugins: list[dict[str, Any]] | None = None, **hosts: str) -> dict
     return {
         "services": {s["id"]: s for s in services},
         "routes": {
-            f"r-{s['id']}": {"id": f"r-{s['id']}", "name": s["id"], "paths": [f"/{s['id']}"], "service": {"id": s["id"]}}  # fmt: skip
+            f"r-{s['id']}": {
+                "id": f"r-{s['id']}",
+                "name": s["id"],
+                "paths": [f"/{s['id']}"],
+                "service": {"id": s["id"]},
+            }
             for s in services
         },
         "plugins": {p["id"]: p for p in plugins or []},
@@ -118,7 +123,9 @@ def _hcm(policies: str, entities: dict[str, Any]) -> hcm_pb2.HttpConnectionManag
     resources = [parse_document(d, registry) for d in load_documents(MESH + policies)]
     mesh = next(r for r in resources if r.type.kind == "Mesh")
     dps = [r for r in resources if r.type.kind == "Dataplane"]
-    ctx = build_mesh_context(mesh, dps, [r for r in resources if r.type.is_policy], (CERTS / "ca.pem").read_text())
+    ctx = build_mesh_context(
+        mesh, dps, [r for r in resources if r.type.is_policy], (CERTS / "ca.pem").read_text()
+    )
     ir = build_proxy_ir(ctx, "edge-1", IDENTITY, mesh_leg.mesh_services(entities))
     base = Snapshot.of_resources(translate_packed(ir))
     fused = mesh_leg.fuse(base, translate("default", entities, [ListenAddress("127.0.0.1", 8000)]))
@@ -165,7 +172,9 @@ def test_a_mesh_rule_logs_every_route_with_its_destination() -> None:
 
 
 def test_the_same_log_for_every_destination_has_no_filter() -> None:
-    policies = _access_log("edge-all", "{kind: Mesh}", "/tmp/edge.log", fmt="%KUMA_SOURCE_SERVICE% %REQ(:PATH)%")
+    policies = _access_log(
+        "edge-all", "{kind: Mesh}", "/tmp/edge.log", fmt="%KUMA_SOURCE_SERVICE% %REQ(:PATH)%"
+    )
     hcm = _hcm(policies, _entities(b="backend.mesh", ext="example.com"))
     assert _logs(hcm) == [("/tmp/edge.log", "edge %REQ(:PATH)%\n", "")]
 
