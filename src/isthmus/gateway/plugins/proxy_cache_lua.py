@@ -4,7 +4,7 @@ rules, headers and in-memory store, per route from its ``filter_context``; after
 
 from __future__ import annotations
 
-from isthmus.gateway.plugins.auth import lua
+from isthmus.gateway.plugins import auth
 
 _SOURCE = r"""
 -- Kong's proxy-cache (strategy memory) in this Envoy worker's Lua state: Kong's key, rules and headers.
@@ -303,4 +303,4 @@ function envoy_on_response(handle)
 end
 """
 
-SOURCE = lua("codec") + _SOURCE
+SOURCE = auth.lua("codec") + _SOURCE

@@ -6,7 +6,7 @@ decoded once per worker."""
 
 from __future__ import annotations
 
-from isthmus.gateway.plugins.auth import lua
+from isthmus.gateway.plugins import auth
 
 # after the codec, in both sources: the route's edits and Kong's append_value
 COMMON = r"""
@@ -292,5 +292,5 @@ end
 
 
 # the sources of the two filters (read once, when a transformer plugin is first loaded)
-REQUEST = lua("codec") + COMMON + _REQUEST
-RESPONSE = lua("codec") + COMMON + _RESPONSE
+REQUEST = auth.lua("codec") + COMMON + _REQUEST
+RESPONSE = auth.lua("codec") + COMMON + _RESPONSE
