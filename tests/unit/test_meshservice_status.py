@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from isthmus.catalog import default_registry
 from isthmus.cp.certificates import WorkloadCertificates
 from isthmus.cp.insights import Insights
+from isthmus.kds.sync import Changes
+from isthmus.kds.zone_client import ZoneSync
 from isthmus.names.controller import NamesController
 from isthmus.names.proxy_status import DataplaneIndex, LiveProxies, Member, members, proxy_fields
 from isthmus.pki.ca import generate_ca
@@ -340,3 +343,28 @@ def test_counts_leave_the_resource_digest_alone() -> None:
     vip = parse_document({**base, "status": {"vips": [{"ip": "241.0.0.1"}]}}, REG)
     assert one.digest == two.digest != vip.digest
     assert one.spec_dict()["status"]["dataplaneProxies"]["connected"] == 1  # still stored and served
+
+
+async def test_another_zones_copy_carries_its_zones_counts(store: ResourceStore, tmp_path: Path) -> None:
+    """A zone keeps its own VIP and hostnames on a copy the global sends again, and takes the source zone's
+    counts."""
+    client = ZoneSync(
+        store, REG, zone="west", global_address="grpcs://127.0.0.1:1", token_file=tmp_path / "t", ca_cert=None
+    )
+    labels = {"kuma.io/origin": "global", "kuma.io/zone": "east", "kuma.io/display-name": "api"}
+    spec = {"spec": {"selector": {"dataplaneTags": {"kuma.io/service": "api"}}, "ports": [{"port": 80}]}}
+    wire = {"type": "MeshService", "mesh": "default", "name": "api-east", "labels": labels}
+    east = {"dataplaneProxies": {"connected": 1, "healthy": 1, "total": 1}, "tls": {"status": "Ready"}}
+    await client.apply_downstream(Changes(upsert=[{**wire, "spec": {**spec, "status": east}}]))
+    mine = {"vips": [{"ip": "241.0.0.7"}], **east}
+    await store.write(
+        [Op(OpKind.UPDATE, "MeshService", "default", "api-east", {**spec, "status": mine}, labels)]
+    )
+    later = {"vips": [{"ip": "241.0.0.1"}], "dataplaneProxies": {"connected": 2, "healthy": 1, "total": 2}}
+    await client.apply_downstream(Changes(upsert=[{**wire, "spec": {**spec, "status": later}}]))
+    copy = await store.get("MeshService", "default", "api-east")
+    assert copy is not None
+    assert copy.spec["status"] == {
+        "vips": [{"ip": "241.0.0.7"}],
+        "dataplaneProxies": later["dataplaneProxies"],
+    }

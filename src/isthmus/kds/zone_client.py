@@ -258,7 +258,12 @@ class ZoneSync:
                 )
             spec = wire.get("spec") or {}
             if kind in ZONE_STATUS and existing is not None and "status" in existing.spec:
-                spec = {**spec, "status": existing.spec["status"]}  # its VIP and hostnames are this zone's
+                status = dict(existing.spec["status"])  # its VIP and hostnames are this zone's
+                for counted in ("dataplaneProxies", "tls"):  # ... its data planes' counts the source zone's
+                    status.pop(counted, None)
+                    if counted in (spec.get("status") or {}):
+                        status[counted] = spec["status"][counted]
+                spec = {**spec, "status": status}
             ops.append(Op(OpKind.UPSERT, kind, mesh, name, spec=spec, labels=dict(labels)))
         for kind, mesh, name in changes.remove:
             existing = await self.store.get(kind, mesh, name)
