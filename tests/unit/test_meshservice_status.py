@@ -4,7 +4,9 @@ write when nothing changed, a user's write in between wins, the light pass after
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -368,3 +370,34 @@ async def test_another_zones_copy_carries_its_zones_counts(store: ResourceStore,
         "vips": [{"ip": "241.0.0.7"}],
         "dataplaneProxies": later["dataplaneProxies"],
     }
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(400):
+        if await check():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_the_running_loop_echoes_no_pass_and_follows_a_connection(store: ResourceStore) -> None:
+    """The loop's own status writes start no full pass; a connection change starts a light one."""
+    await _apply(store, SETUP)
+    facts = Facts(connected={"api-1"})
+    controller = NamesController(store, REG, proxies=facts)
+    task = asyncio.create_task(controller.run())
+    try:
+
+        async def counted(connected: int) -> bool:
+            counts: dict[str, int] = (await _status(store))[1].get("dataplaneProxies", {})
+            return counts.get("connected") == connected
+
+        await _until(lambda: counted(1), "the first count")
+        facts.online.add("api-2")
+        controller.proxy_changed("default.api-2")
+        await _until(lambda: counted(2), "api-2 counted as connected")
+        assert controller.passes == 1 and controller.light_passes >= 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -133,8 +133,9 @@ class NamesController:
                         await self._pass_safely()
                     else:
                         await self._light_pass_safely()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+                    try:  # asyncio.timeout: wait_for (3.11) may swallow a cancellation when the event is set
+                        async with asyncio.timeout(TICK_SECONDS):
+                            await self._wake.wait()
                         full = False
                     except TimeoutError:
                         full = True
