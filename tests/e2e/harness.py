@@ -272,3 +272,27 @@ def running(*items: Any) -> Iterator[None]:
     finally:
         for item in reversed(items):
             item.stop()
+
+
+def allow_all(mesh: str = "default") -> str:
+    """A MeshTrafficPermission allowing every mesh member (YAML, for ``ControlPlane.apply``)."""
+    return f"""type: MeshTrafficPermission
+mesh: {mesh}
+name: allow-all
+spec:
+  targetRef: {{kind: Mesh}}
+  from:
+  - targetRef: {{kind: Mesh}}
+    default: {{action: Allow}}
+"""
+
+
+# a mesh with the builtin CA's mTLS where everyone may talk to everyone
+MTLS_MESH = """type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - {name: ca-1, type: builtin}
+---
+""" + allow_all()

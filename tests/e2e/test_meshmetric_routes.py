@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.harness import App, ControlPlane, Sidecar, running, wait_for
+from tests.e2e.harness import App, ControlPlane, Sidecar, allow_all, running, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,16 +43,9 @@ networking:
 
 
 def _policies(mesh: str, metrics_port: int) -> str:
-    return f"""
-type: MeshTrafficPermission
-mesh: {mesh}
-name: allow-all
-spec:
-  targetRef: {{kind: Mesh}}
-  from:
-  - targetRef: {{kind: Mesh}}
-    default: {{action: Allow}}
----
+    return (
+        allow_all(mesh)
+        + f"""---
 type: MeshHTTPRoute
 mesh: {mesh}
 name: api-route
@@ -75,6 +68,7 @@ spec:
     - type: Prometheus
       prometheus: {{port: {metrics_port}, path: /metrics}}
 """
+    )
 
 
 @pytest.fixture(scope="module")

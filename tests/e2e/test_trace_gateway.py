@@ -16,28 +16,13 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.harness import App, ControlPlane, Sidecar, wait_for
+from tests.e2e.harness import MTLS_MESH, App, ControlPlane, Sidecar, wait_for
 from tests.e2e.test_gateway_mesh import Gateway, sidecar_dataplane
 from tests.e2e.test_observability import Zipkin
 
 pytestmark = pytest.mark.e2e
 
-MESH = """type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends:
-  - {name: ca-1, type: builtin}
----
-type: MeshTrafficPermission
-mesh: default
-name: allow-all
-spec:
-  targetRef: {kind: Mesh}
-  from:
-  - targetRef: {kind: Mesh}
-    default: {action: Allow}
-"""
+MESH = MTLS_MESH
 
 
 def mesh_trace(zipkin_port: int) -> str:
