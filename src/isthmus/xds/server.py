@@ -41,6 +41,7 @@ reconnects (the oldest is dropped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -380,7 +381,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 response.version_info,
                 response.nonce,
             )
-            await context.write(response)
+            # a write in flight finishes even when the stream is ending: gRPC cannot end a call while a message is
+            # being sent (the handler's return would fail with TOO_MANY_OPERATIONS and the stream would stay open
+            # until the server's grace ran out)
+            write = asyncio.ensure_future(context.write(response))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await write
+                raise
 
     async def _watch(self, stream: _Stream) -> None:
         seen = 0  # a spurious first wake-up is harmless; a missed change is not
