@@ -206,6 +206,12 @@ def test_key_auth_native_path(setup: Setup) -> None:
     wait_for(lambda: gw.get("/guests").status_code == 200, 30, what="anonymous on /guests")
     assert _upstream_headers(gw.get("/guests"))["x-anonymous-consumer"] == "true"
     assert _upstream_headers(gw.get("/guests", headers={"apikey": "nina-key"}))["x-consumer-id"] == nina["id"]
+    # a stored '%' reaches the service as it is (never an Envoy format command)
+    _created(kong.post("/consumers", json={"username": "50%off %REQ(x-key)%"}))
+    _created(kong.post("/consumers/50%25off%20%25REQ(x-key)%25/key-auth", json={"key": "pct-key"}))
+    _served(gw, "/native", 200, headers={"x-key": "pct-key"})
+    named = _upstream_headers(gw.get("/native", headers={"x-key": "pct-key"}))
+    assert named["x-consumer-username"] == "50%off %REQ(x-key)%"
     # a rotated key: the new one passes, the old one is refused (the matcher's map comes by ECDS)
     _created(kong.patch(f"/consumers/nina/key-auth/{cred['id']}", json={"key": "nina-key-2"}))
     _served(gw, "/native", 200, headers={"x-key": "nina-key-2"})

@@ -178,3 +178,14 @@ def test_the_slots_are_valid_envoy_configuration() -> None:
 
     for config in plugins.extension_configs(_workspace()):
         json_format.ParseDict(config, extension_pb2.TypedExtensionConfig())
+
+
+def test_stored_names_are_literal_header_values() -> None:
+    entities = _workspace()
+    entities["consumers"]["c1"] = {**entities["consumers"]["c1"], "username": "%REQ(authorization)%"}
+    entities["consumers"]["c2"] = {**entities["consumers"]["c2"], "custom_id": "line\nbreak"}
+    keys = _keys(_slots(entities)[_slot()])
+    # a '%' is escaped (Envoy's format strings), never evaluated as a command
+    assert _headers(keys["alice-key"])["x-consumer-username"] == "%%REQ(authorization)%%"
+    # a value Envoy refuses in a header: that consumer is left to the Lua, the others keep the map
+    assert sorted(keys) == ["alice-key"]

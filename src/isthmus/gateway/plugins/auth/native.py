@@ -122,9 +122,17 @@ def _lua_action() -> dict[str, Any]:
 
 
 def _set(name: str, value: str) -> dict[str, Any]:
+    # a header mutation's value is a format string: a stored '%' is literal, never an Envoy command
+    literal = value.replace("%", "%%")
     return {
-        "append": {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        "append": {"header": {"key": name, "value": literal}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
     }
+
+
+def _header_safe(*values: Any) -> bool:
+    """Whether each value can be a header value as it is (no control characters); the headers of other
+    consumers are set by the Lua, so a value Envoy would refuse never costs the workspace its map."""
+    return all(all(c == "\t" or (ord(c) >= 0x20 and ord(c) != 0x7F) for c in str(v)) for v in values if v)
 
 
 def _consumer_action(
@@ -169,6 +177,9 @@ def _keys(entities: Mapping[str, Mapping[str, Mapping[str, Any]]], shape: Shape)
             or consumer_id not in consumers
             or not _usable_key(key)
             or (isinstance(ttl, int) and ttl > 0)
+            or not _header_safe(
+                consumers[consumer_id].get("username"), consumers[consumer_id].get("custom_id")
+            )
         ):
             continue  # the Lua settles it (an expiring credential is checked there)
         out[key] = _consumer_action(shape, consumer_id, consumers[consumer_id], str(cred["id"]))
